@@ -1,0 +1,99 @@
+"""The `crashcheck` command line (DESIGN section 7).
+
+Exit status: 0 when every spec meets its expectation, 1 when any does not, 2 for a usage
+or input error, reported as one line `crashcheck: error: FILE: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from checker import report
+from checker.check import Result, check
+from checker.errors import CrashcheckError, UsageError
+from checker.persistence import MODELS
+from checker.spec import load_spec
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crashcheck",
+        description="Crash-consistency model checker for container storage drivers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="check spec files (directories are searched for *.toml)")
+    run.add_argument("paths", nargs="+", metavar="PATH")
+    run.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    run.add_argument(
+        "--persistence", choices=sorted(MODELS), help="override every spec's persistence model"
+    )
+    run.add_argument(
+        "--crash-after", type=int, metavar="K",
+        help="check only the crash state after step K (to reproduce one violation)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
+    run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
+    return parser
+
+
+def spec_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(path.rglob("*.toml"))
+            if not found:
+                raise UsageError(f"{p}: no *.toml spec files in this directory")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UsageError(f"{p}: no such file or directory")
+    return files
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    files = spec_files(args.paths)
+    specs = [load_spec(f) for f in files]  # every input error before any work
+    started = time.perf_counter()
+    results: list[Result] = []
+    for spec in specs:
+        result = check(spec, args.persistence, args.crash_after)
+        results.append(result)
+        if not args.json:
+            print(report.summary_line(result), flush=True)
+            if result.violations and not args.quiet:
+                print("\n".join(report.violation_report(result, args.verbose)))
+    if args.json:
+        sys.stdout.write(report.to_json(results))
+    else:
+        print(report.totals_line(results, time.perf_counter() - started))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return cmd_run(args)
+        raise UsageError(f"unknown command {args.command}")
+    except CrashcheckError as e:
+        print(f"crashcheck: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crashcheck: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

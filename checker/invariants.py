@@ -1,0 +1,229 @@
+"""Invariants (DESIGN section 5). Their names are part of the spec format.
+
+An invariant sees the op in flight (its views before and after), the recovered view of
+one crash state, and the trace; it never looks inside a driver. Crash-level invariants
+return findings for one crash state; trace-level ones (`lower-immutable`) look at the
+steps themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from checker import views
+from models.driver import Driver, Recovery
+from models.tree import Dir, File, split
+
+if TYPE_CHECKING:
+    from checker.spec import Spec
+    from checker.trace import OpRecord, Trace
+
+MAX_PATHS = 12  # paths listed per finding; enough to act on, short enough to read
+
+
+@dataclass(frozen=True)
+class Finding:
+    message: str
+    paths: tuple[str, ...] = ()
+
+
+@dataclass
+class CrashContext:
+    """Everything a crash-level invariant may look at."""
+
+    trace: Trace
+    op: OpRecord
+    recovery: Recovery
+    view: Dir | None  # the recovered view, None when the mount is refused
+    driver: Driver
+
+
+class Invariant:
+    name = ""
+    description = ""
+    trace_level = False
+
+    def applies(self, spec: Spec) -> bool:
+        return True
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        return []
+
+    def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
+        """(step index, finding) pairs for trace-level invariants."""
+        return []
+
+
+def _matches_before_or_after(ctx: CrashContext) -> bool:
+    assert ctx.view is not None
+    d = ctx.view.digest
+    return d == ctx.op.before.digest or d == ctx.op.after.digest
+
+
+class Atomicity(Invariant):
+    name = "atomicity"
+    description = "a crash during op i recovers to the view before op i or the view after it"
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.view is None or _matches_before_or_after(ctx):
+            return []
+        from_before = views.diff(ctx.op.before, ctx.view, limit=MAX_PATHS)
+        from_after = views.diff(ctx.op.after, ctx.view, limit=MAX_PATHS)
+        return [
+            Finding(
+                f"the recovered view is neither the view before `{ctx.op.text}` (differs at "
+                f"{_list(from_before)}) nor the view after it (differs at {_list(from_after)})",
+                tuple(sorted(set(from_before) | set(from_after)))[:MAX_PATHS],
+            )
+        ]
+
+
+def _moves(op: OpRecord) -> tuple[str, str] | None:
+    """(src, dst) of a rename or mv op."""
+    if op.op.kind in ("rename", "mv"):
+        return op.op.arg("src"), op.op.arg("dst")
+    return None
+
+
+class NoDualExistence(Invariant):
+    name = "no-dual-existence"
+    description = "during a rename or mv, the source and destination never both exist"
+
+    def applies(self, spec: Spec) -> bool:
+        return any(op.kind in ("rename", "mv") for op in spec.ops)
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        moves = _moves(ctx.op)
+        if moves is None or ctx.view is None:
+            return []
+        src, dst = moves
+
+        def both(view: Dir) -> bool:
+            return views.at(view, src) is not None and views.at(view, dst) is not None
+
+        if not both(ctx.view) or both(ctx.op.before) or both(ctx.op.after):
+            return []
+        return [
+            Finding(
+                f"both {src} and {dst} exist after recovery (`{ctx.op.text}` was interrupted)",
+                (src, dst),
+            )
+        ]
+
+
+def _relocate(path: str, src: str, dst: str) -> str | None:
+    if path == src:
+        return dst
+    if path.startswith(src + "/"):
+        return dst + path[len(src) :]
+    return None
+
+
+def kept_files(op: OpRecord) -> list[tuple[str, str, File, File]]:
+    """(old path, new path, content before, content after) of every file the op keeps."""
+    cached = op.cache.get("kept")
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    before, after = views.files(op.before), views.files(op.after)
+    moves = _moves(op)
+    kept = []
+    for path, node in before.items():
+        new = _relocate(path, *moves) if moves else None
+        if new is not None and new in after:
+            kept.append((path, new, node, after[new]))
+        elif path in after:
+            kept.append((path, path, node, after[path]))
+    op.cache["kept"] = kept
+    return kept
+
+
+class NoLoss(Invariant):
+    name = "no-loss"
+    description = "every file that op i keeps (at its old or new name) keeps its whole content"
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.view is None or _matches_before_or_after(ctx):
+            return []
+        lost = []
+        for old, new, b, a in kept_files(ctx.op):
+            whole = (b.content, a.content)
+            if any(
+                isinstance(n, File) and n.content in whole
+                for n in (views.at(ctx.view, old), views.at(ctx.view, new))
+            ):
+                continue
+            lost.append(old if old == new else f"{old} -> {new}")
+        if not lost:
+            return []
+        return [
+            Finding(
+                f"{len(lost)} file(s) kept by `{ctx.op.text}` are missing or cut after "
+                f"recovery: {_list(lost)}",
+                tuple(lost[:MAX_PATHS]),
+            )
+        ]
+
+
+class LowerImmutable(Invariant):
+    name = "lower-immutable"
+    description = "no step writes to a lower layer (image layers are shared and read-only)"
+    trace_level = True
+
+    def applies(self, spec: Spec) -> bool:
+        from models import drivers
+
+        return drivers()[spec.driver].layered
+
+    def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
+        lowers = trace.driver.lower_devices()
+        out = []
+        for i, step in enumerate(trace.steps):
+            hit = [p for p in step.writes() if trace.driver.device(split(p)) in lowers]
+            if hit:
+                out.append((i, Finding(f"step {i + 1} ({step}) writes the lower layer", tuple(hit))))
+        return out
+
+
+class Recoverable(Invariant):
+    name = "recoverable"
+    description = (
+        "recovery succeeds (or refuses the mount with a reason that names the fix) and "
+        "running it twice changes nothing"
+    )
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        rec = ctx.recovery
+        if rec.refused:
+            if rec.remedy:
+                return []
+            return [Finding(f"the mount is refused ({rec.refusal}) and nothing says how to fix it")]
+        assert rec.root is not None
+        again = ctx.driver.recover(rec.root)
+        if again.refused:
+            return [Finding(f"recovery succeeds once, then refuses: {again.refusal}")]
+        assert again.root is not None
+        if again.root.digest != rec.root.digest:
+            changed = views.diff(rec.root, again.root, limit=MAX_PATHS)
+            return [Finding(f"running recovery twice changes {_list(changed)}", tuple(changed))]
+        return []
+
+
+def _list(paths: list[str]) -> str:
+    if not paths:
+        return "nothing"
+    shown = ", ".join(paths[:MAX_PATHS])
+    return shown + (f" and {len(paths) - MAX_PATHS} more" if len(paths) > MAX_PATHS else "")
+
+
+INVARIANTS: dict[str, Invariant] = {
+    inv.name: inv
+    for inv in (Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable())
+}
+
+
+def selected(spec: Spec) -> list[Invariant]:
+    """The invariants a spec checks: its `check` list, or every one that applies."""
+    if spec.check is not None:
+        return [INVARIANTS[n] for n in spec.check]
+    return [inv for inv in INVARIANTS.values() if inv.applies(spec)]

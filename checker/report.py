@@ -1,0 +1,167 @@
+"""Reports: the text a person reads and the JSON a script reads (DESIGN section 7)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable
+
+from checker import views
+from checker.check import Result
+from checker.explorer import Violation
+from checker.persistence import MODELS, CrashState
+from models.driver import Recovery
+from models.tree import Dir
+
+STEP_WINDOW = 8  # steps shown on each side of the crash point in a long op
+
+
+def to_json(results: Iterable[Result]) -> str:
+    doc = {"version": 1, "specs": [r.to_json() for r in results]}
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+def summary_line(r: Result) -> str:
+    mark = "ok  " if r.ok else "FAIL"
+    verdict = r.verdict.upper()
+    inv = f" of {', '.join(r.violated)}" if r.violations else ""
+    expected = r.expected + (
+        f" ({', '.join(r.spec.expect.invariants)})" if r.spec.expect and r.spec.expect.invariants else ""
+    )
+    scope = f" [only crash after step {r.only_crash}]" if r.only_crash is not None else ""
+    return (
+        f"{mark} {verdict:<9} {r.spec.file}: {r.spec.name}\n"
+        f"     {r.spec.driver}/{r.persistence}: {r.steps} steps, {r.crash_states} crash states "
+        f"({r.unique_states} unique), {len(r.violations)} violations{inv}; "
+        f"expected {expected}; {r.seconds:.2f}s{scope}"
+    )
+
+
+def _groups(violations: list[Violation]) -> dict[tuple[str, int], list[Violation]]:
+    groups: dict[tuple[str, int], list[Violation]] = {}
+    for v in violations:
+        groups.setdefault((v.invariant, v.op), []).append(v)
+    return groups
+
+
+def violation_report(r: Result, verbose: bool = False) -> list[str]:
+    """Each violated (invariant, op) with its first crash point in full; with `verbose`
+    every crash point in full."""
+    lines: list[str] = []
+    for (invariant, op), group in _groups(r.violations).items():
+        shown = group if verbose else [representative(r, group)]
+        for v in shown:
+            lines.extend(_detail(r, v))
+        if not verbose and len(group) > 1:
+            points = _ranges([v.crash_after_step for v in group])
+            lines.append(
+                f"     {len(group)} crash points violate {invariant} in op {op} "
+                f"(after steps {points}); --verbose shows each"
+            )
+        lines.append("")
+    return lines
+
+
+def representative(r: Result, group: list[Violation]) -> Violation:
+    """The crash point that best explains a group: one right after a system call
+    completed (its atomic point), in the middle of the op."""
+    ends = {rec.end_step for op in r.trace.ops for rec in op.syscalls if rec.end_step > rec.first_step}
+    at_boundary = [v for v in group if v.crash_after_step in ends] or group
+    return at_boundary[(len(at_boundary) - 1) // 2]
+
+
+def _detail(r: Result, v: Violation) -> list[str]:
+    trace = r.trace
+    n = len(trace.steps)
+    k = v.crash_after_step
+    op = trace.ops[v.op]
+    last = trace.steps[k - 1] if k > 0 else None
+    where = f"crash after step {k} of {n}" + (f": {last}" if last is not None else " (before any step)")
+    lines = [
+        f"  {v.invariant} violated in op {v.op} (`{op.text}`), {where}",
+        f"     {v.message}",
+        "     steps (* persisted, crash at >>>):",
+    ]
+    lines.extend(_steps_around(r, op.first_step, op.end_step, k))
+    recovery, crash_view = _recovered(r, k)
+    lines.append("     view before the op:")
+    lines.extend(views.render(op.before, "       "))
+    lines.append("     view after the op:")
+    lines.extend(views.render(op.after, "       "))
+    note = (
+        f"mount refused: {recovery.refusal}; remedy: {recovery.remedy}"
+        if recovery.refused else "mount succeeded"
+    )
+    lines.append(f"     view after the crash and recovery ({note}):")
+    lines.extend(views.render(crash_view, "       "))
+    lines.append("     reproduce: " + reproduce_command(r, k))
+    return lines
+
+
+def _recovered(r: Result, k: int) -> tuple[Recovery, Dir | None]:
+    root = MODELS[r.persistence].materialize(r.trace, CrashState(k))
+    rec = r.trace.driver.recover(root)
+    return rec, (r.trace.driver.view(rec.root) if rec.root is not None else None)
+
+
+def _steps_around(r: Result, first: int, end: int, k: int) -> list[str]:
+    trace = r.trace
+    lo, hi = first, end
+    if hi - lo > 2 * STEP_WINDOW + 1:
+        lo = max(first, k - STEP_WINDOW)
+        hi = min(end, k + STEP_WINDOW)
+    lines = []
+    if lo > first:
+        lines.append(f"          ... {lo - first} earlier steps of this op")
+    last_call = -1
+    for i in range(lo, hi):
+        call = trace.call_of_step(i)
+        if trace.step_call[i] != last_call:
+            last_call = trace.step_call[i]
+            lines.append(f"          {call.call}  = {call.result}")
+        mark = "*" if i < k else " "
+        lines.append(f"       {mark} {i + 1:>4}  {trace.steps[i]}")
+        if i + 1 == k:
+            lines.append("     >>> crash here")
+    if k == first and lo == first:
+        lines.insert(0, "     >>> crash here")
+    if hi < end:
+        lines.append(f"          ... {end - hi} later steps of this op")
+    if first == end:
+        lines.append("          (this op has no steps)")
+    return lines
+
+
+def _ranges(points: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    out: list[str] = []
+    start = prev = points[0]
+    for p in points[1:] + [None]:  # type: ignore[list-item]
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if p is not None:
+            start = prev = p
+    return ", ".join(out)
+
+
+def reproduce_command(r: Result, k: int) -> str:
+    parts = ["crashcheck", "run", r.spec.file, "--crash-after", str(k)]
+    if r.persistence != r.spec.persistence:
+        parts += ["--persistence", r.persistence]
+    return shlex.join(parts)
+
+
+def totals_line(results: list[Result], seconds: float) -> str:
+    ok = sum(r.ok for r in results)
+    steps = sum(r.steps for r in results)
+    states = sum(r.crash_states for r in results)
+    unique = sum(r.unique_states for r in results)
+    verdicts = {v: sum(r.verdict == v for r in results) for v in ("pass", "violation")}
+    bad = len(results) - ok
+    return (
+        f"{len(results)} specs: {ok} as expected, {bad} not "
+        f"({verdicts['pass']} pass, {verdicts['violation']} violation); "
+        f"{steps} steps, {states} crash states ({unique} unique) in {seconds:.2f}s"
+    )

@@ -1,0 +1,584 @@
+"""overlayfs (Linux 6.x, fs/overlayfs) as a driver model.
+
+The backing store holds the lower layers `lower0` (bottom, the spec's first layer) ..
+`lowerN-1` (top), each its own read-only file system, and one upper file system with
+`upper/` and `work/` (renames between them must stay on one file system). The work dir
+proper is `work/work`, as the kernel makes it; temp entries are named `#<hex>`.
+
+Each system call becomes the steps the kernel performs on the upper file system:
+
+- copy-up (`ovl_copy_up_flags`, `ovl_do_copy_up`): topmost missing ancestor first; mark
+  the parent impure; a file goes through an O_TMPFILE (`ovl_copy_up_tmpfile`): data,
+  xattrs, origin, fsync, then link into upper; a directory or symlink is built in the
+  work dir (`ovl_copy_up_workdir`) and renamed into upper;
+- create/mkdir/symlink/link (`ovl_create_upper`, `ovl_create_over_whiteout`): directly in
+  upper, or over a whiteout by building in work and renaming (an EXCHANGE and cleanup
+  for a directory, which is made opaque);
+- unlink/rmdir (`ovl_do_remove`, `ovl_remove_and_whiteout`, `ovl_clear_empty`): a merged
+  directory holding whiteouts is first swapped for an empty opaque one; a name that
+  exists below is replaced by a whiteout made in work (shared by hard link, as the kernel
+  does) and renamed over it;
+- rename (`ovl_rename`): EXDEV for a merged or lower directory unless `redirect_dir`;
+  RENAME_WHITEOUT when the source exists below; a redirect xattr (relative in the same
+  parent, else absolute) on a moved merged directory;
+- mount (`ovl_workdir_create`, `ovl_check_incompat`): `work/work` is emptied; a
+  `volatile` mount leaves `work/work/incompat/volatile/dirty`, and any later mount
+  refuses while it is there.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from models.driver import OK, Driver, Option, Recovery, Session, Syscall, SysResult, fail
+from models.steps import (
+    Chmod,
+    CopyData,
+    Create,
+    Fsync,
+    Link,
+    LinkTmpfile,
+    MakeSymlink,
+    Mkdir,
+    MknodWhiteout,
+    Rename,
+    Rmdir,
+    SetXattr,
+    Step,
+    StepLog,
+    Syncfs,
+    Tmpfile,
+    Truncate,
+    Unlink,
+    Write,
+)
+from models.tree import (
+    DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+    Dir,
+    File,
+    FsError,
+    Node,
+    Parts,
+    Symlink,
+    Whiteout,
+    join,
+    lookup,
+    replace,
+    split,
+)
+from models.union import IMPURE, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Union
+
+UPPER: Parts = ("upper",)
+WORK: Parts = ("work", "work")
+VOLATILE_DIRTY: Parts = WORK + ("incompat", "volatile", "dirty")
+Y = b"y"
+
+
+def _redirect_dir(value: object) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return str(value)
+
+
+class OverlayFS(Driver):
+    name = "overlayfs"
+    description = "Linux overlayfs: lower layers, one upper file system with upper/ and work/"
+    layered = True
+    OPTIONS = {
+        "redirect_dir": Option(
+            (bool, str), "off",
+            "on: rename of merged/lower directories sets a redirect xattr; off/follow: "
+            "such renames fail with EXDEV (redirects already present are followed)",
+            choices=("on", "off", "follow"), normalize=_redirect_dir,
+        ),
+        "volatile": Option(
+            (bool,), False,
+            "skip every fsync/syncfs; a crash leaves work/work/incompat/volatile/dirty and "
+            "the next mount refuses",
+        ),
+        "copy_up_fsync": Option(
+            (bool,), True,
+            "fsync copied-up data before linking it into upper (false models kernels before 4.9)",
+        ),
+    }
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        self.redirect_on = self.options["redirect_dir"] == "on"
+        self.should_sync = not self.options["volatile"]
+        self.lower_names: list[str] = []
+        self._union: Union | None = None
+
+    # -- layout ------------------------------------------------------------------------
+
+    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+        self.lower_names = [f"lower{i}" for i in range(len(layers))]
+        entries: dict[str, Node] = {name: layer for name, layer in zip(self.lower_names, layers)}
+        entries["upper"] = upper if upper is not None else Dir()
+        entries["work"] = Dir()
+        self._union = Union(
+            [(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))]
+        )
+        recovered = self._mount_workdir(Dir(entries))
+        assert recovered.root is not None
+        return recovered.root
+
+    @property
+    def union(self) -> Union:
+        assert self._union is not None, "mount() first"
+        return self._union
+
+    def device(self, parts: Parts) -> str:
+        top = parts[0] if parts else ""
+        return "upper" if top in ("upper", "work", "") else top
+
+    def lower_devices(self) -> frozenset[str]:
+        return frozenset(self.lower_names)
+
+    # -- view --------------------------------------------------------------------------
+
+    def _upper(self, root: Dir) -> Dir:
+        upper = root.entries["upper"]
+        assert isinstance(upper, Dir)
+        return upper
+
+    def view(self, root: Dir) -> Dir:
+        merged = self.union.view(self.union.root(self._upper(root)))
+        assert isinstance(merged, Dir)
+        return merged
+
+    def resolve(self, root: Dir, parts: Parts) -> tuple[Entry, Entry]:
+        return self.union.resolve(self._upper(root), parts)
+
+    def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
+        _, entry = self.resolve(root, parts)
+        return self.union.view(entry) if entry.exists else None
+
+    # -- recovery (mount) --------------------------------------------------------------
+
+    def recover(self, root: Dir) -> Recovery:
+        return self._mount_workdir(root)
+
+    def _mount_workdir(self, root: Dir) -> Recovery:
+        """`ovl_workdir_create`: refuse on incompat features, then empty work/work."""
+        incompat = lookup(root, WORK + ("incompat",))
+        if isinstance(incompat, Dir):
+            for feature, node in sorted(incompat.entries.items()):
+                if isinstance(node, Dir) and node.entries:
+                    return Recovery(
+                        None,
+                        refusal=f"overlay with incompat feature '{feature}' cannot be mounted "
+                        f"(work/work/incompat/{feature} is not empty)",
+                        remedy="the volatile mount did not end cleanly, so upper may be "
+                        "inconsistent: discard upper and work and recreate the container "
+                        "layer" if feature == "volatile" else
+                        f"remove work/work/incompat/{feature} only if upper is known intact",
+                    )
+        work = Dir(mode=0)
+        if self.options["volatile"]:
+            work = Dir(
+                {"incompat": Dir({"volatile": Dir({"dirty": File(b"", 0o644)}, 0o755)}, 0o755)},
+                mode=0,
+            )
+        base = root.entries.get("work")
+        if not isinstance(base, Dir):
+            root = replace(root, ("work",), Dir())
+        return Recovery(replace(root, WORK, work))
+
+    # -- system calls ------------------------------------------------------------------
+
+    def start(self, root: Dir) -> Session:
+        return Session(root)
+
+    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        if call.name in ("stat", "readdir", "read", "readlink", "listxattr"):
+            return self.read_syscall(log.root, call)
+        try:
+            handler = getattr(self, "_sys_" + call.name)
+        except AttributeError:
+            raise ValueError(f"overlayfs: unsupported syscall {call.name}") from None
+        try:
+            return handler(session, log, call)
+        except FsError as e:
+            return fail(e.errno)
+
+    def _sys_create(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        mode = call.args[1] if len(call.args) > 1 else DEFAULT_FILE_MODE
+        self._create_object(s, log, split(call.args[0]), "file", mode=mode)
+        return OK
+
+    def _sys_mkdir(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        mode = call.args[1] if len(call.args) > 1 else DEFAULT_DIR_MODE
+        self._create_object(s, log, split(call.args[0]), "dir", mode=mode)
+        return OK
+
+    def _sys_symlink(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        self._create_object(s, log, split(call.args[1]), "symlink", target=call.args[0])
+        return OK
+
+    def _sys_link(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        """`ovl_link`: copy up the source and the new parent, then link in upper."""
+        self.check_view_syscall(log.root, call)
+        old, new = split(call.args[0]), split(call.args[1])
+        self.copy_up(s, log, old)
+        self.copy_up(s, log, new[:-1])
+        _, entry = self.resolve(log.root, old)
+        self._create_object(s, log, new, "link", hardlink=UPPER + old, origin=self._has_origin(entry))
+        return OK
+
+    def _sys_write(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Write(join(UPPER + parts), call.args[1], 0, replace=True))
+        return OK
+
+    def _sys_append(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        node = lookup(log.root, UPPER + parts)
+        assert isinstance(node, File)
+        log.do(Write(join(UPPER + parts), call.args[1], len(node.content)))
+        return OK
+
+    def _sys_truncate(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Truncate(join(UPPER + parts), call.args[1]))
+        return OK
+
+    def _sys_chmod(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        """`ovl_setattr`: copy up, then change the upper inode."""
+        self.check_view_syscall(log.root, call)
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Chmod(join(UPPER + parts), call.args[1]))
+        return OK
+
+    def _sys_utimens(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        # Times and owners are not modelled, but the copy-up they cause is.
+        self.check_view_syscall(log.root, call)
+        self.copy_up(s, log, split(call.args[0]))
+        return OK
+
+    _sys_chown = _sys_utimens
+
+    def _sys_setxattr(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        path, name, value = call.args
+        if name.startswith(OVL_PREFIX):
+            return fail(errno.EOPNOTSUPP)  # overlay refuses its own private xattrs
+        parts = split(path)
+        self.copy_up(s, log, parts)
+        log.do(SetXattr(join(UPPER + parts), name, value))
+        return OK
+
+    def _sys_fsync(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        """`ovl_fsync`: fsync the real upper file; nothing for a lower file or volatile."""
+        self.check_view_syscall(log.root, call)
+        _, entry = self.resolve(log.root, split(call.args[0]))
+        if entry.upper is not None and self.should_sync:
+            log.do(Fsync(join(entry.upper.path)))
+        return OK
+
+    def _sys_sync(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        if self.should_sync:
+            log.do(Syncfs("upper"))
+        return OK
+
+    def _sys_unlink(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        self._remove(s, log, split(call.args[0]), is_dir=False)
+        return OK
+
+    def _sys_rmdir(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        self._remove(s, log, split(call.args[0]), is_dir=True)
+        return OK
+
+    def _sys_rename(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        self._rename(s, log, split(call.args[0]), split(call.args[1]), call.flags)
+        return OK
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _temp(self, s: Session) -> str:
+        """`ovl_lookup_temp`: a fresh `#<hex>` name in the work dir."""
+        return join(WORK + (f"#{s.next('temp'):x}",))
+
+    def _set_impure(self, log: StepLog, upper_dir: Parts) -> None:
+        """`ovl_set_impure`: mark an upper dir that may hold non-pure entries (once)."""
+        node = lookup(log.root, upper_dir)
+        if node is not None and node.xattr(IMPURE) is None:
+            log.do(SetXattr(join(upper_dir), IMPURE, Y))
+
+    def _has_origin(self, entry: Entry) -> bool:
+        """OVL_TYPE_ORIGIN: an upper entry copied up from (or merged with) a lower one."""
+        up = entry.upper
+        return up is not None and (bool(entry.lowers) or up.node.xattr(ORIGIN) is not None)
+
+    def _allow_offline_changes(self) -> bool:
+        return not self.redirect_on
+
+    # -- copy-up -----------------------------------------------------------------------
+
+    def copy_up(self, s: Session, log: StepLog, parts: Parts) -> None:
+        """`ovl_copy_up_flags`: copy up `parts`, topmost missing ancestor first."""
+        while True:
+            _, entry = self.resolve(log.root, parts)
+            if entry.upper is not None or not entry.exists:
+                return
+            for i in range(1, len(parts) + 1):
+                _, anc = self.resolve(log.root, parts[:i])
+                if anc.upper is None:
+                    self._copy_up_one(s, log, anc)
+                    break
+
+    def _copy_up_one(self, s: Session, log: StepLog, entry: Entry) -> None:
+        lower = entry.stack[0]
+        node = lower.node
+        dest = join(UPPER + entry.path)
+        self._set_impure(log, UPPER + entry.path[:-1])
+        temp = self._temp(s)
+        if isinstance(node, File):
+            log.do(Tmpfile(temp, node.mode, ino=s.next("ino", 1000)))
+            if node.content:
+                log.do(CopyData(join(lower.path), temp))
+        elif isinstance(node, Dir):
+            log.do(Mkdir(temp, 0))  # "can't properly set mode on creation" (umask)
+        elif isinstance(node, Symlink):
+            log.do(MakeSymlink(node.target, temp))
+        else:
+            raise FsError(errno.EIO, dest)
+        for name, value in node.xattrs:
+            if not name.startswith(OVL_PREFIX):
+                log.do(SetXattr(temp, name, value))
+        log.do(SetXattr(temp, ORIGIN, join(lower.path).encode()))
+        if isinstance(node, Dir):
+            log.do(Chmod(temp, node.mode))
+        if isinstance(node, (File, Dir)) and self.should_sync and self.options["copy_up_fsync"]:
+            log.do(Fsync(temp))
+        if isinstance(node, File):
+            log.do(LinkTmpfile(temp, dest))
+        else:
+            log.do(Rename(temp, dest))
+
+    # -- create ------------------------------------------------------------------------
+
+    def _create_object(
+        self, s: Session, log: StepLog, parts: Parts, kind: str, *, mode: int = 0,
+        target: str = "", hardlink: Parts = (), origin: bool = False,
+    ) -> None:
+        """`ovl_create_or_link`: copy up the parent, then create in upper."""
+        self.copy_up(s, log, parts[:-1])
+        parent, entry = self.resolve(log.root, parts)
+        if origin:
+            self._set_impure(log, UPPER + parts[:-1])
+        if entry.whiteout:
+            self._create_over_whiteout(s, log, parts, kind, mode, target, hardlink)
+            return
+        dest = join(UPPER + parts)
+        log.do(self._make(kind, dest, mode, target, hardlink, s))
+        if kind == "dir" and parent.is_merge and not self._allow_offline_changes():
+            log.do(SetXattr(dest, OPAQUE, Y))  # "just an optimization"
+
+    def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts, s: Session) -> Step:
+        if kind == "file":
+            return Create(path, mode, ino=s.next("ino", 1000))
+        if kind == "dir":
+            return Mkdir(path, mode)
+        if kind == "symlink":
+            return MakeSymlink(target, path)
+        return Link(join(hardlink), path, ino=s.next("ino", 1000))
+
+    def _create_over_whiteout(
+        self, s: Session, log: StepLog, parts: Parts, kind: str, mode: int, target: str,
+        hardlink: Parts,
+    ) -> None:
+        """`ovl_create_over_whiteout`: build in work, then rename over the whiteout."""
+        dest = join(UPPER + parts)
+        temp = self._temp(s)
+        log.do(self._make(kind, temp, mode, target, hardlink, s))
+        if kind == "dir":
+            log.do(SetXattr(temp, OPAQUE, Y))
+            log.do(Rename(temp, dest, "exchange"))
+            log.do(Unlink(temp))  # the whiteout, now in work
+        else:
+            log.do(Rename(temp, dest))
+
+    # -- remove ------------------------------------------------------------------------
+
+    def _lower_positive(self, parent: Entry, entry: Entry) -> bool:
+        """`ovl_lower_positive`: does a lower layer hold this name (by its own name)?"""
+        if not entry.exists:
+            return entry.opaque
+        if entry.upper is None:
+            return True
+        name = entry.path[-1]
+        for frame in parent.lowers:
+            if isinstance(frame.node, Dir):
+                child = frame.node.entries.get(name)
+                if child is not None:
+                    return not isinstance(child, Whiteout)
+        return False
+
+    def _whiteout(self, s: Session, log: StepLog) -> str:
+        """`ovl_whiteout`: one whiteout per mount is made and then shared by hard links."""
+        cached = s.cache.get("whiteout")
+        if cached is None or lookup(log.root, split(cached)) is None:
+            cached = self._temp(s)
+            log.do(MknodWhiteout(cached))
+            s.cache["whiteout"] = cached
+        link = self._temp(s)
+        log.do(Link(cached, link))
+        return link
+
+    def _cleanup(self, log: StepLog, path: str) -> None:
+        """`ovl_cleanup`: rmdir or unlink an entry in the work dir."""
+        node = lookup(log.root, split(path))
+        log.do(Rmdir(path) if isinstance(node, Dir) else Unlink(path))
+
+    def _clear_empty(self, s: Session, log: StepLog, entry: Entry, whiteouts: list[str]) -> None:
+        """`ovl_clear_empty`: swap a dir holding only whiteouts for an empty opaque one."""
+        up = entry.upper
+        assert up is not None and isinstance(up.node, Dir)
+        temp = self._temp(s)
+        log.do(Mkdir(temp, up.node.mode))
+        for name, value in up.node.xattrs:
+            if not name.startswith(OVL_PREFIX):
+                log.do(SetXattr(temp, name, value))
+        log.do(SetXattr(temp, OPAQUE, Y))
+        log.do(Rename(temp, join(up.path), "exchange"))
+        for name in whiteouts:
+            log.do(Unlink(join(split(temp) + (name,))))
+        log.do(Rmdir(temp))
+
+    def _remove(self, s: Session, log: StepLog, parts: Parts, is_dir: bool) -> None:
+        """`ovl_do_remove`."""
+        parent, entry = self.resolve(log.root, parts)
+        whiteouts = self.union.upper_whiteouts(entry) if is_dir else []
+        self.copy_up(s, log, parts[:-1])
+        parent, entry = self.resolve(log.root, parts)
+        upper_path = join(UPPER + parts)
+        if not self._lower_positive(parent, entry):
+            if whiteouts:
+                self._clear_empty(s, log, entry, whiteouts)
+            log.do(Rmdir(upper_path) if is_dir else Unlink(upper_path))
+            return
+        if whiteouts:
+            self._clear_empty(s, log, entry, whiteouts)
+        self._cleanup_and_whiteout(s, log, upper_path)
+
+    def _cleanup_and_whiteout(self, s: Session, log: StepLog, upper_path: str) -> None:
+        """`ovl_cleanup_and_whiteout`: rename a fresh whiteout over the name."""
+        whiteout = self._whiteout(s, log)
+        if isinstance(lookup(log.root, split(upper_path)), Dir):
+            log.do(Rename(whiteout, upper_path, "exchange"))
+            self._cleanup(log, whiteout)
+        else:
+            log.do(Rename(whiteout, upper_path))
+
+    # -- rename ------------------------------------------------------------------------
+
+    def _can_move(self, entry: Entry) -> bool:
+        """`ovl_can_move`: merged or lower directories move only with redirect_dir=on."""
+        return self.redirect_on or not entry.is_dir or not entry.merge_or_lower
+
+    def _rename(self, s: Session, log: StepLog, old: Parts, new: Parts, flags: str) -> None:
+        """`ovl_rename`."""
+        self.check_rename_vfs(log.root, old, new, flags)
+        if old == new:
+            return
+        overwrite = flags != "exchange"
+        _, o = self.resolve(log.root, old)
+        _, n = self.resolve(log.root, new)
+        if not self._can_move(o) or (not overwrite and not self._can_move(n)):
+            raise FsError(errno.EXDEV, join(old))
+        self.check_rename_target_empty(log.root, new, flags)
+        is_dir = o.is_dir
+        new_is_dir = n.is_dir
+        samedir = old[:-1] == new[:-1]
+        whiteouts = (
+            self.union.upper_whiteouts(n) if overwrite and new_is_dir and n.exists else []
+        )
+
+        real_flags = ""
+        cleanup_whiteout = False
+        if overwrite:
+            old_parent, _ = self.resolve(log.root, old)
+            if self._lower_positive(old_parent, o):
+                real_flags = "exchange" if n.whiteout else "whiteout"
+            elif is_dir and n.whiteout:
+                real_flags = "exchange"
+                cleanup_whiteout = True
+        else:
+            real_flags = "exchange"
+
+        self.copy_up(s, log, old)
+        self.copy_up(s, log, new[:-1])
+        if not overwrite:
+            self.copy_up(s, log, new)
+        _, o = self.resolve(log.root, old)
+        n_parent, n = self.resolve(log.root, new)
+        o_parent, _ = self.resolve(log.root, old)
+
+        if whiteouts:
+            self._clear_empty(s, log, n, whiteouts)
+        if not samedir:
+            if self._has_origin(o):
+                self._set_impure(log, UPPER + new[:-1])
+            if not overwrite and self._has_origin(n):
+                self._set_impure(log, UPPER + old[:-1])
+
+        old_upper = join(UPPER + old)
+        new_upper = join(UPPER + new)
+        old_opaque = o.upper is not None and o.upper.node.xattr(OPAQUE) == Y
+        if o.is_dir and o.merge_or_lower:
+            self._set_redirect(log, o, samedir)
+        elif is_dir and not old_opaque and n_parent.is_merge:
+            log.do(SetXattr(old_upper, OPAQUE, Y))
+        if not overwrite:
+            new_opaque = n.upper is not None and n.upper.node.xattr(OPAQUE) == Y
+            if n.is_dir and n.merge_or_lower:
+                self._set_redirect(log, n, samedir)
+            elif new_is_dir and not new_opaque and o_parent.is_merge:
+                log.do(SetXattr(new_upper, OPAQUE, Y))
+
+        log.do(Rename(old_upper, new_upper, real_flags))
+        if cleanup_whiteout:
+            log.do(Unlink(old_upper))
+
+    def _set_redirect(self, log: StepLog, entry: Entry, samedir: bool) -> None:
+        """`ovl_set_redirect`: relative (same parent) or absolute redirect to the origin."""
+        up = entry.upper
+        assert up is not None
+        current = up.node.xattr(REDIRECT)
+        absolute = not samedir
+        if current is not None and (not absolute or current.startswith(b"/")):
+            return
+        if not absolute:
+            value = entry.path[-1]
+        else:
+            value = self._absolute_redirect(log.root, entry.path)
+        log.do(SetXattr(join(up.path), REDIRECT, value.encode()))
+
+    def _absolute_redirect(self, root: Dir, parts: Parts) -> str:
+        """`ovl_get_redirect`: the origin path, built from each ancestor's redirect."""
+        names: list[str] = []
+        for depth in range(len(parts), 0, -1):
+            node = lookup(root, UPPER + parts[:depth])
+            redirect = node.xattr(REDIRECT) if node is not None else None
+            name = redirect.decode() if redirect is not None else parts[depth - 1]
+            if name.startswith("/"):
+                names.append(name.lstrip("/"))
+                break
+            names.append(name)
+        return "/" + "/".join(reversed(names))

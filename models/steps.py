@@ -1,0 +1,589 @@
+"""Primitive steps on a backing store, with exact effects and POSIX error semantics.
+
+A driver turns each system call on the user's view into a sequence of these steps. A
+step is a frozen value: `apply(root, device)` returns the new root or raises `FsError`
+(ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, EXDEV, EINVAL). `device` maps a path to
+the file system that holds it, so a rename between file systems fails with EXDEV just as
+rename(2) does. Steps on a hard-linked file update every link.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.tree import (
+    DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+    Dir,
+    File,
+    FsError,
+    Node,
+    Parts,
+    Symlink,
+    Whiteout,
+    find_inode,
+    join,
+    lookup,
+    parent_dir,
+    replace,
+    replace_many,
+    split,
+)
+
+Device = Callable[[Parts], str]
+
+
+def one_device(parts: Parts) -> str:
+    return "fs"
+
+
+def _enoent(parts: Parts) -> FsError:
+    return FsError(errno.ENOENT, join(parts))
+
+
+def _existing(root: Dir, parts: Parts) -> Node:
+    node = lookup(root, parts) if parts else root
+    if node is None:
+        parent_dir(root, parts)  # raises ENOTDIR for a non-directory ancestor
+        raise _enoent(parts)
+    return node
+
+
+def _absent(root: Dir, parts: Parts) -> None:
+    parent_dir(root, parts)
+    if parts[-1] in _parent(root, parts).entries:
+        raise FsError(errno.EEXIST, join(parts))
+
+
+def _parent(root: Dir, parts: Parts) -> Dir:
+    return parent_dir(root, parts)
+
+
+def _update_inode(root: Dir, parts: Parts, change: Callable[[Node], Node]) -> Dir:
+    """Apply `change` to the node at `parts` and to every hard link of it."""
+    node = _existing(root, parts)
+    if isinstance(node, File) and node.nlink > 1:
+        for link in find_inode(root, node.ino):
+            target = lookup(root, link)
+            assert target is not None
+            root = replace(root, link, change(target))
+        return root
+    return replace(root, parts, change(node))
+
+
+def _retarget_links(root: Dir, ino: int, nlink: int, skip: Parts | None = None) -> Dir:
+    for link in find_inode(root, ino):
+        if link == skip:
+            continue
+        node = lookup(root, link)
+        assert isinstance(node, File)
+        root = replace(root, link, node.with_links(ino, nlink))
+    return root
+
+
+@dataclass(frozen=True)
+class Step:
+    """One primitive operation on the backing store."""
+
+    kind = "step"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        raise NotImplementedError
+
+    def writes(self) -> tuple[str, ...]:
+        """Paths whose node or entry this step changes."""
+        return ()
+
+    @property
+    def is_data(self) -> bool:
+        """True for steps that change file data (not names or attributes)."""
+        return False
+
+    def __str__(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Mkdir(Step):
+    path: str
+    mode: int = DEFAULT_DIR_MODE
+    kind = "mkdir"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        _absent(root, parts)
+        return replace(root, parts, Dir(mode=self.mode))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"mkdir {self.path}" + ("" if self.mode == DEFAULT_DIR_MODE else f" mode {self.mode:o}")
+
+
+@dataclass(frozen=True)
+class Create(Step):
+    """open(O_CREAT|O_EXCL) of an empty regular file."""
+
+    path: str
+    mode: int = DEFAULT_FILE_MODE
+    ino: int = 0
+    kind = "create"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        _absent(root, parts)
+        return replace(root, parts, File(b"", self.mode, ino=self.ino))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"create {self.path}"
+
+
+@dataclass(frozen=True)
+class Tmpfile(Create):
+    """open(O_TMPFILE): an inode with no name. Modelled under a work-dir name that no
+    reader sees; the kernel frees it at the next mount if it was never linked."""
+
+    kind = "tmpfile"
+
+    def __str__(self) -> str:
+        return f"tmpfile {self.path}"
+
+
+@dataclass(frozen=True)
+class Write(Step):
+    """write(2) of `data` at `offset`; with `replace` the file becomes exactly `data`."""
+
+    path: str
+    data: bytes
+    offset: int = 0
+    replace: bool = False
+    kind = "write"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        node = _existing(root, split(self.path))
+        if isinstance(node, Dir):
+            raise FsError(errno.EISDIR, self.path)
+        if not isinstance(node, File):
+            raise FsError(errno.EINVAL, self.path)
+
+        def change(n: Node) -> Node:
+            assert isinstance(n, File)
+            if self.replace:
+                return n.with_content(self.data)
+            old = n.content
+            if len(old) < self.offset:
+                old = old + b"\0" * (self.offset - len(old))
+            return n.with_content(old[: self.offset] + self.data + old[self.offset + len(self.data) :])
+
+        return _update_inode(root, split(self.path), change)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    @property
+    def is_data(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        what = "=" if self.replace else f"@{self.offset} +"
+        return f"write {self.path} {what}{_show(self.data)}"
+
+
+@dataclass(frozen=True)
+class Truncate(Step):
+    path: str
+    size: int
+    kind = "truncate"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        node = _existing(root, split(self.path))
+        if isinstance(node, Dir):
+            raise FsError(errno.EISDIR, self.path)
+        if not isinstance(node, File):
+            raise FsError(errno.EINVAL, self.path)
+
+        def change(n: Node) -> Node:
+            assert isinstance(n, File)
+            c = n.content
+            return n.with_content(c[: self.size] + b"\0" * max(0, self.size - len(c)))
+
+        return _update_inode(root, split(self.path), change)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    @property
+    def is_data(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"truncate {self.path} {self.size}"
+
+
+@dataclass(frozen=True)
+class CopyData(Step):
+    """Copy the data of `src` (typically on a lower layer) into the file `dst`."""
+
+    src: str
+    dst: str
+    kind = "copy_data"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        src = _existing(root, split(self.src))
+        dst = _existing(root, split(self.dst))
+        if not isinstance(src, File) or not isinstance(dst, File):
+            raise FsError(errno.EINVAL, self.dst)
+        return _update_inode(
+            root, split(self.dst), lambda n: n.with_content(src.content)  # type: ignore[attr-defined]
+        )
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.dst,)
+
+    @property
+    def is_data(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"copy {self.src} -> {self.dst}"
+
+
+@dataclass(frozen=True)
+class SetXattr(Step):
+    path: str
+    name: str
+    value: bytes
+    kind = "setxattr"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        return _update_inode(root, split(self.path), lambda n: n.with_xattr(self.name, self.value))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"setxattr {self.path} {self.name}={_show(self.value)}"
+
+
+@dataclass(frozen=True)
+class RemoveXattr(Step):
+    path: str
+    name: str
+    kind = "removexattr"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        node = _existing(root, split(self.path))
+        if node.xattr(self.name) is None:
+            raise FsError(errno.ENODATA, self.path)
+        return _update_inode(root, split(self.path), lambda n: n.with_xattr(self.name, None))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"removexattr {self.path} {self.name}"
+
+
+@dataclass(frozen=True)
+class Chmod(Step):
+    path: str
+    mode: int
+    kind = "chmod"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        node = _existing(root, split(self.path))
+        if not isinstance(node, (File, Dir)):
+            return root  # modes of symlinks and devices are not modelled
+        return _update_inode(root, split(self.path), lambda n: n.with_mode(self.mode))  # type: ignore[attr-defined]
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"chmod {self.path} {self.mode:o}"
+
+
+@dataclass(frozen=True)
+class MknodWhiteout(Step):
+    path: str
+    kind = "mknod_whiteout"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        _absent(root, parts)
+        return replace(root, parts, Whiteout())
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"mknod {self.path} c 0 0 (whiteout)"
+
+
+@dataclass(frozen=True)
+class Link(Step):
+    src: str
+    dst: str
+    ino: int = 0  # inode number given to a file that gets its first extra link
+    kind = "link"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        sp, dp = split(self.src), split(self.dst)
+        node = _existing(root, sp)
+        if isinstance(node, Dir):
+            raise FsError(errno.EPERM, self.src)
+        _absent(root, dp)
+        if device(sp) != device(dp):
+            raise FsError(errno.EXDEV, self.dst)
+        if not isinstance(node, File):
+            return replace(root, dp, node)  # whiteouts and symlinks: identity not modelled
+        ino = node.ino if node.nlink > 1 else (node.ino or self.ino)
+        nlink = node.nlink + 1
+        root = _retarget_links(root, ino, nlink) if node.nlink > 1 else root
+        linked = node.with_links(ino, nlink)
+        root = replace(root, sp, linked)
+        return replace(root, dp, linked)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.src, self.dst)
+
+    def __str__(self) -> str:
+        return f"link {self.src} -> {self.dst}"
+
+
+@dataclass(frozen=True)
+class LinkTmpfile(Step):
+    """linkat() of an O_TMPFILE inode into the namespace; the anonymous inode then has
+    exactly one name, so this is modelled as a move of the work-dir placeholder."""
+
+    src: str
+    dst: str
+    kind = "link_tmpfile"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        sp, dp = split(self.src), split(self.dst)
+        node = _existing(root, sp)
+        _absent(root, dp)
+        if device(sp) != device(dp):
+            raise FsError(errno.EXDEV, self.dst)
+        root = replace(root, sp, None)
+        return replace(root, dp, node)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.src, self.dst)
+
+    def __str__(self) -> str:
+        return f"link {self.src} -> {self.dst} (tmpfile)"
+
+
+@dataclass(frozen=True)
+class MakeSymlink(Step):
+    target: str
+    path: str
+    kind = "symlink"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        _absent(root, parts)
+        return replace(root, parts, Symlink(self.target))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"symlink {self.path} -> {self.target}"
+
+
+RENAME_FLAGS = ("", "noreplace", "exchange", "whiteout")
+
+
+@dataclass(frozen=True)
+class Rename(Step):
+    """renameat2(src, dst, flags): flags is '', 'noreplace', 'exchange' or 'whiteout'."""
+
+    src: str
+    dst: str
+    flags: str = ""
+    kind = "rename"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        sp, dp = split(self.src), split(self.dst)
+        src = _existing(root, sp)
+        dparent = _parent(root, dp)
+        if device(sp) != device(dp):
+            raise FsError(errno.EXDEV, self.dst)
+        if sp == dp:
+            return root
+        if isinstance(src, Dir) and dp[: len(sp)] == sp:
+            raise FsError(errno.EINVAL, self.dst)
+        dst = dparent.entries.get(dp[-1])
+        if self.flags == "exchange":
+            if dst is None:
+                raise _enoent(dp)
+            if isinstance(dst, Dir) and sp[: len(dp)] == dp:
+                raise FsError(errno.EINVAL, self.src)
+            return _move(root, {sp: dst, dp: src})
+        if dst is not None:
+            if self.flags == "noreplace":
+                raise FsError(errno.EEXIST, self.dst)
+            if isinstance(src, Dir) and not isinstance(dst, Dir):
+                raise FsError(errno.ENOTDIR, self.dst)
+            if not isinstance(src, Dir) and isinstance(dst, Dir):
+                raise FsError(errno.EISDIR, self.dst)
+            if isinstance(dst, Dir) and dst.entries:
+                raise FsError(errno.ENOTEMPTY, self.dst)
+            if isinstance(src, File) and isinstance(dst, File) and src.nlink > 1 and src.ino == dst.ino:
+                return root  # both names are links to one inode: rename does nothing
+            if isinstance(dst, File) and dst.nlink > 1:
+                root = _retarget_links(root, dst.ino, dst.nlink - 1, skip=dp)
+                src = _existing(root, sp)
+        leftover: Node | None = Whiteout() if self.flags == "whiteout" else None
+        return _move(root, {sp: leftover, dp: src})
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.src, self.dst)
+
+    def __str__(self) -> str:
+        flag = f" ({self.flags})" if self.flags else ""
+        return f"rename {self.src} -> {self.dst}{flag}"
+
+
+def _move(root: Dir, placements: dict[Parts, Node | None]) -> Dir:
+    """Set several paths at once; paths in one directory change in one path copy."""
+    by_dir: dict[Parts, dict[str, Node | None]] = {}
+    for parts, node in placements.items():
+        by_dir.setdefault(parts[:-1], {})[parts[-1]] = node
+    # Deepest directories first, so a change of an ancestor never loses a descendant's.
+    for dparts in sorted(by_dir, key=len, reverse=True):
+        root = replace_many(root, dparts, by_dir[dparts])
+    return root
+
+
+@dataclass(frozen=True)
+class Unlink(Step):
+    path: str
+    kind = "unlink"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        node = _existing(root, parts)
+        if isinstance(node, Dir):
+            raise FsError(errno.EISDIR, self.path)
+        if isinstance(node, File) and node.nlink > 1:
+            root = _retarget_links(root, node.ino, node.nlink - 1, skip=parts)
+        return replace(root, parts, None)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"unlink {self.path}"
+
+
+@dataclass(frozen=True)
+class Rmdir(Step):
+    path: str
+    kind = "rmdir"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        node = _existing(root, parts)
+        if not isinstance(node, Dir):
+            raise FsError(errno.ENOTDIR, self.path)
+        if node.entries:
+            raise FsError(errno.ENOTEMPTY, self.path)
+        return replace(root, parts, None)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"rmdir {self.path}"
+
+
+@dataclass(frozen=True)
+class Fsync(Step):
+    """fsync(2): changes nothing in the tree; persistence models give it meaning."""
+
+    path: str
+    kind = "fsync"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        _existing(root, split(self.path))
+        return root
+
+    def __str__(self) -> str:
+        return f"fsync {self.path}"
+
+
+@dataclass(frozen=True)
+class Syncfs(Step):
+    """syncfs(2) of the file system that holds `path`."""
+
+    path: str = ""
+    kind = "syncfs"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        return root
+
+    def __str__(self) -> str:
+        return f"syncfs {self.path or '/'}"
+
+
+@dataclass(frozen=True)
+class RemoveTree(Step):
+    """Recursive removal (a driver's cleanup of its own scratch area at mount)."""
+
+    path: str
+    kind = "remove_tree"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        parts = split(self.path)
+        if lookup(root, parts) is None:
+            return root
+        return replace(root, parts, None)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"rm -r {self.path}"
+
+
+def _show(data: bytes) -> str:
+    text = data.decode("utf-8", "backslashreplace")
+    if len(text) > 24:
+        text = text[:21] + "..."
+    return repr(text)
+
+
+STEP_TYPES: dict[str, type[Step]] = {
+    cls.kind: cls
+    for cls in (
+        Mkdir, Create, Tmpfile, Write, Truncate, CopyData, SetXattr, RemoveXattr, Chmod,
+        MknodWhiteout, Link, LinkTmpfile, MakeSymlink, Rename, Unlink, Rmdir, Fsync, Syncfs,
+        RemoveTree,
+    )
+}
+
+
+@dataclass
+class StepLog:
+    """Applies steps one by one and records each step and the tree after it."""
+
+    root: Dir
+    device: Device = one_device
+    steps: list[Step] = field(default_factory=list)
+    states: list[Dir] = field(default_factory=list)
+
+    def do(self, step: Step) -> Dir:
+        self.root = step.apply(self.root, self.device)
+        self.steps.append(step)
+        self.states.append(self.root)
+        return self.root

@@ -1,0 +1,352 @@
+"""Immutable file-system trees with stable, incremental fingerprints.
+
+A backing store (and a user-visible view) is a tree of `Dir`, `File`, `Symlink` and
+`Whiteout` nodes. Nodes never change: every update builds new nodes along the path
+from the root (path copying) and shares every untouched subtree, so keeping the state
+after each step of a trace costs a few nodes per step.
+
+Each node carries a 128-bit blake2b digest of a canonical encoding. A directory's
+digest covers the *sum* (mod 2**128) of its entries' digests, so replacing one entry
+costs two entry hashes instead of rehashing the whole directory. Digests never depend
+on Python's per-process `hash()`, so fingerprints are stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Iterator, Mapping
+from hashlib import blake2b
+
+DIGEST_BYTES = 16  # 128 bits: collisions are negligible for the state counts we explore
+_MOD = 1 << (8 * DIGEST_BYTES)
+
+DEFAULT_FILE_MODE = 0o644
+DEFAULT_DIR_MODE = 0o755
+SYMLINK_MODE = 0o777
+
+Xattrs = tuple[tuple[str, bytes], ...]
+NO_XATTRS: Xattrs = ()
+
+
+class FsError(Exception):
+    """A POSIX error from a file-system operation: `errno` plus the path involved."""
+
+    def __init__(self, code: int, path: str = "") -> None:
+        self.errno = code
+        self.path = path
+        super().__init__(f"{_errno.errorcode.get(code, code)}: {path}")
+
+    @property
+    def name(self) -> str:
+        return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+def _h(data: bytes) -> bytes:
+    return blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def _xattr_bytes(xattrs: Xattrs) -> bytes:
+    if not xattrs:
+        return b""
+    return b"".join(
+        len(k).to_bytes(2, "big") + k.encode() + len(v).to_bytes(4, "big") + v for k, v in xattrs
+    )
+
+
+def entry_hash(name: str, child: Node) -> int:
+    """Hash of one directory entry; a directory digest covers the sum of these."""
+    return int.from_bytes(_h(name.encode() + b"\0" + child.digest), "big")
+
+
+class Node:
+    """Base of all tree nodes. Subclasses are immutable after construction."""
+
+    __slots__ = ("digest", "xattrs")
+    kind = "node"
+    digest: bytes
+    xattrs: Xattrs
+
+    def xattr(self, name: str) -> bytes | None:
+        for k, v in self.xattrs:
+            if k == name:
+                return v
+        return None
+
+    def with_xattr(self, name: str, value: bytes | None) -> Node:
+        raise NotImplementedError
+
+    def _xattrs_set(self, name: str, value: bytes | None) -> Xattrs:
+        kept = [(k, v) for k, v in self.xattrs if k != name]
+        if value is not None:
+            kept.append((name, value))
+        return tuple(sorted(kept))
+
+
+class File(Node):
+    """A regular file. `ino` identifies the inode for hard links (`nlink` > 1)."""
+
+    __slots__ = ("content", "mode", "ino", "nlink")
+    kind = "file"
+
+    def __init__(
+        self,
+        content: bytes = b"",
+        mode: int = DEFAULT_FILE_MODE,
+        xattrs: Xattrs = NO_XATTRS,
+        ino: int = 0,
+        nlink: int = 1,
+    ) -> None:
+        self.content = content
+        self.mode = mode
+        self.xattrs = xattrs
+        self.ino = ino
+        self.nlink = nlink
+        # The inode number only matters (and only enters the digest) for hard links.
+        link = b"" if nlink <= 1 else ino.to_bytes(8, "big") + nlink.to_bytes(4, "big")
+        self.digest = _h(
+            b"F" + mode.to_bytes(2, "big") + link + b"|" + _xattr_bytes(xattrs) + b"|" + content
+        )
+
+    def with_content(self, content: bytes) -> File:
+        return File(content, self.mode, self.xattrs, self.ino, self.nlink)
+
+    def with_mode(self, mode: int) -> File:
+        return File(self.content, mode, self.xattrs, self.ino, self.nlink)
+
+    def with_links(self, ino: int, nlink: int) -> File:
+        return File(self.content, self.mode, self.xattrs, ino, nlink)
+
+    def with_xattr(self, name: str, value: bytes | None) -> File:
+        return File(self.content, self.mode, self._xattrs_set(name, value), self.ino, self.nlink)
+
+    def __repr__(self) -> str:
+        return f"File({self.content!r}, mode={self.mode:o})"
+
+
+class Symlink(Node):
+    __slots__ = ("target",)
+    kind = "symlink"
+    mode = SYMLINK_MODE
+
+    def __init__(self, target: str, xattrs: Xattrs = NO_XATTRS) -> None:
+        self.target = target
+        self.xattrs = xattrs
+        self.digest = _h(b"L" + target.encode() + b"|" + _xattr_bytes(xattrs))
+
+    def with_xattr(self, name: str, value: bytes | None) -> Symlink:
+        return Symlink(self.target, self._xattrs_set(name, value))
+
+    def __repr__(self) -> str:
+        return f"Symlink({self.target!r})"
+
+
+class Whiteout(Node):
+    """A character device 0/0: overlayfs' mark that hides a lower entry."""
+
+    __slots__ = ()
+    kind = "whiteout"
+    mode = 0
+
+    def __init__(self, xattrs: Xattrs = NO_XATTRS) -> None:
+        self.xattrs = xattrs
+        self.digest = _h(b"W|" + _xattr_bytes(xattrs))
+
+    def with_xattr(self, name: str, value: bytes | None) -> Whiteout:
+        return Whiteout(self._xattrs_set(name, value))
+
+    def __repr__(self) -> str:
+        return "Whiteout()"
+
+
+class Dir(Node):
+    """A directory. `base`/`changed` record which entries differ from the directory
+    this one was derived from, so a view can be updated instead of recomputed."""
+
+    __slots__ = ("entries", "mode", "esum", "base", "changed")
+    kind = "dir"
+
+    def __init__(
+        self,
+        entries: Mapping[str, Node] | None = None,
+        mode: int = DEFAULT_DIR_MODE,
+        xattrs: Xattrs = NO_XATTRS,
+        *,
+        _esum: int | None = None,
+        _base: Dir | None = None,
+        _changed: tuple[str, ...] = (),
+    ) -> None:
+        self.entries: dict[str, Node] = dict(entries) if entries else {}
+        self.mode = mode
+        self.xattrs = xattrs
+        if _esum is None:
+            _esum = sum(entry_hash(n, c) for n, c in self.entries.items()) % _MOD
+        self.esum = _esum
+        self.base = _base
+        self.changed = _changed
+        self.digest = _h(
+            b"D"
+            + mode.to_bytes(2, "big")
+            + _esum.to_bytes(DIGEST_BYTES, "big")
+            + b"|"
+            + _xattr_bytes(xattrs)
+        )
+
+    def get(self, name: str) -> Node | None:
+        return self.entries.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def with_child(self, name: str, child: Node | None) -> Dir:
+        """This directory with entry `name` set to `child` (or removed when None)."""
+        return self.with_children({name: child})
+
+    def with_children(self, changes: Mapping[str, Node | None]) -> Dir:
+        entries = self.entries.copy()
+        esum = self.esum
+        for name, child in changes.items():
+            old = entries.get(name)
+            if old is child:
+                continue
+            if old is not None:
+                esum -= entry_hash(name, old)
+                del entries[name]
+            if child is not None:
+                esum += entry_hash(name, child)
+                entries[name] = child
+        d = Dir.__new__(Dir)
+        Dir.__init__(
+            d,
+            None,
+            self.mode,
+            self.xattrs,
+            _esum=esum % _MOD,
+            _base=self,
+            _changed=tuple(changes),
+        )
+        d.entries = entries
+        return d
+
+    def with_mode(self, mode: int) -> Dir:
+        return self.with_attrs(mode, self.xattrs)
+
+    def with_xattr(self, name: str, value: bytes | None) -> Dir:
+        return self.with_attrs(self.mode, self._xattrs_set(name, value))
+
+    def with_attrs(self, mode: int, xattrs: Xattrs) -> Dir:
+        """This directory with other mode and xattrs, sharing its entries."""
+        d = Dir.__new__(Dir)
+        Dir.__init__(d, None, mode, xattrs, _esum=self.esum, _base=self, _changed=())
+        d.entries = self.entries
+        return d
+
+    def __repr__(self) -> str:
+        return f"Dir({sorted(self.entries)}, mode={self.mode:o})"
+
+
+# --- paths -------------------------------------------------------------------------
+
+Parts = tuple[str, ...]
+
+
+def split(path: str) -> Parts:
+    """'a/b/c' -> ('a', 'b', 'c'); '' -> ()."""
+    return tuple(p for p in path.split("/") if p)
+
+
+def join(parts: Parts) -> str:
+    return "/".join(parts)
+
+
+def lookup(root: Dir, parts: Parts) -> Node | None:
+    """The node at `parts` (no symlink following), or None."""
+    node: Node | None = root
+    for name in parts:
+        if not isinstance(node, Dir):
+            return None
+        node = node.entries.get(name)
+        if node is None:
+            return None
+    return node
+
+
+def parent_dir(root: Dir, parts: Parts) -> Dir:
+    """The directory that holds `parts`; ENOENT/ENOTDIR when it does not exist."""
+    node: Node | None = root
+    for i, name in enumerate(parts[:-1]):
+        assert isinstance(node, Dir)
+        node = node.entries.get(name)
+        if node is None:
+            raise FsError(_errno.ENOENT, join(parts[: i + 1]))
+        if not isinstance(node, Dir):
+            raise FsError(_errno.ENOTDIR, join(parts[: i + 1]))
+    assert isinstance(node, Dir)
+    return node
+
+
+def replace(root: Dir, parts: Parts, node: Node | None) -> Dir:
+    """A new root where `parts` holds `node` (removed when None); path copying."""
+    return replace_many(root, parts[:-1], {parts[-1]: node})
+
+
+def replace_many(root: Dir, dir_parts: Parts, changes: Mapping[str, Node | None]) -> Dir:
+    """A new root where the directory at `dir_parts` has `changes` applied."""
+    chain: list[Dir] = [root]
+    node: Node = root
+    for i, name in enumerate(dir_parts):
+        assert isinstance(node, Dir)
+        child = node.entries.get(name)
+        if child is None:
+            raise FsError(_errno.ENOENT, join(dir_parts[: i + 1]))
+        if not isinstance(child, Dir):
+            raise FsError(_errno.ENOTDIR, join(dir_parts[: i + 1]))
+        chain.append(child)
+        node = child
+    new: Dir = chain[-1].with_children(changes)
+    for depth in range(len(dir_parts) - 1, -1, -1):
+        new = chain[depth].with_child(dir_parts[depth], new)
+    return new
+
+
+def update_node(root: Dir, parts: Parts, node: Node) -> Dir:
+    """Replace the node at an existing path (used for attribute and data changes)."""
+    return replace(root, parts, node)
+
+
+def walk(node: Node, prefix: Parts = ()) -> Iterator[tuple[Parts, Node]]:
+    """Every (path, node) below `node`, depth first, names sorted (deterministic)."""
+    yield prefix, node
+    if isinstance(node, Dir):
+        for name in sorted(node.entries):
+            yield from walk(node.entries[name], prefix + (name,))
+
+
+def find_inode(root: Dir, ino: int) -> list[Parts]:
+    """Paths of every file with inode number `ino` (hard links)."""
+    return [p for p, n in walk(root) if isinstance(n, File) and n.ino == ino and n.nlink > 1]
+
+
+def is_empty_dir(node: Node | None) -> bool:
+    return isinstance(node, Dir) and not node.entries
+
+
+def describe(node: Node | None) -> str:
+    """A short human description of a node for reports."""
+    if node is None:
+        return "(absent)"
+    if isinstance(node, File):
+        text = node.content.decode("utf-8", "backslashreplace")
+        if len(text) > 40:
+            text = text[:37] + "..."
+        return f"file {text!r} mode {node.mode:o}"
+    if isinstance(node, Dir):
+        return f"dir mode {node.mode:o}"
+    if isinstance(node, Symlink):
+        return f"symlink -> {node.target}"
+    return "whiteout (c 0/0)"
