@@ -116,7 +116,7 @@ class OverlayFS(Driver):
 
     def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
-        entries: dict[str, Node] = {name: layer for name, layer in zip(self.lower_names, layers)}
+        entries: dict[str, Node] = dict(zip(self.lower_names, layers, strict=True))
         entries["upper"] = upper if upper is not None else Dir()
         entries["work"] = Dir()
         self._union = Union(
@@ -564,10 +564,7 @@ class OverlayFS(Driver):
         absolute = not samedir
         if current is not None and (not absolute or current.startswith(b"/")):
             return
-        if not absolute:
-            value = entry.path[-1]
-        else:
-            value = self._absolute_redirect(log.root, entry.path)
+        value = entry.path[-1] if not absolute else self._absolute_redirect(log.root, entry.path)
         log.do(SetXattr(join(up.path), REDIRECT, value.encode()))
 
     def _absolute_redirect(self, root: Dir, parts: Parts) -> str:
