@@ -1,0 +1,219 @@
+"""The real thing: materialize model states on disk, mount the kernel's overlayfs, read
+real trees back in the model's vocabulary, and always clean up.
+
+Everything happens under one private temporary directory. Every mount is undone (lazily
+if it is busy) when the `Workspace` closes, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.tree import Dir, File, Node, Symlink, Whiteout
+from models.union import IMPURE, ORIGIN, OVL_PREFIX
+
+MOUNT_TIMEOUT = 30  # seconds for mount/umount; a hung mount is an environment problem
+
+#: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
+#: their values cannot match a model, so comparisons of upper trees leave them out.
+BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid")
+
+
+class KernelUnavailable(Exception):
+    """The machine cannot run real overlayfs checks (not root, no overlay, ...)."""
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def overlay_unavailable_reason() -> str | None:
+    """Why real overlayfs mounts cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "real overlayfs checks need root (mount(2) and trusted.* xattrs)"
+    try:
+        with open("/proc/filesystems") as f:
+            if not any(line.split()[-1] == "overlay" for line in f if line.strip()):
+                subprocess.run(["modprobe", "overlay"], capture_output=True, timeout=MOUNT_TIMEOUT)
+    except OSError:
+        pass
+    with open("/proc/filesystems") as f:
+        if not any(line.split()[-1] == "overlay" for line in f if line.strip()):
+            return "the kernel has no overlay file system (/proc/filesystems)"
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        return "mount/umount are not installed"
+    return None
+
+
+# --- writing model trees to disk ----------------------------------------------------
+
+
+def write_node(node: Node, path: Path) -> None:
+    """Create `node` at `path` (which must not exist), recursively, with exact modes and
+    xattrs; a whiteout becomes a character device 0/0."""
+    if isinstance(node, Dir):
+        path.mkdir()
+        for name in sorted(node.entries):
+            write_node(node.entries[name], path / name)
+        os.chmod(path, node.mode)
+    elif isinstance(node, File):
+        path.write_bytes(node.content)
+        os.chmod(path, node.mode)
+    elif isinstance(node, Symlink):
+        os.symlink(node.target, path)
+    elif isinstance(node, Whiteout):
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    for name, value in node.xattrs:
+        os.setxattr(path, name, value, follow_symlinks=False)
+
+
+def read_node(path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = ("user.", OVL_PREFIX)) -> Node:
+    """A real file-system tree in the model's vocabulary."""
+    st = os.lstat(path)
+    xattrs = _xattrs(path, skip_xattrs, keep_prefixes)
+    if stat.S_ISDIR(st.st_mode):
+        entries = {name: read_node(path / name, skip_xattrs, keep_prefixes) for name in sorted(os.listdir(path))}
+        return Dir(entries, stat.S_IMODE(st.st_mode), xattrs)
+    if stat.S_ISREG(st.st_mode):
+        return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs)
+    if stat.S_ISLNK(st.st_mode):
+        return Symlink(os.readlink(path), xattrs)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+        return Whiteout(xattrs)
+    raise ValueError(f"{path}: unsupported file type {stat.filemode(st.st_mode)}")
+
+
+def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return ()
+        raise
+    out = []
+    for name in names:
+        if name in skip or not name.startswith(keep_prefixes):
+            continue
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return tuple(sorted(out))
+
+
+# --- workspaces and mounts ------------------------------------------------------------
+
+
+@dataclass
+class Workspace:
+    """A private temporary directory; every mount made through it is undone on close."""
+
+    root: Path
+    mounts: list[Path] = field(default_factory=list)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def mount_overlay(
+        self, lowers_top_first: list[Path], upper: Path, work: Path, target: Path,
+        options: dict[str, object] | None = None,
+    ) -> None:
+        opts = [
+            "lowerdir=" + ":".join(str(p) for p in lowers_top_first),
+            f"upperdir={upper}",
+            f"workdir={work}",
+        ]
+        for key, value in (options or {}).items():
+            opts.append(overlay_option(key, value))
+        target.mkdir(parents=True, exist_ok=True)
+        cmd = ["mount", "-t", "overlay", "overlay", "-o", ",".join(o for o in opts if o), str(target)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if proc.returncode != 0:
+            raise MountRefused(proc.stderr.strip() or f"mount exited {proc.returncode}")
+        self.mounts.append(target)
+
+    def umount(self, target: Path) -> None:
+        proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
+        if proc.returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
+        if target in self.mounts:
+            self.mounts.remove(target)
+
+    def close(self) -> None:
+        for target in reversed(list(self.mounts)):
+            self.umount(target)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class MountRefused(Exception):
+    """mount(8) failed; the message is what it printed."""
+
+
+def overlay_option(key: str, value: object) -> str:
+    """A crashcheck overlayfs option as a kernel mount option ('' when it is model-only)."""
+    if key == "redirect_dir":
+        return f"redirect_dir={'on' if value in (True, 'on') else ('follow' if value == 'follow' else 'off')}"
+    if key == "volatile":
+        return "volatile" if value else ""
+    return ""  # copy_up_fsync and friends describe kernel versions, not mount options
+
+
+@contextmanager
+def workspace(prefix: str = "crashcheck-") -> Iterator[Workspace]:
+    ws = Workspace(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def materialize_overlay(
+    ws: Workspace, backing: Dir, name: str = "state", fresh_work: bool = False
+) -> tuple[list[Path], Path, Path]:
+    """Write an overlayfs backing tree (lower0.., upper, work) under the workspace; with
+    `fresh_work` the work dir is left empty for the kernel's first mount to set up.
+
+    Returns (lower dirs top first, upper dir, work dir)."""
+    base = ws.path(name)
+    base.mkdir()
+    lowers = sorted((n for n in backing.entries if n.startswith("lower")), key=lambda n: int(n[5:]))
+    for entry in lowers + ["upper", "work"]:
+        node = Dir() if entry == "work" and fresh_work else backing.entries[entry]
+        write_node(node, base / entry)
+    return [base / n for n in reversed(lowers)], base / "upper", base / "work"
+
+
+def read_view(mountpoint: Path) -> Dir:
+    """The merged view as a user sees it (user xattrs only)."""
+    node = read_node(mountpoint, keep_prefixes=("user.",))
+    assert isinstance(node, Dir)
+    return node
+
+
+def read_upper(upper: Path) -> Dir:
+    """An upper dir with whiteouts and overlay xattrs, without kernel bookkeeping."""
+    node = read_node(upper, skip_xattrs=BOOKKEEPING_XATTRS)
+    assert isinstance(node, Dir)
+    return node
+
+
+def without_xattrs(node: Node, names: tuple[str, ...] = BOOKKEEPING_XATTRS) -> Node:
+    """A copy of a model tree without the given xattrs (to compare with `read_upper`)."""
+    xattrs = tuple((k, v) for k, v in node.xattrs if k not in names)
+    if isinstance(node, Dir):
+        entries = {n: without_xattrs(c, names) for n, c in node.entries.items()}
+        return Dir(entries, node.mode, xattrs)
+    if isinstance(node, File):
+        return File(node.content, node.mode, xattrs)
+    if isinstance(node, Symlink):
+        return Symlink(node.target, xattrs)
+    return Whiteout(xattrs)
