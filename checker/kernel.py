@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.tree import Dir, File, Node, Symlink, Whiteout
+from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs
 from models.union import IMPURE, ORIGIN, OVL_PREFIX
 
 MOUNT_TIMEOUT = 30  # seconds for mount/umount; a hung mount is an environment problem
@@ -76,12 +76,19 @@ def write_node(node: Node, path: Path) -> None:
         os.setxattr(path, name, value, follow_symlinks=False)
 
 
-def read_node(path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = ("user.", OVL_PREFIX)) -> Node:
+KEPT_XATTR_PREFIXES = ("user.", OVL_PREFIX)
+
+
+def read_node(
+    path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = KEPT_XATTR_PREFIXES
+) -> Node:
     """A real file-system tree in the model's vocabulary."""
     st = os.lstat(path)
     xattrs = _xattrs(path, skip_xattrs, keep_prefixes)
     if stat.S_ISDIR(st.st_mode):
-        entries = {name: read_node(path / name, skip_xattrs, keep_prefixes) for name in sorted(os.listdir(path))}
+        entries = {
+            name: read_node(path / name, skip_xattrs, keep_prefixes) for name in sorted(os.listdir(path))
+        }
         return Dir(entries, stat.S_IMODE(st.st_mode), xattrs)
     if stat.S_ISREG(st.st_mode):
         return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs)
@@ -92,7 +99,7 @@ def read_node(path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tupl
     raise ValueError(f"{path}: unsupported file type {stat.filemode(st.st_mode)}")
 
 
-def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -> Xattrs:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
