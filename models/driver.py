@@ -33,6 +33,21 @@ MUTATING_SYSCALLS = (
 )
 READ_SYSCALLS = ("stat", "readdir", "read", "readlink", "listxattr")
 
+#: For each system call, which arguments are paths and whether their last component is
+#: followed when it is a symlink (open(2) without O_NOFOLLOW follows; lstat, unlink,
+#: rename, linkat without AT_SYMLINK_FOLLOW, fchownat(AT_SYMLINK_NOFOLLOW) do not).
+PATH_ARGS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "create": ((0, False),), "write": ((0, True),), "append": ((0, True),),
+    "truncate": ((0, True),), "mkdir": ((0, False),), "rmdir": ((0, False),),
+    "unlink": ((0, False),), "rename": ((0, False), (1, False)),
+    "link": ((0, False), (1, False)), "symlink": ((1, False),), "chmod": ((0, True),),
+    "setxattr": ((0, True),), "removexattr": ((0, True),), "fsync": ((0, True),),
+    "sync": (), "utimens": ((0, True),), "chown": ((0, False),), "stat": ((0, False),),
+    "readdir": ((0, True),), "read": ((0, True),), "readlink": ((0, False),),
+    "listxattr": ((0, False),),
+}
+MAX_SYMLINKS = 40  # as the kernel's MAXSYMLINKS: more hops is ELOOP
+
 
 @dataclass(frozen=True)
 class Syscall:
@@ -198,6 +213,42 @@ class Driver:
                 return None
             node = node.entries.get(name)
         return node
+
+    def resolve_call(self, root: Dir, call: Syscall) -> Syscall:
+        """The call with symlinks in its paths resolved as path walk does (FsError on
+        ENOENT, ENOTDIR or ELOOP)."""
+        args = list(call.args)
+        for index, follow in PATH_ARGS.get(call.name, ()):
+            args[index] = join(self.resolve_path(root, split(args[index]), follow))
+        return Syscall(call.name, tuple(args), call.flags)
+
+    def resolve_path(self, root: Dir, parts: Parts, follow_last: bool, hops: int = 0) -> Parts:
+        """`parts` with every symlink among its ancestors (and the last component when
+        `follow_last`) replaced by its target; absolute targets start at the view root."""
+        done: list[str] = []
+        todo = list(parts)
+        while todo:
+            name = todo.pop(0)
+            if name == "." or name == "":
+                continue
+            if name == "..":
+                if done:
+                    done.pop()
+                continue
+            node = self.view_lookup(root, tuple(done) + (name,))
+            if isinstance(node, Symlink) and (todo or follow_last):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise FsError(errno.ELOOP, join(parts))
+                target = node.target.split("/")
+                if node.target.startswith("/"):
+                    done = []
+                todo = target + todo
+                continue
+            if todo and node is not None and not isinstance(node, Dir):
+                raise FsError(errno.ENOTDIR, join(tuple(done) + (name,)))
+            done.append(name)
+        return tuple(done)
 
     def read_syscall(self, root: Dir, call: Syscall) -> SysResult:
         """stat, readdir, read, readlink, listxattr on the view."""

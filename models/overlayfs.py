@@ -194,6 +194,10 @@ class OverlayFS(Driver):
         return Session(root)
 
     def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        try:
+            call = self.resolve_call(log.root, call)
+        except FsError as e:
+            return fail(e.errno)
         if call.name in ("stat", "readdir", "read", "readlink", "listxattr"):
             return self.read_syscall(log.root, call)
         try:
