@@ -179,7 +179,10 @@ def test_mkdir_in_merged_parent_is_opaque_only_when_offline_changes_are_not_allo
 
 
 def test_volatile_and_copy_up_fsync_control_fsyncs():
-    text = '[[layers]]\n"f" = "x"\n[[ops]]\nop = "write"\npath = "f"\ndata = "y"\n[[ops]]\nop = "fsync"\npath = "f"\n'
+    text = (
+        '[[layers]]\n"f" = "x"\n[[ops]]\nop = "write"\npath = "f"\ndata = "y"\n'
+        '[[ops]]\nop = "fsync"\npath = "f"\n'
+    )
     normal = steps_per_op(text)
     assert "fsync work/work/#1" in normal[0] and normal[1] == ["fsync upper/f"]
     volatile = steps_per_op("[options]\nvolatile = true\n" + text)
@@ -213,5 +216,8 @@ data = "x"
 
 
 def test_overlay_private_xattrs_cannot_be_set_through_the_mount():
-    text = '[[layers]]\n"d/x" = "x"\n[[ops]]\nop = "setxattr"\npath = "d"\nname = "trusted.overlay.opaque"\nvalue = "y"\n'
+    text = (
+        '[[layers]]\n"d/x" = "x"\n[[ops]]\nop = "setxattr"\npath = "d"\n'
+        'name = "trusted.overlay.opaque"\nvalue = "y"\n'
+    )
     assert errnos(text) == [errno.EOPNOTSUPP]
