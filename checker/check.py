@@ -10,6 +10,7 @@ from checker.explorer import Context, Violation, explore
 from checker.persistence import MODELS, CrashState
 from checker.spec import Spec
 from checker.trace import Trace
+from models.driver import Driver
 
 
 @dataclass
@@ -60,14 +61,18 @@ class Result:
         }
 
 
-def check(spec: Spec, persistence: str | None = None, crash_after: int | None = None) -> Result:
+def check(
+    spec: Spec, persistence: str | None = None, crash_after: int | None = None,
+    driver: Driver | None = None,
+) -> Result:
     """Check a spec under its persistence model (or `persistence`), every crash state or
-    only the one after step `crash_after`."""
+    only the one after step `crash_after`. `driver` replaces the spec's driver model with
+    an instance (a variant under test)."""
     started = time.perf_counter()
     model = persistence or spec.persistence
     if model not in MODELS:
         raise UsageError(f"unknown persistence model {model!r} (known: {', '.join(MODELS)})")
-    ctx = Context.build(spec, model)
+    ctx = Context.build(spec, model, driver)
     only = None
     if crash_after is not None:
         if not 0 <= crash_after <= len(ctx.trace.steps):

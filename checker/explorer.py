@@ -17,7 +17,7 @@ from checker.invariants import CrashContext, Finding, Invariant, selected
 from checker.persistence import MODELS, CrashState, Persistence
 from checker.spec import Spec
 from checker.trace import Trace, build_trace
-from models.driver import Recovery
+from models.driver import Driver, Recovery
 from models.tree import Dir
 
 
@@ -62,8 +62,8 @@ class Context:
     findings: dict[tuple[bytes, int], list[tuple[str, Finding]]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, spec: Spec, persistence: str) -> Context:
-        trace = build_trace(spec)
+    def build(cls, spec: Spec, persistence: str, driver: Driver | None = None) -> Context:
+        trace = build_trace(spec, driver)
         return cls(spec, MODELS[persistence], trace, selected(spec))
 
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:

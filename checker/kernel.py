@@ -91,7 +91,7 @@ def read_node(
         }
         return Dir(entries, stat.S_IMODE(st.st_mode), xattrs)
     if stat.S_ISREG(st.st_mode):
-        return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs)
+        return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs, nlink=st.st_nlink)
     if stat.S_ISLNK(st.st_mode):
         return Symlink(os.readlink(path), xattrs)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
@@ -220,7 +220,7 @@ def without_xattrs(node: Node, names: tuple[str, ...] = BOOKKEEPING_XATTRS) -> N
         entries = {n: without_xattrs(c, names) for n, c in node.entries.items()}
         return Dir(entries, node.mode, xattrs)
     if isinstance(node, File):
-        return File(node.content, node.mode, xattrs)
+        return File(node.content, node.mode, xattrs, nlink=node.nlink)
     if isinstance(node, Symlink):
         return Symlink(node.target, xattrs)
     return Whiteout(xattrs)

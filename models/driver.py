@@ -344,22 +344,23 @@ class Driver:
             raise FsError(errno.EEXIST, join(parts))
 
     def check_rename_vfs(self, root: Dir, sp: Parts, dp: Parts, flags: str) -> None:
-        """The checks the VFS makes before a file system's rename runs."""
+        """The checks the VFS makes (`do_renameat2`, `vfs_rename`) before a file system's
+        rename runs, in the kernel's order."""
         src = self.existing(root, sp)
         self.parent_of(root, dp)
         dst = self.view_lookup(root, dp)
         if sp == dp:
             return
-        if isinstance(src, Dir) and dp[: len(sp)] == sp:
-            raise FsError(errno.EINVAL, join(dp))
-        if flags == "exchange":
-            if dst is None:
-                raise FsError(errno.ENOENT, join(dp))
-            return
-        if dst is None:
-            return
-        if flags == "noreplace":
+        if flags == "noreplace" and dst is not None:
             raise FsError(errno.EEXIST, join(dp))
+        if flags == "exchange" and dst is None:
+            raise FsError(errno.ENOENT, join(dp))
+        if dp[: len(sp)] == sp:  # source is an ancestor of the target
+            raise FsError(errno.EINVAL, join(dp))
+        if sp[: len(dp)] == dp:  # target is an ancestor of the source
+            raise FsError(errno.EINVAL if flags == "exchange" else errno.ENOTEMPTY, join(dp))
+        if dst is None or flags == "exchange":
+            return
         if isinstance(src, Dir) and not isinstance(dst, Dir):
             raise FsError(errno.ENOTDIR, join(dp))
         if not isinstance(src, Dir) and isinstance(dst, Dir):

@@ -420,18 +420,19 @@ class Rename(Step):
             raise FsError(errno.EXDEV, self.dst)
         if sp == dp:
             return root
-        if isinstance(src, Dir) and dp[: len(sp)] == sp:
-            raise FsError(errno.EINVAL, self.dst)
         dst = dparent.entries.get(dp[-1])
+        if self.flags == "noreplace" and dst is not None:
+            raise FsError(errno.EEXIST, self.dst)
+        if self.flags == "exchange" and dst is None:
+            raise _enoent(dp)
+        if dp[: len(sp)] == sp:
+            raise FsError(errno.EINVAL, self.dst)
+        if sp[: len(dp)] == dp:
+            raise FsError(errno.EINVAL if self.flags == "exchange" else errno.ENOTEMPTY, self.dst)
         if self.flags == "exchange":
-            if dst is None:
-                raise _enoent(dp)
-            if isinstance(dst, Dir) and sp[: len(dp)] == dp:
-                raise FsError(errno.EINVAL, self.src)
+            assert dst is not None
             return _move(root, {sp: dst, dp: src})
         if dst is not None:
-            if self.flags == "noreplace":
-                raise FsError(errno.EEXIST, self.dst)
             if isinstance(src, Dir) and not isinstance(dst, Dir):
                 raise FsError(errno.ENOTDIR, self.dst)
             if not isinstance(src, Dir) and isinstance(dst, Dir):

@@ -83,7 +83,8 @@ class Node:
 
 
 class File(Node):
-    """A regular file. `ino` identifies the inode for hard links (`nlink` > 1)."""
+    """A regular file. `ino` identifies the inode of hard links (`nlink` > 1); it is not
+    part of the digest, which covers what a user can observe."""
 
     __slots__ = ("content", "mode", "ino", "nlink")
     kind = "file"
@@ -101,8 +102,8 @@ class File(Node):
         self.xattrs = xattrs
         self.ino = ino
         self.nlink = nlink
-        # The inode number only matters (and only enters the digest) for hard links.
-        link = b"" if nlink <= 1 else ino.to_bytes(8, "big") + nlink.to_bytes(4, "big")
+        # The link count is visible (stat); inode numbers are arbitrary, so they stay out.
+        link = b"" if nlink <= 1 else nlink.to_bytes(4, "big")
         self.digest = _h(
             b"F" + mode.to_bytes(2, "big") + link + b"|" + _xattr_bytes(xattrs) + b"|" + content
         )

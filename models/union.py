@@ -257,7 +257,7 @@ class Union:
             return hit
         shown: Node
         if isinstance(node, File):
-            shown = File(node.content, node.mode, visible_xattrs(node.xattrs))
+            shown = File(node.content, node.mode, visible_xattrs(node.xattrs), nlink=node.nlink)
         elif isinstance(node, Symlink):
             shown = Symlink(node.target, visible_xattrs(node.xattrs))
         else:
