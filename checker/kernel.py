@@ -86,9 +86,14 @@ def read_node(
     st = os.lstat(path)
     xattrs = _xattrs(path, skip_xattrs, keep_prefixes)
     if stat.S_ISDIR(st.st_mode):
-        entries = {
-            name: read_node(path / name, skip_xattrs, keep_prefixes) for name in sorted(os.listdir(path))
-        }
+        entries = {}
+        for name in sorted(os.listdir(path)):
+            try:
+                entries[name] = read_node(path / name, skip_xattrs, keep_prefixes)
+            except FileNotFoundError:
+                # overlayfs lists a whiteout in a directory it iterates as a plain upper
+                # dir, but lookup hides it: the name cannot be opened, so it is not there.
+                continue
         return Dir(entries, stat.S_IMODE(st.st_mode), xattrs)
     if stat.S_ISREG(st.st_mode):
         return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs, nlink=st.st_nlink)

@@ -10,6 +10,9 @@ every entry moved by renameat2(NOREPLACE) and, when that entry's rename gets EXD
 handled the same way (a file is copied only when its own rename fails); then times,
 owner and mode are restored on the new directory; finally the emptied source tree is
 removed depth first (unlinkat, AT_REMOVEDIR). Entries are visited in name order.
+
+Known simplification: `cp` of a directory into itself fails before copying anything;
+coreutils copies part of the tree first and then reports the loop.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def _join(a: str, b: str) -> str:
 
 def mv(src: str, dst: str) -> Client:
     """`mv -T src dst`."""
+    if src == dst:
+        return errno.EINVAL  # "'src' and 'dst' are the same file", before any call
     result = yield Syscall("rename", (src, dst), flags="noreplace")
     if result.errno == errno.EEXIST:
         result = yield Syscall("rename", (src, dst))
@@ -54,7 +59,7 @@ def mv(src: str, dst: str) -> Client:
         return result.errno
     failed = yield from _move_fallback(src, dst)
     if failed:
-        return failed
+        return failed  # mv keeps the source when the copy was incomplete
     return (yield from _remove_tree(src))
 
 
@@ -70,16 +75,16 @@ def _move_fallback(src: str, dst: str) -> Client:
         if not made.ok:
             return made.errno
         listing = yield Syscall("readdir", (src,))
-        for name in listing.value:
+        first_error = 0
+        for name in listing.value:  # copy.c goes on after an entry fails
             s, d = _join(src, name), _join(dst, name)
             moved = yield Syscall("rename", (s, d), flags="noreplace")
+            failed = moved.errno
             if moved.errno == errno.EXDEV:
                 failed = yield from _move_fallback(s, d)
-                if failed:
-                    return failed
-            elif not moved.ok:
-                return moved.errno
-        return (yield from _restore_attrs(dst, node))
+            first_error = first_error or failed
+        restored = yield from _restore_attrs(dst, node)
+        return first_error or restored
     return (yield from _copy_node(src, dst, node))
 
 
@@ -120,17 +125,17 @@ def _remove_tree(path: str) -> Client:
     """Depth-first removal, as `rm -rf` and mv's final clean-up do it."""
     st = yield Syscall("stat", (path,))
     if not st.ok:
-        return 0 if st.errno == errno.ENOENT else st.errno
+        return 0 if st.errno in (errno.ENOENT, errno.ENOTDIR) else st.errno  # as rm -f
+    first_error = 0
     if isinstance(st.value, Dir):
         listing = yield Syscall("readdir", (path,))
-        for name in listing.value:
+        for name in listing.value:  # an entry that cannot go does not stop the others
             failed = yield from _remove_tree(_join(path, name))
-            if failed:
-                return failed
+            first_error = first_error or failed
         result = yield Syscall("rmdir", (path,))
     else:
         result = yield Syscall("unlink", (path,))
-    return result.errno
+    return first_error or result.errno
 
 
 def rm(path: str) -> Client:
@@ -139,21 +144,51 @@ def rm(path: str) -> Client:
 
 
 def cp(src: str, dst: str) -> Client:
-    """`cp -a -T src dst`: copy the tree, then restore mode, times and xattrs."""
+    """`cp -a -T src dst`: copy the tree, then restore mode, times and xattrs. An existing
+    directory at `dst` is copied into; an existing file is overwritten (O_TRUNC); an
+    existing entry is unlinked before a symlink is made, as coreutils does."""
     st = yield Syscall("stat", (src,))
     if not st.ok:
         return st.errno
+    if dst == src or dst.startswith(src + "/"):
+        return errno.EINVAL  # "cannot copy a directory into itself" / "same file"
     return (yield from _copy_tree(src, dst, st.value))
 
 
 def _copy_tree(src: str, dst: str, node: Node) -> Client:
-    if not isinstance(node, Dir):
+    there = yield Syscall("stat", (dst,))
+    existing: Node | None = there.value if there.ok else None
+    if isinstance(node, Dir):
+        if existing is None:
+            made = yield Syscall("mkdir", (dst, COPY_DIR_MODE))
+            if not made.ok:
+                return made.errno
+        elif not isinstance(existing, Dir):
+            return errno.ENOTDIR  # "cannot overwrite non-directory with directory"
+        listing = yield Syscall("readdir", (src,))
+        if not listing.ok:
+            return listing.errno
+        first_error = 0
+        for name in listing.value:  # like coreutils, report an entry's error and go on
+            child = yield Syscall("stat", (_join(src, name),))
+            failed = child.errno or (
+                yield from _copy_tree(_join(src, name), _join(dst, name), child.value)
+            )
+            first_error = first_error or failed
+        restored = yield from _restore_attrs(dst, node)
+        return first_error or restored
+    if isinstance(existing, Dir):
+        return errno.EISDIR  # "cannot overwrite directory with non-directory"
+    if existing is None:
         return (yield from _copy_node(src, dst, node))
-    made = yield Syscall("mkdir", (dst, COPY_DIR_MODE))
-    if not made.ok:
-        return made.errno
-    for name in node.names():
-        failed = yield from _copy_tree(_join(src, name), _join(dst, name), node.entries[name])
-        if failed:
-            return failed
+    if isinstance(node, Symlink):
+        gone = yield Syscall("unlink", (dst,))
+        if not gone.ok:
+            return gone.errno
+        return (yield from _copy_node(src, dst, node))
+    if not isinstance(node, File):
+        return errno.EINVAL
+    wrote = yield Syscall("write", (dst, node.content))  # open(O_WRONLY|O_TRUNC) + copy
+    if not wrote.ok:
+        return wrote.errno
     return (yield from _restore_attrs(dst, node))

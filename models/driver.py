@@ -245,7 +245,9 @@ class Driver:
                     done = []
                 todo = target + todo
                 continue
-            if todo and node is not None and not isinstance(node, Dir):
+            if todo and node is None:
+                raise FsError(errno.ENOENT, join(tuple(done) + (name,)))
+            if todo and not isinstance(node, Dir):
                 raise FsError(errno.ENOTDIR, join(tuple(done) + (name,)))
             done.append(name)
         return tuple(done)
@@ -328,9 +330,10 @@ class Driver:
             if node.entries:
                 raise FsError(errno.ENOTEMPTY, join(parts))
         elif name == "link":
-            if isinstance(self.existing(root, parts), Dir):
+            src = self.existing(root, parts)
+            self._check_absent(root, split(args[1]))  # filename_create() before vfs_link()
+            if isinstance(src, Dir):
                 raise FsError(errno.EPERM, join(parts))
-            self._check_absent(root, split(args[1]))
         elif name == "rename":
             self.check_rename_vfs(root, parts, split(args[1]), call.flags)
             if parts != split(args[1]):
@@ -349,12 +352,12 @@ class Driver:
         src = self.existing(root, sp)
         self.parent_of(root, dp)
         dst = self.view_lookup(root, dp)
-        if sp == dp:
-            return
         if flags == "noreplace" and dst is not None:
             raise FsError(errno.EEXIST, join(dp))
         if flags == "exchange" and dst is None:
             raise FsError(errno.ENOENT, join(dp))
+        if sp == dp:
+            return
         if dp[: len(sp)] == sp:  # source is an ancestor of the target
             raise FsError(errno.EINVAL, join(dp))
         if sp[: len(dp)] == dp:  # target is an ancestor of the source

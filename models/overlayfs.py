@@ -157,6 +157,18 @@ class OverlayFS(Driver):
         _, entry = self.resolve(root, parts)
         return self.union.view(entry) if entry.exists else None
 
+    def read_syscall(self, root: Dir, call: Syscall) -> SysResult:
+        if call.name == "readdir":
+            try:
+                node = self.existing(root, split(call.args[0]))
+            except FsError as e:
+                return fail(e.errno)
+            if not isinstance(node, Dir):
+                return fail(errno.ENOTDIR)
+            _, entry = self.resolve(root, split(call.args[0]))
+            return SysResult(0, self.union.listing(entry))
+        return super().read_syscall(root, call)
+
     # -- recovery (mount) --------------------------------------------------------------
 
     def recover(self, root: Dir) -> Recovery:
@@ -465,20 +477,28 @@ class OverlayFS(Driver):
             log.do(Unlink(join(split(temp) + (name,))))
         log.do(Rmdir(temp))
 
+    def _pure_upper(self, entry: Entry) -> bool:
+        """`ovl_pure_upper`: no lower entry and no reason to expect whiteouts inside."""
+        return not entry.lowers and not self.union.may_hold_whiteouts(entry)
+
     def _remove(self, s: Session, log: StepLog, parts: Parts, is_dir: bool) -> None:
         """`ovl_do_remove`."""
         parent, entry = self.resolve(log.root, parts)
-        whiteouts = self.union.upper_whiteouts(entry) if is_dir else []
+        lower_positive = self._lower_positive(parent, entry)
+        whiteouts: list[str] = []
+        if is_dir and (lower_positive or not self._pure_upper(entry)):
+            whiteouts = self.union.upper_whiteouts(entry)  # ovl_check_empty_dir's list
         self.copy_up(s, log, parts[:-1])
         parent, entry = self.resolve(log.root, parts)
         upper_path = join(UPPER + parts)
-        if not self._lower_positive(parent, entry):
-            if whiteouts:
-                self._clear_empty(s, log, entry, whiteouts)
-            log.do(Rmdir(upper_path) if is_dir else Unlink(upper_path))
-            return
         if whiteouts:
             self._clear_empty(s, log, entry, whiteouts)
+        if not lower_positive:
+            node = lookup(log.root, UPPER + parts)
+            if is_dir and isinstance(node, Dir) and node.entries:
+                raise FsError(errno.ENOTEMPTY, join(parts))  # vfs_rmdir of a pure upper dir
+            log.do(Rmdir(upper_path) if is_dir else Unlink(upper_path))
+            return
         self._cleanup_and_whiteout(s, log, upper_path)
 
     def _cleanup_and_whiteout(self, s: Session, log: StepLog, upper_path: str) -> None:
@@ -506,12 +526,14 @@ class OverlayFS(Driver):
         _, n = self.resolve(log.root, new)
         if not self._can_move(o) or (not overwrite and not self._can_move(n)):
             raise FsError(errno.EXDEV, join(old))
-        self.check_rename_target_empty(log.root, new, flags)
+        if overwrite and n.is_dir and not self._pure_upper(n):
+            self.check_rename_target_empty(log.root, new, flags)  # ovl_check_empty_dir
         is_dir = o.is_dir
         new_is_dir = n.is_dir
         samedir = old[:-1] == new[:-1]
         whiteouts = (
-            self.union.upper_whiteouts(n) if overwrite and new_is_dir and n.exists else []
+            self.union.upper_whiteouts(n)
+            if overwrite and new_is_dir and not self._pure_upper(n) else []
         )
 
         real_flags = ""
@@ -556,6 +578,11 @@ class OverlayFS(Driver):
             elif new_is_dir and not new_opaque and o_parent.is_merge:
                 log.do(SetXattr(new_upper, OPAQUE, Y))
 
+        target = lookup(log.root, UPPER + new)
+        if overwrite and isinstance(target, Dir) and target.entries and real_flags != "exchange":
+            # A pure upper target is only checked by the upper file system's rename, after
+            # the copy-ups and xattrs above have been written.
+            raise FsError(errno.ENOTEMPTY, join(new))
         log.do(Rename(old_upper, new_upper, real_flags))
         if cleanup_whiteout:
             log.do(Unlink(old_upper))

@@ -418,11 +418,11 @@ class Rename(Step):
         dparent = _parent(root, dp)
         if device(sp) != device(dp):
             raise FsError(errno.EXDEV, self.dst)
-        if sp == dp:
-            return root
         dst = dparent.entries.get(dp[-1])
         if self.flags == "noreplace" and dst is not None:
             raise FsError(errno.EEXIST, self.dst)
+        if sp == dp:
+            return root
         if self.flags == "exchange" and dst is None:
             raise _enoent(dp)
         if dp[: len(sp)] == sp:

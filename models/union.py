@@ -227,6 +227,26 @@ class Union:
                         seen[name] = isinstance(child, Whiteout)
         return sorted(n for n, hidden in seen.items() if not hidden)
 
+    def listing(self, entry: Entry) -> list[str]:
+        """What readdir(2) returns (`ovl_iterate`). A directory the kernel does not
+        expect to hold whiteouts (not merged, one layer, no origin xattr: no OVL_WHITEOUTS
+        flag) is iterated as the real directory, so whiteouts in it are listed, although
+        looking them up finds nothing."""
+        top = entry.stack[0].node
+        if isinstance(top, Dir) and not self.may_hold_whiteouts(entry):
+            return sorted(top.entries)
+        return self.names(entry)
+
+    def may_hold_whiteouts(self, entry: Entry) -> bool:
+        """OVL_WHITEOUTS (`ovl_get_inode`): the root, a merged directory, one with several
+        lower layers, or one with a copy-up origin."""
+        top = entry.stack[0].node
+        return (
+            entry.path == ()
+            or len(entry.stack) > 1
+            or top.xattr(ORIGIN) is not None
+        )
+
     def upper_whiteouts(self, entry: Entry) -> list[str]:
         """Whiteouts in the upper directory of `entry` (what rmdir must clean up)."""
         up = entry.upper
