@@ -59,6 +59,7 @@ class Context:
     trace: Trace
     invariants: list[Invariant]
     recoveries: dict[bytes, tuple[Recovery, Dir | None]] = field(default_factory=dict)
+    recover_memo: dict[bytes, Recovery] = field(default_factory=dict)
     findings: dict[tuple[bytes, int], list[tuple[str, Finding]]] = field(default_factory=dict)
 
     @classmethod
@@ -66,10 +67,17 @@ class Context:
         trace = build_trace(spec, driver)
         return cls(spec, MODELS[persistence], trace, selected(spec))
 
+    def recover(self, root: Dir) -> Recovery:
+        """The driver's recovery, once per distinct tree."""
+        hit = self.recover_memo.get(root.digest)
+        if hit is None:
+            hit = self.recover_memo[root.digest] = self.trace.driver.recover(root)
+        return hit
+
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
         hit = self.recoveries.get(root.digest)
         if hit is None:
-            rec = self.trace.driver.recover(root)
+            rec = self.recover(root)
             view = self.trace.driver.view(rec.root) if rec.root is not None else None
             hit = self.recoveries[root.digest] = (rec, view)
         return hit
@@ -80,7 +88,9 @@ class Context:
         if hit is not None:
             return hit
         rec, view = self.recovered(root)
-        ctx = CrashContext(self.trace, self.trace.op_record(op_index), rec, view, self.trace.driver)
+        ctx = CrashContext(
+            self.trace, self.trace.op_record(op_index), rec, view, self.trace.driver, self.recover
+        )
         out = [
             (inv.name, f) for inv in self.invariants if not inv.trace_level for f in inv.check(ctx)
         ]

@@ -8,12 +8,13 @@ steps themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from checker import views
 from models.driver import Driver, Recovery
-from models.tree import Dir, File, split
+from models.tree import Dir, File, join, lookup, split
 
 if TYPE_CHECKING:
     from checker.spec import Spec
@@ -37,6 +38,7 @@ class CrashContext:
     recovery: Recovery
     view: Dir | None  # the recovered view, None when the mount is refused
     driver: Driver
+    recover: Callable[[Dir], Recovery]  # the driver's recovery (memoized by the explorer)
 
 
 class Invariant:
@@ -120,8 +122,67 @@ def _relocate(path: str, src: str, dst: str) -> str | None:
     return None
 
 
+MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched
+
+
+@dataclass
+class KeptGroup:
+    """Files an op keeps, grouped by (old directory, new directory). Which of them a crash
+    view still holds is computed per directory node and updated along the chain of
+    directories each view directory was derived from, so a crash state costs the number
+    of entries that changed, not the number of files."""
+
+    old_dir: tuple[str, ...]
+    new_dir: tuple[str, ...]
+    names: tuple[tuple[str, str], ...]  # (old name, new name) per file
+    whole: tuple[frozenset[bytes], ...]  # acceptable contents per file
+    old_index: dict[str, int]
+    new_index: dict[str, int]
+    present_old: dict[bytes, frozenset[int]]  # dir digest -> files whole at the old name
+    present_new: dict[bytes, frozenset[int]]
+
+    def present(self, node: object, role: str) -> frozenset[int]:
+        """Indices of the group's files that `node` (a view dir, or not) holds whole."""
+        if not isinstance(node, Dir):
+            return frozenset()
+        cache = self.present_old if role == "old" else self.present_new
+        hit = cache.get(node.digest)
+        if hit is not None:
+            return hit
+        index = self.old_index if role == "old" else self.new_index
+        changed: set[str] = set()
+        base: Dir | None = node
+        found: frozenset[int] | None = None
+        for _ in range(MAX_DELTA_HOPS):
+            assert base is not None
+            changed.update(base.changed)
+            base = base.base
+            if base is None:
+                break
+            found = cache.get(base.digest)
+            if found is not None:
+                break
+        if found is None:
+            names = index.keys()
+            result: set[int] = set()
+        else:
+            names = changed
+            result = set(found)
+        for name in names:
+            i = index.get(name)
+            if i is None:
+                continue
+            child = node.entries.get(name)
+            if isinstance(child, File) and child.content in self.whole[i]:
+                result.add(i)
+            else:
+                result.discard(i)
+        frozen = cache[node.digest] = frozenset(result)
+        return frozen
+
+
 def kept_files(op: OpRecord) -> list[tuple[str, str, File, File]]:
-    """(old path, new path, content before, content after) of every file the op keeps."""
+    """(old path, new path, file before, file after) of every file the op keeps."""
     cached = op.cache.get("kept")
     if cached is not None:
         return cached  # type: ignore[return-value]
@@ -138,6 +199,31 @@ def kept_files(op: OpRecord) -> list[tuple[str, str, File, File]]:
     return kept
 
 
+def kept_groups(op: OpRecord) -> list[KeptGroup]:
+    cached = op.cache.get("kept_groups")
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    grouped: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, str, frozenset[bytes]]]] = {}
+    for old, new, b, a in kept_files(op):
+        op_, np_ = split(old), split(new)
+        grouped.setdefault((op_[:-1], np_[:-1]), []).append(
+            (op_[-1], np_[-1], frozenset((b.content, a.content)))
+        )
+    groups = [
+        KeptGroup(
+            old_dir, new_dir,
+            tuple((o, n) for o, n, _ in files),
+            tuple(w for _, _, w in files),
+            {o: i for i, (o, _, _) in enumerate(files)},
+            {n: i for i, (_, n, _) in enumerate(files)},
+            {}, {},
+        )
+        for (old_dir, new_dir), files in grouped.items()
+    ]
+    op.cache["kept_groups"] = groups
+    return groups
+
+
 class NoLoss(Invariant):
     name = "no-loss"
     description = "every file that op i keeps (at its old or new name) keeps its whole content"
@@ -146,14 +232,16 @@ class NoLoss(Invariant):
         if ctx.view is None or _matches_before_or_after(ctx):
             return []
         lost = []
-        for old, new, b, a in kept_files(ctx.op):
-            whole = (b.content, a.content)
-            if any(
-                isinstance(n, File) and n.content in whole
-                for n in (views.at(ctx.view, old), views.at(ctx.view, new))
-            ):
+        for g in kept_groups(ctx.op):
+            held = g.present(lookup(ctx.view, g.old_dir), "old") | g.present(
+                lookup(ctx.view, g.new_dir), "new"
+            )
+            if len(held) == len(g.names):
                 continue
-            lost.append(old if old == new else f"{old} -> {new}")
+            for i, (old, new) in enumerate(g.names):
+                if i not in held:
+                    o, n = join(g.old_dir + (old,)), join(g.new_dir + (new,))
+                    lost.append(o if o == n else f"{o} -> {n}")
         if not lost:
             return []
         return [
@@ -199,7 +287,7 @@ class Recoverable(Invariant):
                 return []
             return [Finding(f"the mount is refused ({rec.refusal}) and nothing says how to fix it")]
         assert rec.root is not None
-        again = ctx.driver.recover(rec.root)
+        again = ctx.recover(rec.root)
         if again.refused:
             return [Finding(f"recovery succeeds once, then refuses: {again.refusal}")]
         assert again.root is not None

@@ -10,6 +10,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ class Op:
     def arg(self, name: str, default: Any = None) -> Any:
         return dict(self.args).get(name, default)
 
-    @property
+    @cached_property
     def text(self) -> str:
         shown = []
         for key, value in self.args:

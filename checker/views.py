@@ -5,6 +5,8 @@ from __future__ import annotations
 from models.tree import Dir, File, Node, Parts, Symlink, describe, join, lookup, split
 
 MAX_VIEW_LINES = 40  # longer views are cut in reports; the JSON never is
+MAX_DESCEND = 4  # a directory with more differing entries is reported as one path
+BIG_DIR = 64  # a differing directory this large is reported as one path without a scan
 
 
 def at(view: Dir, path: str) -> Node | None:
@@ -12,7 +14,8 @@ def at(view: Dir, path: str) -> Node | None:
 
 
 def diff(a: Node | None, b: Node | None, prefix: Parts = (), limit: int = 20) -> list[str]:
-    """Paths where two views differ, found by descending only into differing digests."""
+    """Paths where two views differ, found by descending only into differing digests; a
+    directory where more than MAX_DESCEND entries differ is reported as itself."""
     out: list[str] = []
     _diff(a, b, prefix, out, limit)
     return out
@@ -26,8 +29,20 @@ def _diff(a: Node | None, b: Node | None, prefix: Parts, out: list[str], limit: 
     if isinstance(a, Dir) and isinstance(b, Dir):
         if a.mode != b.mode or a.xattrs != b.xattrs:
             out.append(join(prefix) or "/")
-        for name in sorted(set(a.entries) | set(b.entries)):
-            _diff(a.entries.get(name), b.entries.get(name), prefix + (name,), out, limit)
+        ae, be = a.entries, b.entries
+        if prefix and max(len(ae), len(be)) > BIG_DIR:
+            out.append(join(prefix))
+            return
+        # Views share unchanged nodes (compared by identity), so a set difference of the
+        # (name, node) pairs finds the differing names at C speed.
+        names = {n for n, _ in ae.items() ^ be.items()}
+        if len(names) > MAX_DESCEND and prefix:
+            out.append(join(prefix))
+            return
+        for name in sorted(names):
+            if len(out) >= limit:
+                return
+            _diff(ae.get(name), be.get(name), prefix + (name,), out, limit)
         return
     out.append(join(prefix) or "/")
 

@@ -73,6 +73,8 @@ UPPER: Parts = ("upper",)
 WORK: Parts = ("work", "work")
 VOLATILE_DIRTY: Parts = WORK + ("incompat", "volatile", "dirty")
 Y = b"y"
+EMPTY_WORKDIR = Dir(mode=0)  # what the kernel leaves in work/work after a mount
+RESOLVE_MEMO = 200_000  # memoized path lookups kept before the memo starts over
 
 
 def _redirect_dir(value: object) -> str:
@@ -111,6 +113,7 @@ class OverlayFS(Driver):
         self.should_sync = not self.options["volatile"]
         self.lower_names: list[str] = []
         self._union: Union | None = None
+        self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
 
     # -- layout ------------------------------------------------------------------------
 
@@ -151,7 +154,15 @@ class OverlayFS(Driver):
         return merged
 
     def resolve(self, root: Dir, parts: Parts) -> tuple[Entry, Entry]:
-        return self.union.resolve(self._upper(root), parts)
+        """(parent entry, entry) of a merged path; memoized per upper tree."""
+        upper = self._upper(root)
+        key = (upper.digest, parts)
+        hit = self._resolved.get(key)
+        if hit is None:
+            if len(self._resolved) > RESOLVE_MEMO:
+                self._resolved.clear()
+            hit = self._resolved[key] = self.union.resolve(upper, parts)
+        return hit
 
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
         _, entry = self.resolve(root, parts)
@@ -189,7 +200,7 @@ class OverlayFS(Driver):
                         "layer" if feature == "volatile" else
                         f"remove work/work/incompat/{feature} only if upper is known intact",
                     )
-        work = Dir(mode=0)
+        work = EMPTY_WORKDIR
         if self.options["volatile"]:
             work = Dir(
                 {"incompat": Dir({"volatile": Dir({"dirty": File(b"", 0o644)}, 0o755)}, 0o755)},
@@ -198,6 +209,8 @@ class OverlayFS(Driver):
         base = root.entries.get("work")
         if not isinstance(base, Dir):
             root = replace(root, ("work",), Dir())
+        elif base.entries.get("work") is work:
+            return Recovery(root)  # nothing to clean
         return Recovery(replace(root, WORK, work))
 
     # -- system calls ------------------------------------------------------------------

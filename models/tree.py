@@ -257,8 +257,11 @@ Parts = tuple[str, ...]
 
 
 def split(path: str) -> Parts:
-    """'a/b/c' -> ('a', 'b', 'c'); '' -> ()."""
-    return tuple(p for p in path.split("/") if p)
+    """'a/b/c' -> ('a', 'b', 'c'); '' -> (); empty components are dropped."""
+    if not path:
+        return ()
+    parts = path.split("/")
+    return tuple(parts) if all(parts) else tuple(p for p in parts if p)
 
 
 def join(parts: Parts) -> str:
