@@ -7,6 +7,7 @@ or input error, reported as one line `crashcheck: error: FILE: what is wrong`.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -82,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Behave like other Unix tools in a pipeline (`crashcheck run ... | head`).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":

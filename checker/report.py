@@ -37,26 +37,31 @@ def summary_line(r: Result) -> str:
     )
 
 
-def _groups(violations: list[Violation]) -> dict[tuple[str, int], list[Violation]]:
-    groups: dict[tuple[str, int], list[Violation]] = {}
-    for v in violations:
-        groups.setdefault((v.invariant, v.op), []).append(v)
-    return groups
-
-
 def violation_report(r: Result, verbose: bool = False) -> list[str]:
-    """Each violated (invariant, op) with its first crash point in full; with `verbose`
-    every crash point in full."""
+    """Per op: the crash point that best explains its violations in full (every invariant
+    violated there), then the crash points of each invariant; with `verbose` every
+    violating crash point in full."""
     lines: list[str] = []
-    for (invariant, op), group in _groups(r.violations).items():
-        shown = group if verbose else [representative(r, group)]
-        for v in shown:
-            lines.extend(_detail(r, v))
-        if not verbose and len(group) > 1:
-            points = _ranges([v.crash_after_step for v in group])
+    by_op: dict[int, list[Violation]] = {}
+    for v in r.violations:
+        by_op.setdefault(v.op, []).append(v)
+    for op, found in by_op.items():
+        invariants = sorted({v.invariant for v in found})
+        if verbose:
+            points = sorted({v.crash_after_step for v in found})
+        else:
+            points, remaining = [], set(invariants)
+            while remaining:
+                rep = representative(r, [v for v in found if v.invariant in remaining])
+                points.append(rep.crash_after_step)
+                remaining -= {v.invariant for v in found if v.crash_after_step == rep.crash_after_step}
+        for k in points:
+            lines.extend(_detail(r, op, k, [v for v in found if v.crash_after_step == k]))
+        for invariant in invariants:
+            steps = [v.crash_after_step for v in found if v.invariant == invariant]
             lines.append(
-                f"     {len(group)} crash points violate {invariant} in op {op} "
-                f"(after steps {points}); --verbose shows each"
+                f"     {len(steps)} crash points violate {invariant} in op {op} "
+                f"(after steps {_ranges(steps)})" + ("" if verbose else "; --verbose shows each")
             )
         lines.append("")
     return lines
@@ -70,18 +75,16 @@ def representative(r: Result, group: list[Violation]) -> Violation:
     return at_boundary[(len(at_boundary) - 1) // 2]
 
 
-def _detail(r: Result, v: Violation) -> list[str]:
+def _detail(r: Result, op_index: int, k: int, here: list[Violation]) -> list[str]:
     trace = r.trace
     n = len(trace.steps)
-    k = v.crash_after_step
-    op = trace.ops[v.op]
+    op = trace.ops[op_index]
     last = trace.steps[k - 1] if k > 0 else None
     where = f"crash after step {k} of {n}" + (f": {last}" if last is not None else " (before any step)")
-    lines = [
-        f"  {v.invariant} violated in op {v.op} (`{op.text}`), {where}",
-        f"     {v.message}",
-        "     steps (* persisted, crash at >>>):",
-    ]
+    names = ", ".join(sorted({v.invariant for v in here}))
+    lines = [f"  {names} violated in op {op_index} (`{op.text}`), {where}"]
+    lines.extend(f"     {v.invariant}: {v.message}" for v in here)
+    lines.append("     steps (* persisted, crash at >>>):")
     lines.extend(_steps_around(r, op.first_step, op.end_step, k))
     recovery, crash_view = _recovered(r, k)
     lines.append("     view before the op:")
