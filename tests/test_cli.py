@@ -118,8 +118,10 @@ def test_usage_errors_are_one_line_too(tmp_path: Path):
 def test_console_script_is_installed():
     import shutil
 
-    exe = shutil.which("crashcheck")
+    beside = Path(sys.executable).parent / "crashcheck"
+    exe = str(beside) if beside.exists() else shutil.which("crashcheck")
     if exe is None:
         pytest.skip("crashcheck is not installed in this environment (pip install -e .)")
     proc = subprocess.run([exe, "run", "-q", "specs/plain"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
+    assert "3 specs: 3 as expected" in proc.stdout
