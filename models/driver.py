@@ -185,6 +185,18 @@ class Driver:
         return Session(root)
 
     def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        """Resolve symlinks in the call's paths, answer read-only calls from the view, and
+        let `perform` record the steps of the others; any FsError is the call's result."""
+        try:
+            call = self.resolve_call(log.root, call)
+            if call.name in READ_SYSCALLS:
+                return self.read_syscall(log.root, call)
+            return self.perform(session, call, log)
+        except FsError as e:
+            return fail(e.errno)
+
+    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        """Check and perform one mutating system call (raise FsError to fail it)."""
         raise NotImplementedError
 
     def view(self, root: Dir) -> Dir:

@@ -218,21 +218,12 @@ class OverlayFS(Driver):
     def start(self, root: Dir) -> Session:
         return Session(root)
 
-    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        try:
-            call = self.resolve_call(log.root, call)
-        except FsError as e:
-            return fail(e.errno)
-        if call.name in ("stat", "readdir", "read", "readlink", "listxattr"):
-            return self.read_syscall(log.root, call)
-        try:
-            handler = getattr(self, "_sys_" + call.name)
-        except AttributeError:
-            raise ValueError(f"overlayfs: unsupported syscall {call.name}") from None
-        try:
-            return handler(session, log, call)
-        except FsError as e:
-            return fail(e.errno)
+    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        handler = getattr(self, "_sys_" + call.name, None)
+        if handler is None:
+            raise ValueError(f"overlayfs: unsupported syscall {call.name}")
+        result: SysResult = handler(session, log, call)
+        return result
 
     def _sys_create(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
         self.check_view_syscall(log.root, call)

@@ -8,7 +8,7 @@ so the same spec runs on both.
 
 from __future__ import annotations
 
-from models.driver import OK, Driver, Session, Syscall, SysResult, fail
+from models.driver import OK, Driver, Session, Syscall, SysResult
 from models.steps import (
     Chmod,
     Create,
@@ -25,7 +25,7 @@ from models.steps import (
     Unlink,
     Write,
 )
-from models.tree import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Dir, File, FsError, Node, Parts, lookup, split
+from models.tree import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Dir, File, Node, Parts, lookup, split
 from models.union import union_view
 
 
@@ -44,18 +44,9 @@ class Plain(Driver):
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
         return lookup(root, parts)
 
-    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        try:
-            call = self.resolve_call(log.root, call)
-        except FsError as e:
-            return fail(e.errno)
-        if call.name in ("stat", "readdir", "read", "readlink", "listxattr"):
-            return self.read_syscall(log.root, call)
-        try:
-            self.check_view_syscall(log.root, call)
-            self._perform(session, call, log)
-        except FsError as e:
-            return fail(e.errno)
+    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        self.check_view_syscall(log.root, call)
+        self._perform(session, call, log)
         return OK
 
     def _perform(self, s: Session, call: Syscall, log: StepLog) -> None:
