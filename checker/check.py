@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from checker.errors import UsageError
 from checker.explorer import Context, Violation, explore
@@ -26,6 +27,7 @@ class Result:
     trace: Trace
     invariants: tuple[str, ...]
     only_crash: int | None = None
+    confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
 
     @property
     def expected(self) -> str:
@@ -57,8 +59,14 @@ class Result:
             "crash_states": self.crash_states,
             "unique_states": self.unique_states,
             "invariants": list(self.invariants),
-            "violations": [v.to_json() for v in self.violations],
+            "violations": [self._violation_json(i, v) for i, v in enumerate(self.violations)],
         }
+
+    def _violation_json(self, i: int, v: Violation) -> dict[str, object]:
+        doc = v.to_json()
+        if self.confirmations is not None:
+            doc["confirmation"] = self.confirmations[i].to_json()
+        return doc
 
 
 def check(

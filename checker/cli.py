@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from checker import report
 from checker.check import Result, check
+from checker.confirm import confirm
 from checker.errors import CrashcheckError, UsageError
 from checker.persistence import MODELS
 from checker.spec import load_spec
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--crash-after", type=int, metavar="K",
         help="check only the crash state after step K (to reproduce one violation)",
+    )
+    run.add_argument(
+        "--confirm", action="store_true",
+        help="mount each violating crash state on the Linux kernel and re-check it there",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
@@ -70,9 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     for spec in specs:
         result = check(spec, args.persistence, args.crash_after)
+        if args.confirm:
+            result.confirmations = confirm(result)
         results.append(result)
         if not args.json:
             print(report.summary_line(result), flush=True)
+            confirmed = report.confirmation_line(result)
+            if confirmed:
+                print(confirmed)
             if result.violations and not args.quiet:
                 print("\n".join(report.violation_report(result, args.verbose)))
     if args.json:

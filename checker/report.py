@@ -21,6 +21,20 @@ def to_json(results: Iterable[Result]) -> str:
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
+def confirmation_line(r: Result) -> str | None:
+    """How the findings fared on the kernel, or None when they were not confirmed."""
+    if r.confirmations is None or not r.violations:
+        return None
+    counts = {s: sum(c.status == s for c in r.confirmations) for s in ("confirmed", "refuted", "unavailable")}
+    line = (
+        f"     on Linux {r.confirmations[0].kernel}: {counts['confirmed']} confirmed, "
+        f"{counts['refuted']} refuted, {counts['unavailable']} unavailable"
+    )
+    if counts["refuted"]:
+        line += "\n     !!! REFUTED FINDINGS: the model disagrees with the kernel here; this is a model bug"
+    return line
+
+
 def summary_line(r: Result) -> str:
     mark = "ok  " if r.ok else "FAIL"
     verdict = r.verdict.upper()
@@ -84,6 +98,12 @@ def _detail(r: Result, op_index: int, k: int, here: list[Violation]) -> list[str
     names = ", ".join(sorted({v.invariant for v in here}))
     lines = [f"  {names} violated in op {op_index} (`{op.text}`), {where}"]
     lines.extend(f"     {v.invariant}: {v.message}" for v in here)
+    if r.confirmations is not None:
+        index = {id(v): i for i, v in enumerate(r.violations)}
+        for v in here:
+            c = r.confirmations[index[id(v)]]
+            loud = "!!! " if c.status == "refuted" else ""
+            lines.append(f"     {loud}{v.invariant} {c.status.upper()}: {c.detail}")
     lines.append("     steps (* persisted, crash at >>>):")
     lines.extend(_steps_around(r, op.first_step, op.end_step, k))
     recovery, crash_view = _recovered(r, k)
