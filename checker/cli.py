@@ -7,6 +7,7 @@ or input error, reported as one line `crashcheck: error: FILE: what is wrong`.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -14,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from checker import report
+from checker import kernel, report
 from checker.check import Result, check
 from checker.confirm import confirm
+from checker.conform import conform
 from checker.errors import CrashcheckError, UsageError
 from checker.persistence import MODELS
 from checker.spec import load_spec
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
+    conform_p = sub.add_parser(
+        "conform", help="run a spec on the kernel and compare its steps with the model's"
+    )
+    conform_p.add_argument("spec", metavar="SPEC")
+    conform_p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    conform_p.add_argument("-v", "--verbose", action="store_true", help="list every step of every op")
     return parser
 
 
@@ -92,6 +100,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_conform(args: argparse.Namespace) -> int:
+    [path] = spec_files([args.spec])
+    spec = load_spec(path)
+    ops = conform(spec)
+    if args.json:
+        doc = {"file": spec.file, "kernel": kernel.kernel_release(), "ops": [o.to_json() for o in ops]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print(report.conformance_report(spec, ops, kernel.kernel_release(), args.verbose))
+    return 0 if all(o.conforms for o in ops) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools in a pipeline (`crashcheck run ... | head`).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -99,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "conform":
+            return cmd_conform(args)
         raise UsageError(f"unknown command {args.command}")
     except CrashcheckError as e:
         print(f"crashcheck: error: {e}", file=sys.stderr)

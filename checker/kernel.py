@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from checker.errors import CrashcheckError
 from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs
 from models.union import IMPURE, ORIGIN, OVL_PREFIX
 
@@ -28,7 +29,7 @@ MOUNT_TIMEOUT = 30  # seconds for mount/umount; a hung mount is an environment p
 BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid")
 
 
-class KernelUnavailable(Exception):
+class KernelUnavailable(CrashcheckError):
     """The machine cannot run real overlayfs checks (not root, no overlay, ...)."""
 
 
@@ -153,6 +154,15 @@ class Workspace:
             raise MountRefused(proc.stderr.strip() or f"mount exited {proc.returncode}")
         self.mounts.append(target)
 
+    def mount_tmpfs(self, target: Path) -> None:
+        """A private tmpfs (its own file system, so fanotify can watch all of it)."""
+        target.mkdir(parents=True, exist_ok=True)
+        cmd = ["mount", "-t", "tmpfs", "-o", "mode=0755", "crashcheck", str(target)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if proc.returncode != 0:
+            raise MountRefused(proc.stderr.strip() or f"mount exited {proc.returncode}")
+        self.mounts.append(target)
+
     def umount(self, target: Path) -> None:
         proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
         if proc.returncode != 0:
@@ -166,7 +176,7 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class MountRefused(Exception):
+class MountRefused(CrashcheckError):
     """mount(8) failed; the message is what it printed."""
 
 
@@ -189,13 +199,13 @@ def workspace(prefix: str = "crashcheck-") -> Iterator[Workspace]:
 
 
 def materialize_overlay(
-    ws: Workspace, backing: Dir, name: str = "state", fresh_work: bool = False
+    ws: Workspace, backing: Dir, name: str | Path = "state", fresh_work: bool = False
 ) -> tuple[list[Path], Path, Path]:
     """Write an overlayfs backing tree (lower0.., upper, work) under the workspace; with
     `fresh_work` the work dir is left empty for the kernel's first mount to set up.
 
     Returns (lower dirs top first, upper dir, work dir)."""
-    base = ws.path(name)
+    base = ws.path(str(name))
     base.mkdir()
     lowers = sorted((n for n in backing.entries if n.startswith("lower")), key=lambda n: int(n[5:]))
     for entry in lowers + ["upper", "work"]:

@@ -8,8 +8,10 @@ from collections.abc import Iterable
 
 from checker import views
 from checker.check import Result
+from checker.conform import OpConformance
 from checker.explorer import Violation
 from checker.persistence import MODELS, CrashState
+from checker.spec import Spec
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -188,3 +190,20 @@ def totals_line(results: list[Result], seconds: float) -> str:
         f"({verdicts['pass']} pass, {verdicts['violation']} violation); "
         f"{steps} steps, {states} crash states ({unique} unique) in {seconds:.2f}s"
     )
+
+
+def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbose: bool = False) -> str:
+    """Per op: whether the kernel made the namespace changes the model's steps make."""
+    lines = [f"{spec.file}: {spec.name} (Linux {release})"]
+    for o in ops:
+        verdict = "conforms" if o.conforms else "DIFFERS"
+        lines.append(f"  op {o.op} `{o.text}`: {verdict} ({len(o.observed_steps)} namespace changes)")
+        if verbose or not o.conforms:
+            lines.append("    model:    " + ("; ".join(o.model_steps) or "(none)"))
+            lines.append("    observed: " + ("; ".join(o.observed_steps) or "(none)"))
+        if not o.conforms:
+            lines.append("    only in the model:  " + ("; ".join(o.missing) or "(none)"))
+            lines.append("    only on the kernel: " + ("; ".join(o.unexpected) or "(none)"))
+    good = sum(o.conforms for o in ops)
+    lines.append(f"{good} of {len(ops)} ops conform")
+    return "\n".join(lines)

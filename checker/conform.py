@@ -1,0 +1,144 @@
+"""Conformance (`crashcheck conform SPEC`): do the model's steps match what the kernel
+really does on the upper file system?
+
+The workload runs on a real overlayfs mount whose upper and work dirs live on a private
+tmpfs watched with fanotify (`checker.fanotify`). The namespace changes the kernel makes
+for each op (mkdir, create, rename, unlink, rmdir on upper and work) are compared with
+the ones the model's steps make, as multisets (fanotify may merge queued events, and a
+real `rm -rf` visits entries in readdir order, not in name order), with work-dir temp
+names `#<hex>` compared as one wildcard (the kernel's temp counter is global). Reports
+show temp names numbered `#1, #2, ...` in order of appearance. Attribute and data steps
+(setxattr, chmod, write, copy, fsync) leave no namespace trace and are checked by the
+upper-dir comparisons of the kernel tests instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from checker import kernel
+from checker.errors import CrashcheckError
+from checker.fanotify import FanotifyUnavailable, FsWatcher
+from checker.realops import run_op
+from checker.spec import Spec
+from checker.trace import build_trace
+from models.driver import Driver
+from models.steps import (
+    Create,
+    Link,
+    LinkTmpfile,
+    MakeSymlink,
+    Mkdir,
+    MknodWhiteout,
+    Rename,
+    Rmdir,
+    Step,
+    Tmpfile,
+    Unlink,
+)
+
+TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+")
+
+
+def namespace_events(step: Step) -> list[str]:
+    """The namespace changes a step makes, as fanotify reports them."""
+    if isinstance(step, Tmpfile):
+        return []  # an O_TMPFILE has no name until it is linked
+    if isinstance(step, Mkdir):
+        return [f"mkdir {step.path}"]
+    if isinstance(step, (Create, MknodWhiteout, MakeSymlink)):
+        return [f"create {step.path}"]
+    if isinstance(step, (Link, LinkTmpfile)):
+        return [f"create {step.dst}"]
+    if isinstance(step, Rename):
+        moves = [f"rename {step.src} -> {step.dst}"]
+        if step.flags == "exchange":
+            moves.append(f"rename {step.dst} -> {step.src}")
+        return moves
+    if isinstance(step, Unlink):
+        return [f"unlink {step.path}"]
+    if isinstance(step, Rmdir):
+        return [f"rmdir {step.path}"]
+    return []
+
+
+def normalize(events: list[str]) -> list[str]:
+    """Work-dir temp names numbered in order of first appearance."""
+    names: dict[str, str] = {}
+
+    def rename(m: re.Match[str]) -> str:
+        return names.setdefault(m.group(0), f"#{len(names) + 1}")
+
+    return [TEMP.sub(rename, e) for e in events]
+
+
+def _shapes(events: list[str]) -> Counter[str]:
+    return Counter(TEMP.sub("#*", e) for e in events)
+
+
+@dataclass
+class OpConformance:
+    op: int
+    text: str
+    model_steps: list[str]
+    observed_steps: list[str]
+
+    @property
+    def missing(self) -> list[str]:
+        """What the model does and the kernel did not (temp names as `#*`)."""
+        return sorted((_shapes(self.model_steps) - _shapes(self.observed_steps)).elements())
+
+    @property
+    def unexpected(self) -> list[str]:
+        """What the kernel did and the model does not (temp names as `#*`)."""
+        return sorted((_shapes(self.observed_steps) - _shapes(self.model_steps)).elements())
+
+    @property
+    def conforms(self) -> bool:
+        return _shapes(self.model_steps) == _shapes(self.observed_steps)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "op": self.op,
+            "op_text": self.text,
+            "model_steps": self.model_steps,
+            "observed_steps": self.observed_steps,
+            "conforms": self.conforms,
+        }
+
+
+def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
+    """Run the spec's workload on the kernel and compare each op's namespace changes with
+    the model's (or with those of `driver`, a variant under test)."""
+    if spec.driver != "overlayfs":
+        raise CrashcheckError(f"{spec.file}: conform needs an overlayfs spec, not {spec.driver}")
+    reason = kernel.overlay_unavailable_reason()
+    if reason is not None:
+        raise kernel.KernelUnavailable(reason)
+    trace = build_trace(spec, driver)
+    out: list[OpConformance] = []
+    with kernel.workspace("crashcheck-conform-") as ws:
+        fs = ws.path("fs")
+        ws.mount_tmpfs(fs)
+        lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
+        target = ws.path("mnt")
+        ws.mount_overlay(lowers, upper, work, target, spec.options)
+        try:
+            watcher = FsWatcher(upper.parent)
+        except FanotifyUnavailable as e:
+            raise kernel.KernelUnavailable(str(e)) from None
+        try:
+            for record in trace.ops:
+                watcher.drain()
+                run_op(target, record.op)
+                observed = [str(e) for e in watcher.drain()]
+                model = [
+                    e for i in range(record.first_step, record.end_step)
+                    for e in namespace_events(trace.steps[i])
+                ]
+                out.append(OpConformance(record.index, record.text, normalize(model), normalize(observed)))
+        finally:
+            watcher.close()
+    return out
