@@ -21,6 +21,7 @@ from checker.confirm import confirm
 from checker.conform import conform
 from checker.errors import CrashcheckError, UsageError
 from checker.persistence import MODELS
+from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.spec import load_spec
 
 
@@ -57,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     conform_p.add_argument("spec", metavar="SPEC")
     conform_p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     conform_p.add_argument("-v", "--verbose", action="store_true", help="list every step of every op")
+    real = sub.add_parser(
+        "real", help="crash-test a real implementation (the kernel, fuse-overlayfs) at every system call"
+    )
+    real.add_argument(
+        "paths", nargs="*", metavar="SPEC", help="spec files or dirs (--table: default specs/overlayfs)"
+    )
+    real.add_argument("--impl", choices=IMPLEMENTATIONS, action="append",
+                      help="implementation to crash (repeatable; --table: default all)")
+    real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    real.add_argument("--table", action="store_true",
+                      help="a findings table: model, kernel and fuse-overlayfs verdict per spec")
     return parser
 
 
@@ -100,6 +112,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_real(args: argparse.Namespace) -> int:
+    paths = args.paths or (["specs/overlayfs"] if args.table else [])
+    if not paths:
+        raise UsageError("real: give at least one SPEC")
+    impls = args.impl or (list(IMPLEMENTATIONS) if args.table else [])
+    if not impls:
+        raise UsageError("real: choose --impl kernel or --impl fuse-overlayfs")
+    specs = [load_spec(f) for f in spec_files(paths)]
+    for impl in impls:
+        reason = unavailable_reason(impl)
+        if reason is not None:
+            raise UsageError(f"real --impl {impl}: {reason}")
+    progress = report.progress_printer()
+    rows = []
+    results: list[RealResult] = []
+    for spec in specs:
+        model = check(spec)
+        found = [real_check(spec, impl, progress) for impl in impls]
+        results.extend(found)
+        rows.append((spec, model, found))
+        if not args.json and not args.table:
+            for r in found:
+                print(report.real_summary(r), flush=True)
+    progress("")
+    if args.table:
+        print(report.findings_table(rows, impls, kernel.kernel_release()))
+        return 0
+    if args.json:
+        doc = {"version": 1, "specs": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_conform(args: argparse.Namespace) -> int:
     [path] = spec_files([args.spec])
     spec = load_spec(path)
@@ -112,15 +157,22 @@ def cmd_conform(args: argparse.Namespace) -> int:
     return 0 if all(o.conforms for o in ops) else 1
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds every workspace: mounts undone, processes ended
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools in a pipeline (`crashcheck run ... | head`).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "conform":
             return cmd_conform(args)
+        if args.command == "real":
+            return cmd_real(args)
         raise UsageError(f"unknown command {args.command}")
     except CrashcheckError as e:
         print(f"crashcheck: error: {e}", file=sys.stderr)

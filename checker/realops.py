@@ -3,9 +3,9 @@ real coreutils binaries (`mv -T`, `rm -rf`, `cp -a -T`)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from checker.spec import Op
@@ -32,71 +32,87 @@ def run_op(mountpoint: Path, op: Op) -> int:
     if argv is not None:
         proc = subprocess.run(argv, cwd=mountpoint, capture_output=True, timeout=CLIENT_TIMEOUT)
         return 0 if proc.returncode == 0 else -1
-    old = os.umask(0)  # the model applies modes exactly as given
-    try:
-        _syscall(mountpoint, op)
-    except OSError as e:
-        return e.errno or -1
-    finally:
-        os.umask(old)
+    for call in raw_calls(mountpoint, op):
+        try:
+            call()
+        except OSError as e:
+            return e.errno or -1
     return 0
 
 
-def _syscall(m: Path, op: Op) -> None:
+def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
+    """A raw op as the system calls the model makes for it, one callable each (so a
+    crash can fall between them). Modes are applied exactly (umask 0), as in the model."""
     a = dict(op.args)
 
     def p(key: str) -> Path:
         return m / a[key]
 
+    def exact(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            old = os.umask(0)
+            try:
+                fn()
+            finally:
+                os.umask(old)
+        return run
+
     match op.kind:
         case "create":
-            fd = os.open(p("path"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, a.get("mode", 0o644))
-            try:
-                if "data" in a:
-                    os.write(fd, a["data"].encode())
-            finally:
-                os.close(fd)
+            def create() -> None:
+                os.close(os.open(p("path"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, a.get("mode", 0o644)))
+
+            def fill() -> None:
+                _write_at(p("path"), a["data"].encode(), os.O_WRONLY, 0)
+
+            return [exact(create)] + ([fill] if "data" in a else [])
         case "write":
-            fd = os.open(p("path"), os.O_WRONLY)
-            try:
+            def replace() -> None:
                 data = a["data"].encode()
-                os.pwrite(fd, data, 0)
-                os.ftruncate(fd, len(data))
-            finally:
-                os.close(fd)
+                _write_at(p("path"), data, os.O_WRONLY, 0)
+                os.truncate(p("path"), len(data))
+
+            return [replace]
         case "append":
-            fd = os.open(p("path"), os.O_WRONLY | os.O_APPEND)
-            try:
-                os.write(fd, a["data"].encode())
-            finally:
-                os.close(fd)
+            return [lambda: _write_at(p("path"), a["data"].encode(), os.O_WRONLY | os.O_APPEND, None)]
         case "truncate":
-            os.truncate(p("path"), a["size"])
+            return [lambda: os.truncate(p("path"), a["size"])]
         case "mkdir":
-            os.mkdir(p("path"), a.get("mode", 0o755))
+            return [exact(lambda: os.mkdir(p("path"), a.get("mode", 0o755)))]
         case "rmdir":
-            os.rmdir(p("path"))
+            return [lambda: os.rmdir(p("path"))]
         case "unlink":
-            if os.path.isdir(p("path")) and not os.path.islink(p("path")):
-                raise OSError(errno.EISDIR, "is a directory")
-            os.unlink(p("path"))
+            return [lambda: os.unlink(p("path"))]
         case "rename":
-            os.rename(p("src"), p("dst"))
+            return [lambda: os.rename(p("src"), p("dst"))]
         case "link":
-            os.link(p("src"), p("dst"), follow_symlinks=False)
+            return [lambda: os.link(p("src"), p("dst"), follow_symlinks=False)]
         case "symlink":
-            os.symlink(a["target"], p("path"))
+            return [lambda: os.symlink(a["target"], p("path"))]
         case "chmod":
-            os.chmod(p("path"), a["mode"])
+            return [lambda: os.chmod(p("path"), a["mode"])]
         case "setxattr":
-            os.setxattr(p("path"), a["name"], a["value"].encode())
+            return [lambda: os.setxattr(p("path"), a["name"], a["value"].encode())]
         case "fsync":
-            fd = os.open(p("path"), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            def fsync() -> None:
+                fd = os.open(p("path"), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            return [fsync]
         case "sync":
-            os.sync()
-        case _:
-            raise ValueError(f"no real system call for op {op.kind}")
+            return [os.sync]
+    raise ValueError(f"no real system call for op {op.kind}")
+
+
+def _write_at(path: Path, data: bytes, flags: int, offset: int | None) -> None:
+    fd = os.open(path, flags)
+    try:
+        if offset is None:
+            os.write(fd, data)
+        else:
+            os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from checker import views
 from checker.check import Result
 from checker.conform import OpConformance
 from checker.explorer import Violation
 from checker.persistence import MODELS, CrashState
+from checker.real import RealResult, RealViolation
 from checker.spec import Spec
 from models.driver import Recovery
 from models.tree import Dir
@@ -206,4 +209,54 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
             lines.append("    only on the kernel: " + ("; ".join(o.unexpected) or "(none)"))
     good = sum(o.conforms for o in ops)
     lines.append(f"{good} of {len(ops)} ops conform")
+    return "\n".join(lines)
+
+
+def progress_printer() -> Callable[[str], None]:
+    """Progress on stderr, overwriting one line, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return lambda text: None
+
+    def show(text: str) -> None:
+        sys.stderr.write("\r\033[K" + text[:150])
+        sys.stderr.flush()
+
+    return show
+
+
+def real_summary(r: RealResult) -> str:
+    mark = "ok  " if r.ok else "FAIL"
+    inv = f" of {', '.join(r.violated)}" if r.violations else ""
+    lines = [
+        f"{mark} {r.verdict.upper():<9} {r.spec.file}: {r.spec.name}",
+        f"     {r.implementation}: {r.calls} system calls, {r.crash_points} crash points, "
+        f"{len(r.violations)} violations{inv}; expected {r.expected}; {r.seconds:.1f}s",
+    ]
+    groups: dict[tuple[int, str, str], list[RealViolation]] = {}
+    for v in r.violations:
+        groups.setdefault((v.op, v.process, v.invariant), []).append(v)
+    for (op, process, invariant), vs in groups.items():
+        first = vs[0]
+        lines.append(
+            f"     {invariant} in op {op} (`{first.op_text}`) when the {process} is killed at call "
+            f"{_ranges([v.crash_at_call for v in vs])}; e.g. at call {first.crash_at_call} "
+            f"({first.syscall}): {first.message}"
+        )
+    return "\n".join(lines)
+
+
+def _verdict_cell(verdict: str, invariants: list[str]) -> str:
+    return verdict + (f" ({', '.join(invariants)})" if invariants else "")
+
+
+def findings_table(
+    rows: list[tuple[Spec, Result, list[RealResult]]], impls: list[str], release: str
+) -> str:
+    """The findings table: one row per spec, the model's verdict and each implementation's."""
+    header = ["spec", "model"] + [f"{i} (Linux {release})" if i == "kernel" else i for i in impls]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for spec, model, found in rows:
+        cells = [f"`{Path(spec.file).stem}`", _verdict_cell(model.verdict, model.violated)]
+        cells += [_verdict_cell(r.verdict, r.violated) for r in found]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

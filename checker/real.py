@@ -1,0 +1,504 @@
+"""Crash-testing real implementations (`crashcheck real --impl kernel|fuse-overlayfs`).
+
+For each op of a spec, the state before it is kept as a template (the real upper and
+work dirs after the earlier ops ran on the real implementation). For every system call
+N the op makes, a fresh copy of the template is mounted, the op runs and is killed at
+its N-th call, the file system is unmounted and mounted again (the implementation's own
+recovery), and the invariants are checked on the real view:
+
+- the client is killed with strace's fault injection (`-e inject=SET:signal=KILL:when=N`,
+  SET = the system calls that can change a file system) for `mv`, `rm` and `cp`; a raw
+  system-call op is cut between its calls;
+- with `fuse-overlayfs`, the daemon itself is also killed at each of its own system calls
+  during the op (strace attached to it just before the op), then a fresh daemon mounts
+  the same dirs.
+
+Everything happens under one private temp dir; every mount is undone and every process
+ended on success, failure, Ctrl-C and timeouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from checker import kernel
+from checker.errors import CrashcheckError
+from checker.invariants import INVARIANTS, CrashContext, Finding, selected
+from checker.realops import CLIENT_TIMEOUT, client_argv, raw_calls
+from checker.spec import Spec
+from checker.trace import OpRecord, Trace, build_trace
+from models.driver import Recovery
+from models.tree import Dir
+
+#: System calls that can change a file system: the crash points. strace skips names this
+#: architecture does not have ('?' prefix).
+_MUTATING = """
+mkdir mkdirat rmdir unlink unlinkat rename renameat renameat2 link linkat symlink symlinkat
+mknod mknodat open openat openat2 creat write pwrite64 writev pwritev pwritev2
+copy_file_range sendfile splice ftruncate truncate fallocate fchmod fchmodat fchmodat2 chmod
+fchown fchownat lchown chown utimensat utimes futimesat setxattr lsetxattr fsetxattr
+removexattr lremovexattr fremovexattr fsync fdatasync sync syncfs sync_file_range
+"""
+MUTATING_SYSCALLS = ",".join("?" + name for name in _MUTATING.split())
+MOUNT_WAIT = 10.0  # seconds for a FUSE daemon to have its mount up
+ATTACH_WAIT = 10.0  # seconds for strace to attach to a daemon
+IMPLEMENTATIONS = ("kernel", "fuse-overlayfs")
+
+
+class RealUnavailable(CrashcheckError):
+    """A real implementation cannot run here; the message says why and what to install."""
+
+
+def unavailable_reason(impl: str) -> str | None:
+    reason = kernel.overlay_unavailable_reason()
+    if impl == "kernel":
+        if reason:
+            return reason
+    elif os.geteuid() != 0:
+        return "real fuse-overlayfs checks need root (mounts and trusted.* xattrs)"
+    elif shutil.which("fuse-overlayfs") is None:
+        return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
+    elif not Path("/dev/fuse").exists():
+        return "/dev/fuse is missing (no FUSE in this kernel or container)"
+    if shutil.which("strace") is None:
+        return "strace is not installed (apt-get install strace)"
+    return None
+
+
+# --- processes and mounts ------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    """The private temp dir of a real run: mounts and child processes it must undo."""
+
+    ws: kernel.Workspace
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    serial: int = 0
+
+    def fresh(self, prefix: str) -> Path:
+        self.serial += 1
+        path = self.ws.path(f"{prefix}{self.serial}")
+        path.mkdir()
+        return path
+
+    def spawn(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+        self.processes.append(proc)
+        return proc
+
+    def end(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc in self.processes:
+            self.processes.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self.processes):
+            self.end(proc, signal.SIGKILL)
+
+
+@contextmanager
+def lab() -> Iterator[Lab]:
+    with kernel.workspace("crashcheck-real-") as ws:
+        state = Lab(ws)
+        try:
+            yield state
+        finally:
+            state.close()  # processes first: a FUSE daemon holds its mount
+
+
+@dataclass
+class Mounted:
+    target: Path
+    daemon: subprocess.Popen[bytes] | None = None
+
+
+class Impl:
+    """How to mount and unmount one implementation of overlay semantics."""
+
+    name = ""
+
+    def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
+              options: dict[str, object]) -> Mounted:
+        raise NotImplementedError
+
+    def umount(self, lab: Lab, m: Mounted) -> None:
+        raise NotImplementedError
+
+
+class KernelImpl(Impl):
+    name = "kernel"
+
+    def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
+              options: dict[str, object]) -> Mounted:
+        lab.ws.mount_overlay(lowers, upper, work, target, options)
+        return Mounted(target)
+
+    def umount(self, lab: Lab, m: Mounted) -> None:
+        lab.ws.umount(m.target)
+
+
+class FuseImpl(Impl):
+    """fuse-overlayfs in the foreground, one process per mount (its options have no
+    redirect_dir or volatile: it always answers directory renames as it does)."""
+
+    name = "fuse-overlayfs"
+
+    def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
+              options: dict[str, object]) -> Mounted:
+        target.mkdir(parents=True, exist_ok=True)
+        opts = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
+        daemon = lab.spawn(
+            ["fuse-overlayfs", "-f", "-o", opts, str(target)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + MOUNT_WAIT
+        while not os.path.ismount(target):
+            if daemon.poll() is not None:
+                lab.end(daemon)
+                raise kernel.MountRefused(f"fuse-overlayfs exited with {daemon.returncode}")
+            if time.monotonic() > deadline:
+                lab.end(daemon, signal.SIGKILL)
+                raise kernel.MountRefused("fuse-overlayfs did not mount in time")
+            time.sleep(0.005)
+        lab.ws.mounts.append(target)
+        return Mounted(target, daemon)
+
+    def umount(self, lab: Lab, m: Mounted) -> None:
+        lab.ws.umount(m.target)
+        if m.daemon is not None:
+            with suppress(subprocess.TimeoutExpired):
+                m.daemon.wait(timeout=5)
+            lab.end(m.daemon, signal.SIGKILL)
+
+
+IMPLS: dict[str, Callable[[], Impl]] = {"kernel": KernelImpl, "fuse-overlayfs": FuseImpl}
+
+
+# --- killing at the N-th system call --------------------------------------------------
+
+
+def _strace_calls(log: Path) -> list[str]:
+    """The system calls in an strace log (pid prefixes, signals, exits and resumptions
+    left out), each as `name(args...)`."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    calls = []
+    for line in lines:
+        text = line.lstrip("0123456789").strip()
+        if not text or text.startswith(("+++", "---", "<...")):
+            continue
+        calls.append(text.split(" <unfinished")[0].rsplit(" = ", 1)[0][:160])
+    return calls
+
+
+def kill_expression(calls: list[str], n: int) -> str:
+    """strace's `-e inject=` for a SIGKILL on entry to the n-th of `calls` (1-based).
+    strace counts invocations per system call, so the n-th call overall is named as the
+    k-th invocation of its own system call."""
+    name = calls[n - 1].split("(", 1)[0]
+    k = sum(1 for c in calls[:n] if c.split("(", 1)[0] == name)
+    return f"inject={name}:signal=KILL:when={k}"
+
+
+def run_client(
+    lab: Lab, target: Path, argv: list[str], kill_at: int | None, calls: list[str] | None = None
+) -> tuple[list[str], str]:
+    """Run a client under strace: counting (kill_at None), or killed on entry to its
+    kill_at-th call of `calls` (the calls of a counting run). Returns (the calls made,
+    the call it was killed in)."""
+    log = lab.fresh("strace") / "log"
+    cmd = ["strace", "-f", "-qq", "-o", str(log), "-e", f"trace={MUTATING_SYSCALLS}"]
+    if kill_at is not None:
+        assert calls is not None
+        cmd += ["-e", kill_expression(calls, kill_at)]
+    proc = lab.spawn(cmd + ["--"] + argv, cwd=target, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=CLIENT_TIMEOUT)
+    finally:
+        lab.end(proc, signal.SIGKILL)
+    made = _strace_calls(log)
+    return made, (made[-1] if kill_at is not None and made else "")
+
+
+@contextmanager
+def traced_daemon(
+    lab: Lab, daemon: subprocess.Popen[bytes], kill_at: int | None, calls: list[str] | None
+) -> Iterator[Path]:
+    """strace attached to a FUSE daemon for the duration of the block."""
+    log = lab.fresh("dstrace") / "log"
+    cmd = ["strace", "-f", "-o", str(log), "-e", f"trace={MUTATING_SYSCALLS}"]
+    if kill_at is not None:
+        assert calls is not None
+        cmd += ["-e", kill_expression(calls, kill_at)]
+    tids = sorted(os.listdir(f"/proc/{daemon.pid}/task"))
+    for tid in tids:
+        cmd += ["-p", tid]
+    tracer = lab.spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert tracer.stderr is not None
+    attached = 0
+    deadline = time.monotonic() + ATTACH_WAIT
+    os.set_blocking(tracer.stderr.fileno(), False)
+    pending = b""
+    while attached < len(tids):
+        if time.monotonic() > deadline or tracer.poll() is not None:
+            lab.end(tracer, signal.SIGKILL)
+            raise RealUnavailable("strace could not attach to the fuse-overlayfs daemon")
+        chunk = tracer.stderr.read() or b""
+        pending += chunk
+        attached = pending.count(b"attached")
+        time.sleep(0.002)
+    try:
+        yield log
+    finally:
+        lab.end(tracer, signal.SIGINT)  # detaches from a daemon still alive
+
+
+# --- checking one crash ---------------------------------------------------------------
+
+
+@dataclass
+class RealViolation:
+    invariant: str
+    op: int
+    op_text: str
+    crash_at_call: int  # the op was killed before its N-th call (1-based)
+    process: str  # "client" or "daemon"
+    syscall: str
+    message: str
+    paths: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "invariant": self.invariant,
+            "op": self.op,
+            "op_text": self.op_text,
+            "crash_after_step": self.crash_at_call - 1,
+            "crash_at_call": self.crash_at_call,
+            "process": self.process,
+            "syscall": self.syscall,
+            "message": self.message,
+            "paths": list(self.paths),
+        }
+
+
+@dataclass
+class RealResult:
+    spec: Spec
+    implementation: str
+    verdict: str
+    crash_points: int
+    calls: int  # mutating system calls the workload made (clients and raw ops)
+    violations: list[RealViolation]
+    invariants: tuple[str, ...]
+    seconds: float
+
+    @property
+    def expected(self) -> str:
+        return self.spec.expected
+
+    @property
+    def violated(self) -> list[str]:
+        return sorted({v.invariant for v in self.violations})
+
+    @property
+    def ok(self) -> bool:
+        wanted = self.spec.expect.invariants if self.spec.expect else ()
+        return self.verdict == self.expected and set(wanted) <= set(self.violated)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.spec.file,
+            "name": self.spec.name,
+            "driver": self.spec.driver,
+            "persistence": "process-crash",
+            "engine": "real",
+            "implementation": self.implementation,
+            "verdict": self.verdict,
+            "expected": self.expected,
+            "ok": self.ok,
+            "steps": self.calls,
+            "crash_states": self.crash_points,
+            "crash_points": self.crash_points,
+            "invariants": list(self.invariants),
+            "violations": [v.to_json() for v in self.violations],
+        }
+
+
+@dataclass
+class Template:
+    """The real backing dirs before an op: lowers (shared, read-only) and upper/work."""
+
+    lowers: list[Path]
+    upper: Path
+    work: Path
+
+
+class RealRun:
+    def __init__(self, lab: Lab, impl: Impl, spec: Spec, trace: Trace) -> None:
+        self.lab, self.impl, self.spec, self.trace = lab, impl, spec, trace
+        self.options = spec.options
+        self.lower_digest: bytes = b""
+
+    def copy(self, t: Template) -> Template:
+        run = self.lab.fresh("run")
+        for part in ("upper", "work"):
+            subprocess.run(["cp", "-a", str(getattr(t, part)), str(run / part)], check=True)
+        return Template(t.lowers, run / "upper", run / "work")
+
+    def mount(self, t: Template) -> Mounted:
+        return self.impl.mount(self.lab, t.lowers, t.upper, t.work, self.lab.fresh("mnt"), self.options)
+
+    def view_of(self, t: Template) -> tuple[Recovery, Dir | None]:
+        """Mount (the implementation's recovery), read the view, unmount, and read back
+        what the mount left in upper and work."""
+        try:
+            m = self.mount(t)
+        except kernel.MountRefused as e:
+            return Recovery(None, refusal=f"the mount is refused: {e}"), None
+        try:
+            view = kernel.read_view(m.target)
+        finally:
+            self.impl.umount(self.lab, m)
+        backing = Dir({
+            "upper": kernel.read_upper(t.upper),
+            "work": kernel.read_node(t.work, skip_xattrs=kernel.BOOKKEEPING_XATTRS),
+        })
+        return Recovery(backing), view
+
+    def lowers_digest(self, t: Template) -> bytes:
+        return Dir({f"l{i}": kernel.read_node(p) for i, p in enumerate(t.lowers)}).digest
+
+    def run_op(
+        self, t: Template, record: OpRecord, kill_at: int | None, daemon_kill: bool,
+        calls: list[str] | None = None,
+    ) -> tuple[list[str], str]:
+        """Run one op on a mount of `t`, counting the calls of the client (or with
+        `daemon_kill`, of the daemon) or killing it on entry to call `kill_at` of `calls`.
+        Returns (the calls made, the call it was killed in)."""
+        m = self.mount(t)
+        try:
+            argv = client_argv(record.op)
+            if daemon_kill:
+                assert m.daemon is not None
+                with traced_daemon(self.lab, m.daemon, kill_at, calls) as log:
+                    self._perform(m.target, record, argv, None, None)
+                made = _strace_calls(log)
+                return made, (made[-1] if kill_at is not None and made else "")
+            return self._perform(m.target, record, argv, kill_at, calls)
+        finally:
+            if m.daemon is not None and m.daemon.poll() is not None:
+                self.lab.ws.umount(m.target)  # the daemon is gone: lazy unmount
+                self.lab.end(m.daemon)
+            else:
+                self.impl.umount(self.lab, m)
+
+    def _perform(self, target: Path, record: OpRecord, argv: list[str] | None,
+                 kill_at: int | None, calls: list[str] | None) -> tuple[list[str], str]:
+        if argv is not None:
+            return run_client(self.lab, target, argv, kill_at, calls)
+        raw = raw_calls(target, record.op)
+        stop = len(raw) if kill_at is None else kill_at - 1
+        for call in raw[:stop]:
+            try:
+                call()
+            except OSError:
+                break
+        names = [str(rec.call) for rec in record.syscalls][: len(raw)]
+        killed = "" if kill_at is None or kill_at > len(raw) else names[kill_at - 1]
+        return names, killed
+
+    def check(self, record: OpRecord, before: Dir, after: Dir, t: Template, kill_at: int,
+              process: str, syscall: str) -> list[RealViolation]:
+        recovery, view = self.view_of(t)
+        second: Recovery | None = None
+        if recovery.root is not None:
+            second, _ = self.view_of(t)
+        real_op = dataclasses.replace(record, before=before, after=after, cache={})
+        first_root = recovery.root
+
+        def again(root: Dir) -> Recovery:
+            return second if root is first_root and second is not None else Recovery(root)
+
+        ctx = CrashContext(self.trace, real_op, recovery, view, self.trace.driver, again)
+        out = []
+        for inv in selected(self.spec):
+            findings: list[Finding]
+            if inv.trace_level:
+                changed = self.lowers_digest(t) != self.lower_digest
+                findings = [Finding("a lower layer changed on disk", ())] if changed else []
+            else:
+                findings = inv.check(ctx)
+            out.extend(
+                RealViolation(
+                    inv.name, record.index, record.text, kill_at, process, syscall, f.message, f.paths
+                )
+                for f in findings
+            )
+        return out
+
+
+def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | None = None) -> RealResult:
+    """Crash-test the spec's workload on a real implementation."""
+    if spec.driver != "overlayfs":
+        raise RealUnavailable(f"{spec.file}: real crash tests need an overlayfs spec, not {spec.driver}")
+    reason = unavailable_reason(impl_name)
+    if reason is not None:
+        raise RealUnavailable(reason)
+    started = time.perf_counter()
+    trace = build_trace(spec)
+    impl = IMPLS[impl_name]()
+    violations: list[RealViolation] = []
+    points = calls = 0
+    with lab() as state:
+        run = RealRun(state, impl, spec, trace)
+        lowers, upper, work = kernel.materialize_overlay(state.ws, trace.initial, "initial", fresh_work=True)
+        current = Template(lowers, upper, work)
+        run.lower_digest = run.lowers_digest(current)
+        for record in trace.ops:
+            _, before = run.view_of(run.copy(current))
+            after_t = run.copy(current)
+            made, _ = run.run_op(after_t, record, None, daemon_kill=False)
+            calls += len(made)
+            _, after = run.view_of(after_t)
+            assert before is not None and after is not None
+            modes = [("client", False)] + ([("daemon", True)] if impl_name == "fuse-overlayfs" else [])
+            for process, daemon_kill in modes:
+                seen = made
+                if daemon_kill:
+                    seen, _ = run.run_op(run.copy(current), record, None, daemon_kill=True)
+                for n in range(1, len(seen) + 1):
+                    if progress:
+                        progress(f"{spec.file}: op {record.index} {process} crash {n}/{len(seen)}")
+                    t = run.copy(current)
+                    _, syscall = run.run_op(t, record, n, daemon_kill, seen)
+                    points += 1
+                    violations.extend(run.check(record, before, after, t, n, process, syscall))
+            current = after_t
+    violations.sort(key=lambda v: (v.op, v.process, v.crash_at_call, v.invariant))
+    return RealResult(
+        spec, impl_name, "violation" if violations else "pass", points, calls, violations,
+        tuple(inv.name for inv in selected(spec)), time.perf_counter() - started,
+    )
+
+
+__all__ = [
+    "IMPLEMENTATIONS", "INVARIANTS", "RealResult", "RealUnavailable", "real_check", "unavailable_reason",
+]
