@@ -1,0 +1,143 @@
+"""`crashcheck real`: crash-testing the kernel and fuse-overlayfs at every system call."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from checker import load_spec
+from checker.real import real_check, unavailable_reason
+from tests.conftest import ROOT
+
+OFF = "specs/overlayfs/mv-lower-dir-redirect-off.toml"
+ON = "specs/overlayfs/mv-lower-dir-redirect-on.toml"
+KERNEL = unavailable_reason("kernel")
+FUSE = unavailable_reason("fuse-overlayfs")
+kernel_only = pytest.mark.skipif(KERNEL is not None, reason=KERNEL or "")
+fuse_only = pytest.mark.skipif(FUSE is not None, reason=FUSE or "")
+pytestmark = pytest.mark.kernel
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "checker", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, **kwargs)
+
+
+@kernel_only
+def test_kernel_mv_of_lower_dir_without_redirect_dir_shows_both_dirs():
+    r = real_check(load_spec(ROOT / OFF), "kernel")
+    assert r.verdict == "violation" and r.violated == ["atomicity", "no-dual-existence"]
+    dual = [v for v in r.violations if v.invariant == "no-dual-existence"]
+    # Killed after mkdirat(DirX) and before unlinkat(DirA): every call in between.
+    assert dual and all(v.process == "client" for v in dual)
+    assert dual[0].syscall.startswith('openat(AT_FDCWD, "DirA"')
+    assert dual[-1].syscall.startswith('unlinkat(AT_FDCWD, "DirA"')
+    assert len(dual) == 9 and r.crash_points == r.calls
+
+
+@kernel_only
+def test_kernel_mv_of_lower_dir_with_redirect_dir_passes():
+    r = real_check(load_spec(ROOT / ON), "kernel")
+    assert r.verdict == "pass" and r.violations == [] and r.crash_points > 0
+
+
+@kernel_only
+def test_real_json_schema():
+    proc = cli("real", "--impl", "kernel", "--json", "specs/overlayfs/create-with-data.toml")
+    assert proc.returncode == 0, proc.stderr
+    [spec] = json.loads(proc.stdout)["specs"]
+    assert (spec["engine"], spec["implementation"], spec["verdict"]) == ("real", "kernel", "violation")
+    assert spec["crash_points"] == spec["crash_states"] == 2
+    [v] = spec["violations"]
+    assert (v["invariant"], v["crash_at_call"], v["process"]) == ("atomicity", 2, "client")
+    assert v["syscall"] == "write(\"dir/new\", 'payload')"
+
+
+def readme_row(stem: str) -> list[str]:
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(f"| `{stem}` |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no README table row for {stem}")
+
+
+@fuse_only
+@pytest.mark.parametrize("path", [OFF, ON])
+def test_fuse_overlayfs_results_are_the_ones_in_the_readme_table(path: str):
+    spec = load_spec(ROOT / path)
+    row = readme_row(Path(path).stem)
+    for column, impl in ((2, "kernel"), (3, "fuse-overlayfs")):
+        r = real_check(spec, impl)
+        cell = r.verdict + (f" ({', '.join(r.violated)})" if r.violated else "")
+        assert row[column] == cell, (impl, row, cell)
+    daemon = [v for v in real_check(spec, "fuse-overlayfs").violations if v.process == "daemon"]
+    assert daemon, "killing the daemon itself interrupts the mv fallback too"
+
+
+def _leftovers(tag: str) -> tuple[str, str]:
+    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
+    procs = subprocess.run(["pgrep", "-af", "fuse-overlayfs"], capture_output=True, text=True).stdout
+    return (
+        "\n".join(m for m in mounts.splitlines() if tag in m),
+        "\n".join(p for p in procs.splitlines() if tag in p),
+    )
+
+
+@fuse_only
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_killed_midway_leaves_nothing_mounted_or_running(sig: int):
+    before = set(Path("/tmp").glob("crashcheck-real-*"))
+    proc = subprocess.Popen([sys.executable, "-m", "checker", "real", "--impl", "fuse-overlayfs", OFF],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _leftovers("crashcheck-real-")[0]:  # wait until it is in the middle of a mount
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 2), err
+    assert "Traceback" not in err
+    assert _leftovers("crashcheck-real-") == ("", "")
+    assert set(Path("/tmp").glob("crashcheck-real-*")) == before
+
+
+def test_missing_tools_are_one_line_errors(tmp_path: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("mount", "umount", "strace", "cp", "findmnt"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = dict(os.environ, PATH=str(bin_dir))
+    proc = cli("real", "--impl", "fuse-overlayfs", OFF, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "crashcheck: error: real --impl fuse-overlayfs: " + (
+            "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)" if os.geteuid() == 0
+            else "real fuse-overlayfs checks need root (mounts and trusted.* xattrs)"
+        )
+    ]
+
+
+def test_not_root_is_a_one_line_error():
+    runuser = shutil.which("runuser") or shutil.which("setpriv")
+    if os.geteuid() != 0 or runuser is None:
+        pytest.skip("needs root to drop to an unprivileged user (runuser)")
+    cmd = [runuser, "-u", "nobody", "--"] if runuser.endswith("runuser") else [
+        runuser, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME="/tmp")
+    proc = subprocess.run(cmd + [sys.executable, "-m", "checker", "real", "--impl", "kernel", str(ROOT / OFF)],
+                          cwd="/tmp", capture_output=True, text=True, env=env, timeout=120)
+    if "Permission denied" in proc.stderr and "checker" not in proc.stderr:
+        pytest.skip("the unprivileged user cannot read this checkout")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "crashcheck: error: real --impl kernel: real overlayfs checks need root (mount(2) and trusted.* xattrs)"
+    )
