@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,20 +15,12 @@ from checker.trace import Trace
 from models.driver import Driver
 
 
-@dataclass
-class Result:
+class Verdict:
+    """What every kind of result says about its spec's expectation."""
+
     spec: Spec
-    persistence: str
-    verdict: str  # "pass" | "violation"
-    steps: int
-    crash_states: int
-    unique_states: int
-    violations: list[Violation]
-    seconds: float
-    trace: Trace
-    invariants: tuple[str, ...]
-    only_crash: int | None = None
-    confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
+    verdict: str
+    violations: Sequence[Any]
 
     @property
     def expected(self) -> str:
@@ -44,6 +37,22 @@ class Result:
             return False
         wanted = self.spec.expect.invariants if self.spec.expect else ()
         return set(wanted) <= set(self.violated)
+
+
+@dataclass
+class Result(Verdict):
+    spec: Spec
+    persistence: str
+    verdict: str  # "pass" | "violation"
+    steps: int
+    crash_states: int
+    unique_states: int
+    violations: list[Violation]
+    seconds: float
+    trace: Trace
+    invariants: tuple[str, ...]
+    only_crash: int | None = None
+    confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
 
     def to_json(self) -> dict[str, object]:
         """The contract shape of DESIGN section 7 (no timings: output is reproducible)."""

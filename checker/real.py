@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checker import kernel
+from checker.check import Verdict
 from checker.errors import CrashcheckError
 from checker.invariants import INVARIANTS, CrashContext, Finding, selected
 from checker.realops import CLIENT_TIMEOUT, client_argv, raw_calls
@@ -301,7 +302,7 @@ class RealViolation:
 
 
 @dataclass
-class RealResult:
+class RealResult(Verdict):
     spec: Spec
     implementation: str
     verdict: str
@@ -310,19 +311,6 @@ class RealResult:
     violations: list[RealViolation]
     invariants: tuple[str, ...]
     seconds: float
-
-    @property
-    def expected(self) -> str:
-        return self.spec.expected
-
-    @property
-    def violated(self) -> list[str]:
-        return sorted({v.invariant for v in self.violations})
-
-    @property
-    def ok(self) -> bool:
-        wanted = self.spec.expect.invariants if self.spec.expect else ()
-        return self.verdict == self.expected and set(wanted) <= set(self.violated)
 
     def to_json(self) -> dict[str, object]:
         return {
