@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from checker.errors import UsageError
-from checker.explorer import Context, Violation, explore
-from checker.persistence import MODELS, CrashState
+from checker.explorer import UNLIMITED, Budget, Context, Violation, explore
+from checker.persistence import MODELS, CrashState, count_ideals, parse_persisted
 from checker.spec import Spec
 from checker.trace import Trace
 from models.driver import Driver
@@ -52,7 +52,12 @@ class Result(Verdict):
     trace: Trace
     invariants: tuple[str, ...]
     only_crash: int | None = None
+    engine: str = "enumerate"
+    bounded: bool = False
+    why: str = ""
+    context: Context | None = None
     confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
+    fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
 
     def to_json(self) -> dict[str, object]:
         """The contract shape of DESIGN section 7 (no timings: output is reproducible)."""
@@ -67,9 +72,11 @@ class Result(Verdict):
             "steps": self.steps,
             "crash_states": self.crash_states,
             "unique_states": self.unique_states,
+            "engine": self.engine,
+            "bounded": self.bounded,
             "invariants": list(self.invariants),
             "violations": [self._violation_json(i, v) for i, v in enumerate(self.violations)],
-        }
+        } | ({"fix": [f.to_json() for f in self.fix]} if self.fix is not None else {})
 
     def _violation_json(self, i: int, v: Violation) -> dict[str, object]:
         doc = v.to_json()
@@ -78,31 +85,52 @@ class Result(Verdict):
         return doc
 
 
+ENGINES = ("auto", "enumerate", "symbolic")
+
+
 def check(
     spec: Spec, persistence: str | None = None, crash_after: int | None = None,
-    driver: Driver | None = None,
+    driver: Driver | None = None, *, engine: str = "auto", block_size: int | None = None,
+    budget: Budget = UNLIMITED, persisted: str | None = None,
 ) -> Result:
-    """Check a spec under its persistence model (or `persistence`), every crash state or
-    only the one after step `crash_after`. `driver` replaces the spec's driver model with
-    an instance (a variant under test)."""
+    """Check a spec under its persistence model (or `persistence`): every crash state, or
+    only the one after step `crash_after` (prefix) or the one `persisted` names. `driver`
+    replaces the spec's driver model with an instance (a variant under test)."""
     started = time.perf_counter()
     model = persistence or spec.persistence
     if model not in MODELS:
         raise UsageError(f"unknown persistence model {model!r} (known: {', '.join(MODELS)})")
-    ctx = Context.build(spec, model, driver)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    ctx = Context.build(spec, model, driver, block_size)
+    n = len(ctx.trace.steps)
     only = None
     if crash_after is not None:
-        if not 0 <= crash_after <= len(ctx.trace.steps):
-            raise UsageError(
-                f"{spec.file}: --crash-after {crash_after} is outside 0..{len(ctx.trace.steps)}"
-            )
+        if not 0 <= crash_after <= n:
+            raise UsageError(f"{spec.file}: --crash-after {crash_after} is outside 0..{n}")
         only = CrashState(crash_after)
-    found = explore(ctx, only)
+        if model != "prefix":
+            only = CrashState(crash_after, tuple(ctx.constraints.pieces[:crash_after]))
+    if persisted is not None:
+        only = _parse_persisted(spec, ctx, persisted)
+    chosen = choose_engine(ctx, engine, budget) if only is None else "enumerate"
+    if chosen == "symbolic":
+        from checker.symbolic import solve
+
+        found = solve(ctx, budget)
+    else:
+        found = explore(ctx, only, budget)
+    if found.violations:
+        verdict = "violation"
+    elif found.bounded:
+        verdict = "unknown"
+    else:
+        verdict = "pass"
     return Result(
         spec=spec,
         persistence=model,
-        verdict="violation" if found.violations else "pass",
-        steps=len(ctx.trace.steps),
+        verdict=verdict,
+        steps=n,
         crash_states=found.crash_states,
         unique_states=found.unique_states,
         violations=found.violations,
@@ -110,4 +138,42 @@ def check(
         trace=ctx.trace,
         invariants=tuple(inv.name for inv in ctx.invariants),
         only_crash=crash_after,
+        engine=chosen,
+        bounded=found.bounded,
+        why=found.why,
+        context=ctx,
     )
+
+
+def _parse_persisted(spec: Spec, ctx: Context, text: str) -> CrashState:
+    n = len(ctx.trace.steps)
+    try:
+        crash = parse_persisted(text, n, ctx.constraints.pieces)
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"{spec.file}: --persisted {text!r}: list steps 1..{n} as 1-5,7 or 8:2 (blocks)"
+        ) from None
+    if not ctx.constraints.allows(crash):
+        raise UsageError(
+            f"{spec.file}: --persisted {text!r} is not a crash state of {ctx.persistence.name} "
+            "persistence (a step persisted without one it depends on)"
+        )
+    return crash
+
+
+AUTO_LIMIT = 20_000  # crash states enumeration handles quickly; more go to the symbolic engine
+
+
+def choose_engine(ctx: Context, engine: str, budget: Budget) -> str:
+    """`auto`: enumerate unless there are more crash states than enumeration handles well
+    (or than the budget allows) and the symbolic engine supports this trace."""
+    if engine != "auto":
+        return engine
+    if ctx.persistence.name == "prefix":
+        return "enumerate"
+    limit = min(AUTO_LIMIT, budget.max_states or AUTO_LIMIT)
+    if count_ideals(ctx.constraints, limit + 1) <= limit:
+        return "enumerate"
+    from checker.symbolic import unsupported
+
+    return "enumerate" if unsupported(ctx) else "symbolic"

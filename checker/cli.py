@@ -16,13 +16,34 @@ from pathlib import Path
 from typing import NoReturn
 
 from checker import kernel, report
-from checker.check import Result, check
+from checker.check import ENGINES, Result, check
 from checker.confirm import confirm
 from checker.conform import conform
 from checker.errors import CrashcheckError, UsageError
+from checker.explorer import Budget
 from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.spec import load_spec
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--crash-after", type=int, metavar="K",
-        help="check only the crash state after step K (to reproduce one violation)",
+        help="check only the crash state that keeps the first K steps (to reproduce one violation)",
     )
+    run.add_argument(
+        "--persisted", metavar="STEPS",
+        help="check only the crash state that keeps these steps, e.g. 1-5,7,8:2 (8:2 = the "
+        "first 2 blocks of step 8)",
+    )
+    run.add_argument("--engine", choices=ENGINES, default="auto",
+                     help="enumerate crash states, decide with z3 (symbolic), or pick (auto)")
+    run.add_argument("--block-size", type=_positive, metavar="BYTES",
+                     help="data writes can be torn at this size (default: the spec's, else 4096)")
+    run.add_argument("--max-states", type=_positive, metavar="N",
+                     help="stop after N crash states; an unfinished search is `unknown`")
+    run.add_argument("--timeout", type=_positive_float, metavar="S",
+                     help="stop after S seconds per spec; an unfinished search is `unknown`")
     run.add_argument(
         "--confirm", action="store_true",
         help="mount each violating crash state on the Linux kernel and re-check it there",
@@ -94,7 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results: list[Result] = []
     for spec in specs:
-        result = check(spec, args.persistence, args.crash_after)
+        result = check(
+            spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
+            budget=Budget(args.max_states, args.timeout), persisted=args.persisted,
+        )
         if args.confirm:
             result.confirmations = confirm(result)
         results.append(result)

@@ -3,22 +3,26 @@
 Each crash state is checked by `check_crash_state(unit)`: a `CrashUnit` (spec,
 persistence model, crash state) is a small picklable value, and a unit's result depends
 on nothing else, so units can be spread over processes or machines. In one process the
-`Context` of a spec (its trace and caches) is built once and reused.
+`Context` of a spec (its trace, constraints and caches) is built once and reused.
 
 Crash states are deduplicated by the fingerprint of the backing tree: recovery and the
-view are computed once per distinct tree, and the invariants once per (tree, op).
+view are computed once per distinct tree, and the invariants once per (tree, op in
+flight, fsyncs that had returned).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from checker.invariants import CrashContext, Finding, Invariant, selected
-from checker.persistence import MODELS, CrashState, Persistence
+from checker.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
 from checker.spec import Spec
 from checker.trace import Trace, build_trace
 from models.driver import Driver, Recovery
 from models.tree import Dir
+
+SYNC_OPS = ("fsync", "sync")
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,11 @@ class Violation:
     crash_after_step: int
     message: str
     paths: tuple[str, ...]
+    crash: CrashState = field(default=CrashState(0), compare=False)
+    persisted: str | None = None  # the --persisted token when the state is not a prefix
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "invariant": self.invariant,
             "op": self.op,
             "op_text": self.op_text,
@@ -39,6 +45,9 @@ class Violation:
             "message": self.message,
             "paths": list(self.paths),
         }
+        if self.persisted is not None:
+            doc["persisted"] = self.persisted
+        return doc
 
 
 @dataclass(frozen=True)
@@ -48,24 +57,49 @@ class CrashUnit:
     spec: Spec
     persistence: str
     crash: CrashState
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits of one run; hitting one makes a verdict `unknown`, never `pass`."""
+
+    max_states: int | None = None
+    timeout: float | None = None  # seconds
+
+
+UNLIMITED = Budget()
 
 
 @dataclass
 class Context:
-    """A spec's trace and the caches shared by the crash states of one run."""
+    """A spec's trace, constraints and the caches shared by the crash states of a run."""
 
     spec: Spec
     persistence: Persistence
     trace: Trace
     invariants: list[Invariant]
+    constraints: Constraints
+    block_size: int = DEFAULT_BLOCK_SIZE
     recoveries: dict[bytes, tuple[Recovery, Dir | None]] = field(default_factory=dict)
     recover_memo: dict[bytes, Recovery] = field(default_factory=dict)
-    findings: dict[tuple[bytes, int], list[tuple[str, Finding]]] = field(default_factory=dict)
+    findings: dict[tuple[bytes, int, tuple[int, ...]], list[tuple[str, Finding]]] = field(
+        default_factory=dict
+    )
 
     @classmethod
-    def build(cls, spec: Spec, persistence: str, driver: Driver | None = None) -> Context:
+    def build(
+        cls, spec: Spec, persistence: str, driver: Driver | None = None, block_size: int | None = None
+    ) -> Context:
         trace = build_trace(spec, driver)
-        return cls(spec, MODELS[persistence], trace, selected(spec))
+        model = MODELS[persistence]
+        size = block_size or spec.block_size
+        return cls(spec, model, trace, selected(spec), model.constraints(trace, size), size)
+
+    @property
+    def prefix_views(self) -> list[Dir]:
+        ops = self.trace.ops
+        return [ops[0].before] + [op.after for op in ops] if ops else []
 
     def recover(self, root: Dir) -> Recovery:
         """The driver's recovery, once per distinct tree."""
@@ -75,56 +109,76 @@ class Context:
         return hit
 
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
+        """The recovery and the view a user sees after it: after a refused mount, the
+        view once the remedy is applied (when the driver says what that leaves)."""
         hit = self.recoveries.get(root.digest)
         if hit is None:
             rec = self.recover(root)
-            view = self.trace.driver.view(rec.root) if rec.root is not None else None
+            after = rec.root if rec.root is not None else rec.fallback
+            view = self.trace.driver.view(after) if after is not None else None
             hit = self.recoveries[root.digest] = (rec, view)
         return hit
 
-    def evaluate(self, root: Dir, op_index: int) -> list[tuple[str, Finding]]:
-        key = (root.digest, op_index)
+    def returned_syncs(self, crash: CrashState) -> tuple[int, ...]:
+        """fsync/sync ops that had returned before the crash: a step issued after them
+        persisted (or the crash kept every step)."""
+        n = len(self.trace.steps)
+        everything = crash.crash_after_step == n and all(
+            crash.amount(i, self.constraints.pieces[i]) == self.constraints.pieces[i] for i in range(n)
+        )
+        return tuple(
+            op.index for op in self.trace.ops
+            if op.op.kind in SYNC_OPS and (everything or crash.crash_after_step > op.end_step)
+        )
+
+    def evaluate(self, root: Dir, crash: CrashState) -> tuple[int, list[tuple[str, Finding]]]:
+        op = self.persistence.op_in_flight(self.trace, crash, self.constraints) if self.trace.ops else 0
+        synced = self.returned_syncs(crash)
+        key = (root.digest, op, synced)
         hit = self.findings.get(key)
         if hit is not None:
-            return hit
+            return op, hit
         rec, view = self.recovered(root)
         ctx = CrashContext(
-            self.trace, self.trace.op_record(op_index), rec, view, self.trace.driver, self.recover
+            self.trace, self.trace.op_record(op), rec, view, self.trace.driver, self.recover,
+            prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
         )
-        out = [
-            (inv.name, f) for inv in self.invariants if not inv.trace_level for f in inv.check(ctx)
-        ]
+        out = [(inv.name, f) for inv in self.invariants if not inv.trace_level for f in inv.check(ctx)]
         self.findings[key] = out
-        return out
+        return op, out
+
+    def materialize(self, crash: CrashState) -> Dir:
+        return self.persistence.materialize(self.trace, crash, self.constraints, self.block_size)
 
 
-_CONTEXTS: dict[tuple[str, str], Context] = {}
+_CONTEXTS: dict[tuple[str, str, int], Context] = {}
 
 
-def context_for(spec: Spec, persistence: str) -> Context:
-    key = (spec.fingerprint(), persistence)
+def context_for(spec: Spec, persistence: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Context:
+    key = (spec.fingerprint(), persistence, block_size)
     ctx = _CONTEXTS.get(key)
     if ctx is None:
         _CONTEXTS.clear()  # one spec at a time: keep memory flat over a long suite
-        ctx = _CONTEXTS[key] = Context.build(spec, persistence)
+        ctx = _CONTEXTS[key] = Context.build(spec, persistence, block_size=block_size)
     return ctx
 
 
 def check_crash_state(unit: CrashUnit) -> list[Violation]:
     """Check one crash state; independent of every other unit."""
-    ctx = context_for(unit.spec, unit.persistence)
+    ctx = context_for(unit.spec, unit.persistence, unit.block_size)
     return violations_at(ctx, unit.crash)
 
 
-def violations_at(ctx: Context, crash: CrashState) -> list[Violation]:
-    root = ctx.persistence.materialize(ctx.trace, crash)
-    op = ctx.persistence.op_in_flight(ctx.trace, crash)
-    record = ctx.trace.op_record(op) if ctx.trace.ops else None
-    if record is None:
+def violations_at(ctx: Context, crash: CrashState, root: Dir | None = None) -> list[Violation]:
+    if not ctx.trace.ops:
         return []
+    root = root if root is not None else ctx.materialize(crash)
+    op, found = ctx.evaluate(root, crash)
+    record = ctx.trace.op_record(op)
+    token = None if crash.is_prefix else crash.token(ctx.constraints.pieces)
     return [
-        Violation(name, op, record.text, crash.crash_after_step, f.message, f.paths)
-        for name, f in ctx.evaluate(root, op)
+        Violation(name, op, record.text, crash.crash_after_step, f.message, f.paths, crash, token)
+        for name, f in found
     ]
 
 
@@ -133,24 +187,40 @@ class Exploration:
     crash_states: int
     unique_states: int
     violations: list[Violation]
+    bounded: bool = False  # a budget stopped the search before every crash state was seen
+    why: str = ""
 
 
-def explore(ctx: Context, only: CrashState | None = None) -> Exploration:
-    """Check every crash state (or just `only`) plus the trace-level invariants."""
-    violations: list[Violation] = []
+def trace_level_violations(ctx: Context) -> list[Violation]:
+    out = []
     for inv in ctx.invariants:
         if inv.trace_level:
             for step, f in inv.check_trace(ctx.trace):
                 op = ctx.trace.step_op[step]
-                violations.append(
-                    Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths)
-                )
+                out.append(Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths))
+    return out
+
+
+def explore(ctx: Context, only: CrashState | None = None, budget: Budget = UNLIMITED) -> Exploration:
+    """Check every crash state (or just `only`) plus the trace-level invariants."""
+    violations = trace_level_violations(ctx)
     seen: set[bytes] = set()
     count = 0
-    states = [only] if only is not None else ctx.persistence.crash_states(ctx.trace)
-    for crash in states:
+    bounded, why = False, ""
+    started = time.monotonic()
+    if only is not None:
+        states = iter([(only, ctx.materialize(only))])
+    else:
+        states = ctx.persistence.crash_states(ctx.trace, ctx.constraints, ctx.block_size)
+    for crash, root in states:
+        if budget.max_states is not None and count >= budget.max_states:
+            bounded, why = True, f"stopped at --max-states {budget.max_states}"
+            break
+        if budget.timeout is not None and time.monotonic() - started > budget.timeout:
+            bounded, why = True, f"stopped at --timeout {budget.timeout:g}s after {count} crash states"
+            break
         count += 1
-        seen.add(ctx.persistence.materialize(ctx.trace, crash).digest)
-        violations.extend(violations_at(ctx, crash))
-    violations.sort(key=lambda v: (v.crash_after_step, v.op, v.invariant))
-    return Exploration(count, len(seen), violations)
+        seen.add(root.digest)
+        violations.extend(violations_at(ctx, crash, root))
+    violations.sort(key=lambda v: (v.crash_after_step, v.persisted or "", v.op, v.invariant))
+    return Exploration(count, len(seen), violations, bounded, why)

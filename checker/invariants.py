@@ -9,7 +9,7 @@ steps themselves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from checker import views
@@ -36,9 +36,12 @@ class CrashContext:
     trace: Trace
     op: OpRecord
     recovery: Recovery
-    view: Dir | None  # the recovered view, None when the mount is refused
+    view: Dir | None  # the recovered view (after a refused mount: once its remedy is applied)
     driver: Driver
     recover: Callable[[Dir], Recovery]  # the driver's recovery (memoized by the explorer)
+    prefix_views: list[Dir] = field(default_factory=list)  # views after 0, 1, ... ops
+    generalized: bool = False  # the crash may keep any ideal of steps, not a prefix
+    returned_syncs: tuple[int, ...] = ()  # fsync/sync ops that returned before the crash
 
 
 class Invariant:
@@ -65,11 +68,28 @@ def _matches_before_or_after(ctx: CrashContext) -> bool:
 
 class Atomicity(Invariant):
     name = "atomicity"
-    description = "a crash during op i recovers to the view before op i or the view after it"
+    description = (
+        "a crash recovers to the view after some prefix of the workload's ops (under "
+        "prefix persistence: the view before or after the op in flight)"
+    )
 
     def check(self, ctx: CrashContext) -> list[Finding]:
         if ctx.view is None or _matches_before_or_after(ctx):
             return []
+        if ctx.generalized:
+            digests = [v.digest for v in ctx.prefix_views]
+            if ctx.view.digest in digests:
+                return []
+            closest = min(range(len(ctx.prefix_views)),
+                          key=lambda k: len(views.diff(ctx.prefix_views[k], ctx.view, limit=MAX_PATHS)))
+            differs = views.diff(ctx.prefix_views[closest], ctx.view, limit=MAX_PATHS)
+            return [
+                Finding(
+                    f"the recovered view matches no prefix of the workload; the closest is the "
+                    f"view after {closest} op(s), which differs at {_list(differs)}",
+                    tuple(differs),
+                )
+            ]
         from_before = views.diff(ctx.op.before, ctx.view, limit=MAX_PATHS)
         from_after = views.diff(ctx.op.after, ctx.view, limit=MAX_PATHS)
         return [
@@ -273,6 +293,45 @@ class LowerImmutable(Invariant):
         return out
 
 
+class Durability(Invariant):
+    name = "durability"
+    description = (
+        "what a returned fsync (the file) or sync (every file) made durable survives the "
+        "crash, unless a later op changed it"
+    )
+
+    def applies(self, spec: Spec) -> bool:
+        return any(op.kind in ("fsync", "sync") for op in spec.ops)
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.view is None or not ctx.returned_syncs:
+            return []
+        lost: list[str] = []
+        for j in ctx.returned_syncs:
+            synced = ctx.prefix_views[j + 1]
+            later = ctx.prefix_views[j + 2 : ctx.op.index + 2]
+            op = ctx.trace.ops[j].op
+            paths = [op.arg("path")] if op.kind == "fsync" else list(views.files(synced))
+            for path in paths:
+                node = views.at(synced, path)
+                if node is None or any(
+                    (n := views.at(v, path)) is None or n.digest != node.digest for v in later
+                ):
+                    continue  # a later op changed it: either state may survive
+                now = views.at(ctx.view, path)
+                if now is None or now.digest != node.digest:
+                    lost.append(f"{path} ({ctx.trace.ops[j].text})")
+        if not lost:
+            return []
+        return [
+            Finding(
+                f"{len(lost)} file(s) made durable by a returned fsync/sync are missing or "
+                f"different after recovery: {_list(sorted(set(lost)))}",
+                tuple(sorted({p.split(' (')[0] for p in lost}))[:MAX_PATHS],
+            )
+        ]
+
+
 class Recoverable(Invariant):
     name = "recoverable"
     description = (
@@ -306,7 +365,7 @@ def _list(paths: list[str]) -> str:
 
 INVARIANTS: dict[str, Invariant] = {
     inv.name: inv
-    for inv in (Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable())
+    for inv in (Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability())
 }
 
 

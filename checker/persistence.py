@@ -1,63 +1,515 @@
 """Persistence models: which subsets of a trace's steps a crash can leave on disk.
 
-`prefix`: steps persist in order, each atomically; a crash keeps steps 0..k-1 for some
-k in 0..n (n + 1 crash states). This is a process crash of a user-space driver or client,
-or a strongly ordered file system.
+The constraints of a trace are a DAG (networkx) of "must persist before" edges between
+steps; a crash state is a downward-closed set of it (an ideal): if a step persisted, so
+did everything it depends on. A data step (write, copy, truncate) of m blocks may also
+be torn: the crash keeps its first k blocks, 0 < k < m (`--block-size`, default 4096).
+
+- `prefix`: a chain, steps are atomic: a crash keeps steps 0..k-1 (a process crash, or a
+  strongly ordered file system).
+- `ordered-metadata` (ext4 `data=ordered`-like): namespace and attribute steps persist
+  in order and atomically; data is written without ordering against them, so data not
+  covered by a later fsync may be missing or cut at block granularity even though a
+  later metadata step (a rename over the file, say) persisted.
+- `weak` (ALICE-style): namespace steps persist in order only where their paths overlap
+  (one is the other or an ancestor of it); an attribute or data step needs only the step
+  that made its path; everything else may reorder.
+
+In every model, steps on a file before an fsync of it (steps on any file before a
+syncfs) persist before every step after the fsync, and a step needs the steps that
+created the entries it works on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import networkx as nx
+
+from checker.spec import DEFAULT_BLOCK_SIZE
 from checker.trace import Trace
-from models.tree import Dir
+from models.steps import (
+    CopyData,
+    Device,
+    Fsync,
+    Link,
+    LinkTmpfile,
+    RemoveTree,
+    Rename,
+    Rmdir,
+    Step,
+    Syncfs,
+    Truncate,
+    Unlink,
+    Write,
+)
+from models.tree import Dir, File, Parts, lookup, split
 
 
 @dataclass(frozen=True)
 class CrashState:
-    """Which steps survived a crash. Under `prefix` they are exactly the first
-    `crash_after_step` steps."""
+    """What a crash left: for each of the first `crash_after_step` steps, how many of its
+    pieces persisted (`amounts`; None means all of them: the prefix)."""
 
     crash_after_step: int
-    persisted: frozenset[int] | None = None  # None: the prefix 0..crash_after_step-1
+    amounts: tuple[int, ...] | None = None
 
-    def steps(self) -> frozenset[int]:
-        if self.persisted is not None:
-            return self.persisted
-        return frozenset(range(self.crash_after_step))
+    def amount(self, i: int, pieces: int = 1) -> int:
+        if i >= self.crash_after_step:
+            return 0
+        return pieces if self.amounts is None else self.amounts[i]
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.amounts is None
+
+    def describe(self, pieces: list[int]) -> str:
+        """'persisted 1-5, 7; torn 8 (1/3 blocks)' (steps 1-based)."""
+        if self.amounts is None:
+            return f"persisted 1-{self.crash_after_step}" if self.crash_after_step else "nothing persisted"
+        whole = [i + 1 for i, a in enumerate(self.amounts) if a and a == pieces[i]]
+        torn = [f"{i + 1} ({a}/{pieces[i]} blocks)" for i, a in enumerate(self.amounts) if 0 < a < pieces[i]]
+        text = "persisted " + (_ranges(whole) if whole else "nothing")
+        return text + (f"; torn {', '.join(torn)}" if torn else "")
+
+    def token(self, pieces: list[int]) -> str:
+        """The `--persisted` argument that reproduces this state: '1-5,7,8:1'."""
+        if self.amounts is None:
+            return f"1-{self.crash_after_step}" if self.crash_after_step else "none"
+        parts = []
+        for i, a in enumerate(self.amounts):
+            if a == pieces[i] and a:
+                parts.append(str(i + 1))
+            elif a:
+                parts.append(f"{i + 1}:{a}")
+        return _compress(parts) or "none"
+
+
+def _ranges(points: list[int]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(points):
+        j = i
+        while j + 1 < len(points) and points[j + 1] == points[j] + 1:
+            j += 1
+        out.append(str(points[i]) if i == j else f"{points[i]}-{points[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _compress(parts: list[str]) -> str:
+    plain = [p for p in parts if ":" not in p]
+    ranged = _ranges([int(p) for p in plain]).replace(" ", "") if plain else ""
+    torn = [p for p in parts if ":" in p]
+    return ",".join(x for x in [ranged] + torn if x)
+
+
+def parse_persisted(text: str, n: int, pieces: list[int]) -> CrashState:
+    """The crash state a `--persisted` argument names (steps 1-based, 'a-b' ranges,
+    'k:j' for the first j blocks of step k, 'none')."""
+    amounts = [0] * n
+    if text.strip() != "none":
+        for item in text.split(","):
+            item = item.strip()
+            if ":" in item:
+                k, j = item.split(":", 1)
+                amounts[int(k) - 1] = int(j)
+            elif "-" in item:
+                a, b = item.split("-", 1)
+                for k in range(int(a), int(b) + 1):
+                    amounts[k - 1] = pieces[k - 1]
+            elif item:
+                amounts[int(item) - 1] = pieces[int(item) - 1]
+    last = max((i + 1 for i, a in enumerate(amounts) if a), default=0)
+    return CrashState(last, tuple(amounts[:last]))
+
+
+@dataclass
+class Constraints:
+    """The "must persist before" DAG over step indices, and each step's piece count."""
+
+    graph: nx.DiGraph
+    pieces: list[int]
+    preds: list[tuple[int, ...]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.preds = [tuple(sorted(self.graph.predecessors(i))) for i in range(len(self.pieces))]
+
+    def allows(self, crash: CrashState) -> bool:
+        """Is `crash` downward closed (a step persisted only if what it needs did)?"""
+        n = len(self.pieces)
+        for i in range(n):
+            if crash.amount(i, self.pieces[i]) and any(
+                crash.amount(p, self.pieces[p]) != self.pieces[p] for p in self.preds[i]
+            ):
+                return False
+        return True
+
+
+def _blocks(step: Step, block_size: int) -> tuple[int, float]:
+    """The block range [lo, hi) a data step writes."""
+    if isinstance(step, Write) and not step.replace:
+        return step.offset // block_size, (step.offset + max(len(step.data), 1) - 1) // block_size + 1
+    if isinstance(step, Truncate):
+        return step.size // block_size, math.inf
+    return 0, math.inf  # a replacing write or a copy rewrites the whole file
+
+
+def count_ideals(c: Constraints, limit: int) -> int:
+    """The number of crash states of `c`, counting no further than `limit`."""
+    n = len(c.pieces)
+    amounts = [0] * n
+    top = [0] * n
+    count = 0
+    i = 0
+    while True:
+        if i < n:
+            top[i] = c.pieces[i] if all(amounts[p] == c.pieces[p] for p in c.preds[i]) else 0
+            amounts[i] = 0
+            i += 1
+            continue
+        count += 1
+        if count >= limit:
+            return count
+        i = n - 1
+        while i >= 0 and amounts[i] == top[i]:
+            i -= 1
+        if i < 0:
+            return count
+        amounts[i] += 1
+        i += 1
+
+
+# --- what steps touch -----------------------------------------------------------------
+
+NAMESPACE = ("mkdir", "create", "tmpfile", "mknod_whiteout", "symlink", "link", "link_tmpfile",
+             "rename", "unlink", "rmdir", "remove_tree")
+
+
+def is_namespace(step: Step) -> bool:
+    return step.kind in NAMESPACE
+
+
+def _under(path: Parts, top: Parts) -> bool:
+    return path[: len(top)] == top
+
+
+@dataclass
+class StepFacts:
+    """Per step: the inodes it touches, the step that made the entry it works on, and
+    the inode an fsync covers."""
+
+    touches: list[frozenset[int]]
+    creator: list[int | None]
+    fsynced: list[int | None]
+
+
+def _latest(*steps: int | None) -> int | None:
+    return max((s for s in steps if s is not None), default=None)
+
+
+def step_facts(trace: Trace) -> StepFacts:
+    """Follow inodes and entries through the trace (paths move with renames)."""
+    inode: dict[Parts, int] = {}
+    made: dict[Parts, int] = {}  # path -> the step that created it or moved it there
+    counter = [0]
+
+    def ino(p: Parts) -> int:
+        if p not in inode:
+            counter[0] += 1
+            inode[p] = counter[0]
+        return inode[p]
+
+    def fresh(p: Parts) -> int:
+        counter[0] += 1
+        inode[p] = counter[0]
+        return counter[0]
+
+    def move(src: Parts, dst: Parts, i: int) -> None:
+        moved_ino = {dst + k[len(src):]: v for k, v in inode.items() if _under(k, src)}
+        for k in [k for k in inode if _under(k, src) or _under(k, dst)]:
+            del inode[k]
+        inode.update(moved_ino)
+        moved = {dst + k[len(src):]: i for k in made if _under(k, src)}
+        for k in [k for k in made if _under(k, src) or _under(k, dst)]:
+            del made[k]
+        made.update(moved)
+        made[dst] = i
+
+    def drop(p: Parts) -> None:
+        for table in (inode, made):
+            for k in [k for k in table if _under(k, p)]:
+                del table[k]
+
+    def creator_of(p: Parts) -> int | None:
+        found = [made[p[:d]] for d in range(1, len(p) + 1) if p[:d] in made]
+        return max(found) if found else None
+
+    touches: list[frozenset[int]] = []
+    creators: list[int | None] = []
+    fsynced: list[int | None] = []
+    for i, step in enumerate(trace.steps):
+        f: int | None = None
+        if isinstance(step, Rename):
+            s, d = split(step.src), split(step.dst)
+            creators.append(_latest(creator_of(s), creator_of(d[:-1])))
+            t = {ino(s), ino(s[:-1]), ino(d[:-1])}
+            if d in inode:
+                t.add(inode[d])
+            if step.flags == "exchange":
+                a = {k: v for k, v in inode.items() if _under(k, s)}
+                b = {k: v for k, v in inode.items() if _under(k, d)}
+                for k in list(a) + list(b):
+                    inode.pop(k, None)
+                inode.update({d + k[len(s):]: v for k, v in a.items()})
+                inode.update({s + k[len(d):]: v for k, v in b.items()})
+                made[s] = made[d] = i
+            else:
+                move(s, d, i)
+                if step.flags == "whiteout":
+                    fresh(s)
+                    made[s] = i
+        elif isinstance(step, LinkTmpfile):
+            s, d = split(step.src), split(step.dst)
+            creators.append(_latest(creator_of(s), creator_of(d[:-1])))
+            t = {ino(s), ino(s[:-1]), ino(d[:-1])}
+            move(s, d, i)
+        elif isinstance(step, Link):
+            s, d = split(step.src), split(step.dst)
+            creators.append(_latest(creator_of(s), creator_of(d[:-1])))
+            t = {ino(s), ino(d[:-1])}
+            inode[d] = ino(s)
+            made[d] = i
+        elif isinstance(step, (Unlink, Rmdir, RemoveTree)):
+            p = split(step.path)
+            creators.append(creator_of(p))
+            t = {ino(p), ino(p[:-1])}
+            drop(p)
+        elif is_namespace(step):  # mkdir, create, tmpfile, mknod, symlink
+            p = split(step.path)  # type: ignore[attr-defined]
+            creators.append(creator_of(p[:-1]))
+            t = {fresh(p), ino(p[:-1])}
+            made[p] = i
+        elif isinstance(step, (Fsync, Syncfs)):
+            creators.append(creator_of(split(step.path)) if isinstance(step, Fsync) else None)
+            t = set()
+            if isinstance(step, Fsync):
+                f = ino(split(step.path))
+        else:  # data and attribute steps on one path
+            p = split(step.dst if isinstance(step, CopyData) else step.path)  # type: ignore[attr-defined]
+            creators.append(creator_of(p))
+            t = {ino(p)}
+        touches.append(frozenset(t))
+        fsynced.append(f)
+    return StepFacts(touches, creators, fsynced)
+
+
+def pieces_of(trace: Trace, block_size: int, tear: bool) -> list[int]:
+    """How many blocks each step has (1 for every non-data step, or when not tearing)."""
+    out = []
+    for i, step in enumerate(trace.steps):
+        if not tear:
+            out.append(1)
+        elif isinstance(step, Write):
+            out.append(max(1, math.ceil(len(step.data) / block_size)))
+        elif isinstance(step, CopyData):
+            src = lookup(trace.states[i], split(step.src))
+            size = len(src.content) if isinstance(src, File) else 0
+            out.append(max(1, math.ceil(size / block_size)))
+        else:
+            out.append(1)
+    return out
+
+
+def apply_amount(root: Dir, step: Step, amount: int, pieces: int, block_size: int, device: Device) -> Dir:
+    """Apply all of a step, or the first `amount` blocks of a torn data step."""
+    if amount >= pieces:
+        return step.apply(root, device)
+    if isinstance(step, Write):
+        part = step.data[: amount * block_size]
+        node = lookup(root, split(step.path))
+        old = node.content if isinstance(node, File) else b""
+        if step.replace:
+            content = (part + old[len(part):])[: len(step.data)]
+            return Write(step.path, content, 0, replace=True).apply(root, device)
+        return Write(step.path, part, step.offset).apply(root, device)
+    if isinstance(step, CopyData):
+        src = lookup(root, split(step.src))
+        data = src.content[: amount * block_size] if isinstance(src, File) else b""
+        return Write(step.dst, data, 0, replace=True).apply(root, device)
+    raise ValueError(f"step {step} cannot be torn")
+
+
+# --- the models -------------------------------------------------------------------------
 
 
 class Persistence:
     name = ""
     description = ""
+    tears = True  # data steps may be cut at block boundaries
 
-    def crash_states(self, trace: Trace) -> Iterator[CrashState]:
+    def constraints(self, trace: Trace, block_size: int = DEFAULT_BLOCK_SIZE) -> Constraints:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(len(trace.steps)))
+        facts = step_facts(trace)
+        self.add_edges(trace, graph, facts)
+        if self.tears:
+            self._block_edges(trace, graph, facts, block_size)
+        return Constraints(graph, pieces_of(trace, block_size, self.tears))
+
+    def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
         raise NotImplementedError
 
-    def count(self, trace: Trace) -> int:
-        raise NotImplementedError
+    def crash_states(
+        self, trace: Trace, c: Constraints, block_size: int = DEFAULT_BLOCK_SIZE
+    ) -> Iterator[tuple[CrashState, Dir]]:
+        """Every ideal of the DAG with the tree it leaves, depth first (iteratively): each
+        step is applied once per branch, sharing the trees of common prefixes."""
+        n = len(trace.steps)
+        if n == 0:
+            yield CrashState(0, ()), trace.initial
+            return
+        device = trace.driver.device
+        amounts = [0] * n
+        top = [0] * n  # the largest amount step i may have, given the steps before it
+        roots: list[Dir] = [trace.initial] * (n + 1)
+        last = [0] * (n + 1)  # last[i]: 1 + the last step before i with something persisted
+        i = 0
+        while True:
+            if i < n:  # enter step i with amount 0
+                top[i] = c.pieces[i] if all(amounts[p] == c.pieces[p] for p in c.preds[i]) else 0
+                amounts[i] = 0
+                roots[i + 1] = roots[i]
+                last[i + 1] = last[i]
+                i += 1
+                continue
+            k = last[n]
+            yield CrashState(k, tuple(amounts[:k])), roots[n]
+            i = n - 1
+            while i >= 0 and amounts[i] == top[i]:
+                i -= 1
+            if i < 0:
+                return
+            amounts[i] += 1
+            roots[i + 1] = apply_amount(roots[i], trace.steps[i], amounts[i], c.pieces[i], block_size, device)
+            last[i + 1] = i + 1
+            i += 1
 
-    def materialize(self, trace: Trace, crash: CrashState) -> Dir:
-        raise NotImplementedError
+    def materialize(self, trace: Trace, crash: CrashState, c: Constraints, block_size: int) -> Dir:
+        if crash.is_prefix:
+            return trace.states[crash.crash_after_step]
+        root = trace.initial
+        for i in range(crash.crash_after_step):
+            k = crash.amount(i, c.pieces[i])
+            if k:
+                root = apply_amount(root, trace.steps[i], k, c.pieces[i], block_size, trace.driver.device)
+        return root
 
-    def op_in_flight(self, trace: Trace, crash: CrashState) -> int:
+    def op_in_flight(self, trace: Trace, crash: CrashState, c: Constraints) -> int:
+        """The op of the first step a crash lost (a step before the last persisted one
+        that is missing or torn); without such a step, the op of the last persisted step."""
+        if crash.amounts is not None:
+            for i, a in enumerate(crash.amounts):
+                if a < c.pieces[i]:
+                    return trace.step_op[i]
         return trace.op_at_step(crash.crash_after_step)
+
+    def _sync_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
+        """fsync(f): steps on f before it persist before it, and it before every later
+        step; syncfs: every earlier step before it, it before every later one."""
+        n = len(trace.steps)
+        for j, step in enumerate(trace.steps):
+            if isinstance(step, Syncfs):
+                covered = range(j)
+            elif isinstance(step, Fsync) and facts.fsynced[j] is not None:
+                f = facts.fsynced[j]
+                covered = [i for i in range(j) if f in facts.touches[i]]
+            else:
+                continue
+            for i in covered:
+                graph.add_edge(i, j)
+            for k in range(j + 1, n):
+                graph.add_edge(j, k)
+
+    def _block_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts, block_size: int) -> None:
+        """Data written to the same block of a file persists in order: the page cache
+        writes a block as it is, with every earlier write to it."""
+        seen: dict[int, list[tuple[int, int, float]]] = {}
+        for i, step in enumerate(trace.steps):
+            if not step.is_data:
+                continue
+            lo, hi = _blocks(step, block_size)
+            for inode in facts.touches[i]:
+                for j, a, b in seen.get(inode, ()):
+                    if a < hi and lo < b:
+                        graph.add_edge(j, i)
+                seen.setdefault(inode, []).append((i, lo, hi))
 
 
 class Prefix(Persistence):
     name = "prefix"
     description = "steps persist in order, each atomically (a process crash)"
+    tears = False
 
-    def crash_states(self, trace: Trace) -> Iterator[CrashState]:
+    def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
+        graph.add_edges_from((i, i + 1) for i in range(len(trace.steps) - 1))
+
+    def crash_states(
+        self, trace: Trace, c: Constraints, block_size: int = DEFAULT_BLOCK_SIZE
+    ) -> Iterator[tuple[CrashState, Dir]]:
         for k in range(len(trace.steps) + 1):
-            yield CrashState(k)
-
-    def count(self, trace: Trace) -> int:
-        return len(trace.steps) + 1
-
-    def materialize(self, trace: Trace, crash: CrashState) -> Dir:
-        return trace.states[crash.crash_after_step]
+            yield CrashState(k), trace.states[k]
 
 
-MODELS: dict[str, Persistence] = {m.name: m for m in (Prefix(),)}
+class OrderedMetadata(Persistence):
+    name = "ordered-metadata"
+    description = (
+        "namespace and attribute steps persist in order; unsynced file data may be missing "
+        "or cut at block granularity (ext4 data=ordered-like)"
+    )
+
+    def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
+        meta = [i for i, s in enumerate(trace.steps) if not s.is_data]
+        graph.add_edges_from(zip(meta, meta[1:], strict=False))
+        for i, step in enumerate(trace.steps):
+            if step.is_data and facts.creator[i] is not None:
+                graph.add_edge(facts.creator[i], i)
+        self._sync_edges(trace, graph, facts)
+
+
+class Weak(Persistence):
+    name = "weak"
+    description = (
+        "steps may persist in any order, except that namespace steps on overlapping paths "
+        "keep their order, a step needs the step that made its path, and fsync/syncfs order"
+    )
+
+    def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
+        at: dict[Parts, list[int]] = {}  # path -> namespace steps on exactly it
+        under: dict[Parts, list[int]] = {}  # path -> namespace steps strictly below it
+        for i, step in enumerate(trace.steps):
+            if not is_namespace(step):
+                continue
+            for path in step.writes():
+                p = split(path)
+                for d in range(1, len(p) + 1):
+                    for j in at.get(p[:d], ()):
+                        graph.add_edge(j, i)
+                for j in under.get(p, ()):
+                    graph.add_edge(j, i)
+            for path in step.writes():
+                p = split(path)
+                at.setdefault(p, []).append(i)
+                for d in range(1, len(p)):
+                    under.setdefault(p[:d], []).append(i)
+        for i, step in enumerate(trace.steps):
+            if not is_namespace(step):
+                c = facts.creator[i]
+                if c is not None and c < i:
+                    graph.add_edge(c, i)
+        self._sync_edges(trace, graph, facts)
+
+
+MODELS: dict[str, Persistence] = {m.name: m for m in (Prefix(), OrderedMetadata(), Weak())}

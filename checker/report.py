@@ -12,7 +12,7 @@ from checker import views
 from checker.check import Result
 from checker.conform import OpConformance
 from checker.explorer import Violation
-from checker.persistence import MODELS, CrashState
+from checker.persistence import CrashState
 from checker.real import RealResult, RealViolation
 from checker.spec import Spec
 from models.driver import Recovery
@@ -48,6 +48,10 @@ def summary_line(r: Result) -> str:
         f" ({', '.join(r.spec.expect.invariants)})" if r.spec.expect and r.spec.expect.invariants else ""
     )
     scope = f" [only crash after step {r.only_crash}]" if r.only_crash is not None else ""
+    if r.engine != "enumerate":
+        scope += f" [engine {r.engine}]"
+    if r.bounded:
+        scope += f" [bounded: {r.why}]"
     return (
         f"{mark} {verdict:<9} {r.spec.file}: {r.spec.name}\n"
         f"     {r.spec.driver}/{r.persistence}: {r.steps} steps, {r.crash_states} crash states "
@@ -67,20 +71,21 @@ def violation_report(r: Result, verbose: bool = False) -> list[str]:
     for op, found in by_op.items():
         invariants = sorted({v.invariant for v in found})
         if verbose:
-            points = sorted({v.crash_after_step for v in found})
+            points = list(dict.fromkeys(v.crash for v in found))
         else:
             points, remaining = [], set(invariants)
             while remaining:
                 rep = representative(r, [v for v in found if v.invariant in remaining])
-                points.append(rep.crash_after_step)
-                remaining -= {v.invariant for v in found if v.crash_after_step == rep.crash_after_step}
-        for k in points:
-            lines.extend(_detail(r, op, k, [v for v in found if v.crash_after_step == k]))
+                points.append(rep.crash)
+                remaining -= {v.invariant for v in found if v.crash == rep.crash}
+        for crash in points:
+            lines.extend(_detail(r, op, crash, [v for v in found if v.crash == crash]))
         for invariant in invariants:
-            steps = [v.crash_after_step for v in found if v.invariant == invariant]
+            group = [v for v in found if v.invariant == invariant]
+            steps = sorted({v.crash_after_step for v in group})
             lines.append(
-                f"     {len(steps)} crash points violate {invariant} in op {op} "
-                f"(after steps {_ranges(steps)})" + ("" if verbose else "; --verbose shows each")
+                f"     {len(group)} crash states violate {invariant} in op {op} "
+                f"(last persisted step {_ranges(steps)})" + ("" if verbose else "; --verbose shows each")
             )
         lines.append("")
     return lines
@@ -90,16 +95,19 @@ def representative(r: Result, group: list[Violation]) -> Violation:
     """The crash point that best explains a group: one right after a system call
     completed (its atomic point), in the middle of the op."""
     ends = {rec.end_step for op in r.trace.ops for rec in op.syscalls if rec.end_step > rec.first_step}
-    at_boundary = [v for v in group if v.crash_after_step in ends] or group
+    at_boundary = [v for v in group if v.crash_after_step in ends and v.crash.is_prefix] or group
     return at_boundary[(len(at_boundary) - 1) // 2]
 
 
-def _detail(r: Result, op_index: int, k: int, here: list[Violation]) -> list[str]:
+def _detail(r: Result, op_index: int, crash: CrashState, here: list[Violation]) -> list[str]:
     trace = r.trace
     n = len(trace.steps)
     op = trace.ops[op_index]
+    k = crash.crash_after_step
     last = trace.steps[k - 1] if k > 0 else None
     where = f"crash after step {k} of {n}" + (f": {last}" if last is not None else " (before any step)")
+    if not crash.is_prefix and r.context is not None:
+        where += f"; the crash kept: {crash.describe(r.context.constraints.pieces)}"
     names = ", ".join(sorted({v.invariant for v in here}))
     lines = [f"  {names} violated in op {op_index} (`{op.text}`), {where}"]
     lines.extend(f"     {v.invariant}: {v.message}" for v in here)
@@ -109,30 +117,32 @@ def _detail(r: Result, op_index: int, k: int, here: list[Violation]) -> list[str
             c = r.confirmations[index[id(v)]]
             loud = "!!! " if c.status == "refuted" else ""
             lines.append(f"     {loud}{v.invariant} {c.status.upper()}: {c.detail}")
-    lines.append("     steps (* persisted, crash at >>>):")
-    lines.extend(_steps_around(r, op.first_step, op.end_step, k))
-    recovery, crash_view = _recovered(r, k)
+    lines.append("     steps (* persisted, ~ torn, crash at >>>):")
+    lines.extend(_steps_around(r, op.first_step, op.end_step, crash))
+    recovery, crash_view = _recovered(r, crash)
     lines.append("     view before the op:")
     lines.extend(views.render(op.before, "       "))
     lines.append("     view after the op:")
     lines.extend(views.render(op.after, "       "))
     note = (
         f"mount refused: {recovery.refusal}; remedy: {recovery.remedy}"
+        + ("; shown after the remedy" if recovery.fallback is not None else "")
         if recovery.refused else "mount succeeded"
     )
     lines.append(f"     view after the crash and recovery ({note}):")
     lines.extend(views.render(crash_view, "       "))
-    lines.append("     reproduce: " + reproduce_command(r, k))
+    lines.append("     reproduce: " + reproduce_command(r, crash))
     return lines
 
 
-def _recovered(r: Result, k: int) -> tuple[Recovery, Dir | None]:
-    root = MODELS[r.persistence].materialize(r.trace, CrashState(k))
-    rec = r.trace.driver.recover(root)
-    return rec, (r.trace.driver.view(rec.root) if rec.root is not None else None)
+def _recovered(r: Result, crash: CrashState) -> tuple[Recovery, Dir | None]:
+    assert r.context is not None
+    return r.context.recovered(r.context.materialize(crash))
 
 
-def _steps_around(r: Result, first: int, end: int, k: int) -> list[str]:
+def _steps_around(r: Result, first: int, end: int, crash: CrashState) -> list[str]:
+    k = crash.crash_after_step
+    pieces = r.context.constraints.pieces if r.context is not None else [1] * len(r.trace.steps)
     trace = r.trace
     lo, hi = first, end
     if hi - lo > 2 * STEP_WINDOW + 1:
@@ -147,7 +157,8 @@ def _steps_around(r: Result, first: int, end: int, k: int) -> list[str]:
         if trace.step_call[i] != last_call:
             last_call = trace.step_call[i]
             lines.append(f"          {call.call}  = {call.result}")
-        mark = "*" if i < k else " "
+        amount = crash.amount(i, pieces[i])
+        mark = "*" if amount == pieces[i] and amount else ("~" if amount else " ")
         lines.append(f"       {mark} {i + 1:>4}  {trace.steps[i]}")
         if i + 1 == k:
             lines.append("     >>> crash here")
@@ -174,10 +185,17 @@ def _ranges(points: list[int]) -> str:
     return ", ".join(out)
 
 
-def reproduce_command(r: Result, k: int) -> str:
-    parts = ["crashcheck", "run", r.spec.file, "--crash-after", str(k)]
+def reproduce_command(r: Result, crash: CrashState) -> str:
+    parts = ["crashcheck", "run", r.spec.file]
+    if crash.is_prefix:
+        parts += ["--crash-after", str(crash.crash_after_step)]
+    else:
+        assert r.context is not None
+        parts += ["--persisted", crash.token(r.context.constraints.pieces)]
     if r.persistence != r.spec.persistence:
         parts += ["--persistence", r.persistence]
+    if r.context is not None and r.context.block_size != r.spec.block_size:
+        parts += ["--block-size", str(r.context.block_size)]
     return shlex.join(parts)
 
 
@@ -186,11 +204,12 @@ def totals_line(results: list[Result], seconds: float) -> str:
     steps = sum(r.steps for r in results)
     states = sum(r.crash_states for r in results)
     unique = sum(r.unique_states for r in results)
-    verdicts = {v: sum(r.verdict == v for r in results) for v in ("pass", "violation")}
+    verdicts = {v: sum(r.verdict == v for r in results) for v in ("pass", "violation", "unknown")}
     bad = len(results) - ok
+    unknown = f", {verdicts['unknown']} unknown" if verdicts["unknown"] else ""
     return (
         f"{len(results)} specs: {ok} as expected, {bad} not "
-        f"({verdicts['pass']} pass, {verdicts['violation']} violation); "
+        f"({verdicts['pass']} pass, {verdicts['violation']} violation{unknown}); "
         f"{steps} steps, {states} crash states ({unique} unique) in {seconds:.2f}s"
     )
 

@@ -31,12 +31,13 @@ from models.tree import (
 )
 from models.union import OPAQUE, REDIRECT
 
-PERSISTENCE_MODELS = ("prefix",)
-VERDICTS = ("pass", "violation")
+PERSISTENCE_MODELS = ("prefix", "ordered-metadata", "weak")  # checker.persistence.MODELS
+VERDICTS = ("pass", "violation", "unknown")
 TOP_KEYS = (
-    "name", "description", "driver", "persistence", "check", "options", "layers", "upper",
-    "ops", "expect",
+    "name", "description", "driver", "persistence", "block_size", "check", "options", "layers",
+    "upper", "ops", "expect",
 )
+DEFAULT_BLOCK_SIZE = 4096  # bytes a disk writes atomically (a page; ext4's default block)
 
 # op -> (required arguments, optional arguments)
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -114,6 +115,7 @@ class Spec:
     upper: Dir | None = None
     ops: list[Op] = field(default_factory=list)
     expect: Expect | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
 
     @property
     def expected(self) -> str:
@@ -130,6 +132,7 @@ class Spec:
                 "upper": self.upper.digest.hex() if self.upper else None,
                 "ops": [[op.kind, [[k, str(v)] for k, v in op.args]] for op in self.ops],
                 "check": self.check,
+                "block_size": self.block_size,
             },
             sort_keys=True,
         )
@@ -192,9 +195,13 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
     ops = _parse_ops(data, file)
     check = _parse_check(data, file)
     expect = _parse_expect(data, file)
+    block_size = data.get("block_size", DEFAULT_BLOCK_SIZE)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise SpecError(file, "must be a positive integer (bytes)", "block_size")
     return Spec(
         file=file, name=name, driver=driver, persistence=persistence, description=description,
         check=check, options=dict(options), layers=layers, upper=upper, ops=ops, expect=expect,
+        block_size=block_size,
     )
 
 

@@ -103,6 +103,7 @@ class Recovery:
     root: Dir | None
     refusal: str = ""  # why the mount is refused
     remedy: str = ""  # what the operator must do; a refusal without one is a bug
+    fallback: Dir | None = None  # the backing store once the remedy is applied
 
     @property
     def refused(self) -> bool:

@@ -114,6 +114,7 @@ class OverlayFS(Driver):
         self.lower_names: list[str] = []
         self._union: Union | None = None
         self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
+        self._mounted: Dir | None = None  # the backing store as the mount left it
 
     # -- layout ------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class OverlayFS(Driver):
         )
         recovered = self._mount_workdir(Dir(entries))
         assert recovered.root is not None
+        self._mounted = recovered.root
         return recovered.root
 
     @property
@@ -197,8 +199,9 @@ class OverlayFS(Driver):
                         f"(work/work/incompat/{feature} is not empty)",
                         remedy="the volatile mount did not end cleanly, so upper may be "
                         "inconsistent: discard upper and work and recreate the container "
-                        "layer" if feature == "volatile" else
+                        "layer; every change since the mount is lost" if feature == "volatile" else
                         f"remove work/work/incompat/{feature} only if upper is known intact",
+                        fallback=self._mounted if feature == "volatile" else None,
                     )
         work = EMPTY_WORKDIR
         if self.options["volatile"]:
