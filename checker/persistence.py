@@ -77,7 +77,7 @@ class CrashState:
     def token(self, pieces: list[int]) -> str:
         """The `--persisted` argument that reproduces this state: '1-5,7,8:1'."""
         if self.amounts is None:
-            return f"1-{self.crash_after_step}" if self.crash_after_step else "none"
+            return _ranges(list(range(1, self.crash_after_step + 1))).replace(" ", "") or "none"
         parts = []
         for i, a in enumerate(self.amounts):
             if a == pieces[i] and a:
@@ -184,8 +184,19 @@ def count_ideals(c: Constraints, limit: int) -> int:
 
 # --- what steps touch -----------------------------------------------------------------
 
-NAMESPACE = ("mkdir", "create", "tmpfile", "mknod_whiteout", "symlink", "link", "link_tmpfile",
-             "rename", "unlink", "rmdir", "remove_tree")
+NAMESPACE = (
+    "mkdir",
+    "create",
+    "tmpfile",
+    "mknod_whiteout",
+    "symlink",
+    "link",
+    "link_tmpfile",
+    "rename",
+    "unlink",
+    "rmdir",
+    "remove_tree",
+)
 
 
 def is_namespace(step: Step) -> bool:
@@ -228,11 +239,11 @@ def step_facts(trace: Trace) -> StepFacts:
         return counter[0]
 
     def move(src: Parts, dst: Parts, i: int) -> None:
-        moved_ino = {dst + k[len(src):]: v for k, v in inode.items() if _under(k, src)}
+        moved_ino = {dst + k[len(src) :]: v for k, v in inode.items() if _under(k, src)}
         for k in [k for k in inode if _under(k, src) or _under(k, dst)]:
             del inode[k]
         inode.update(moved_ino)
-        moved = {dst + k[len(src):]: i for k in made if _under(k, src)}
+        moved = {dst + k[len(src) :]: i for k in made if _under(k, src)}
         for k in [k for k in made if _under(k, src) or _under(k, dst)]:
             del made[k]
         made.update(moved)
@@ -263,8 +274,8 @@ def step_facts(trace: Trace) -> StepFacts:
                 b = {k: v for k, v in inode.items() if _under(k, d)}
                 for k in list(a) + list(b):
                     inode.pop(k, None)
-                inode.update({d + k[len(s):]: v for k, v in a.items()})
-                inode.update({s + k[len(d):]: v for k, v in b.items()})
+                inode.update({d + k[len(s) :]: v for k, v in a.items()})
+                inode.update({s + k[len(d) :]: v for k, v in b.items()})
                 made[s] = made[d] = i
             else:
                 move(s, d, i)
@@ -332,7 +343,7 @@ def apply_amount(root: Dir, step: Step, amount: int, pieces: int, block_size: in
         node = lookup(root, split(step.path))
         old = node.content if isinstance(node, File) else b""
         if step.replace:
-            content = (part + old[len(part):])[: len(step.data)]
+            content = (part + old[len(part) :])[: len(step.data)]
             return Write(step.path, content, 0, replace=True).apply(root, device)
         return Write(step.path, part, step.offset).apply(root, device)
     if isinstance(step, CopyData):
