@@ -760,6 +760,8 @@ def _amounts(ctx: Context, crash: CrashState) -> list[int]:
 def crash_from_model(ctx: Context, enc: Encoding, model: z3.ModelRef) -> CrashState:
     amounts = [model.eval(a, model_completion=True).as_long() for a in enc.amount]
     last = max((i + 1 for i, a in enumerate(amounts) if a), default=0)
+    if ctx.persistence.name == "prefix":
+        return CrashState(last)  # the same representation the enumerator uses
     return CrashState(last, tuple(amounts[:last]))
 
 

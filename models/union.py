@@ -146,9 +146,10 @@ def _lookup_layer(base: Dir, base_path: Parts, d: _LookupData) -> tuple[Node | N
     while isinstance(node, Dir):
         idx = len(d.name) - remaining
         name = d.name[idx]
+        last = idx == len(d.name) - 1  # before a redirect found here rewrites d.name
         path = path + (name,)
         node = _lookup_single(node.entries.get(name), d, idx)
-        if idx == len(d.name) - 1:
+        if last:
             return node, path
         remaining -= 1
     return None, path
