@@ -45,8 +45,8 @@ def test_z3_and_enumeration_agree(table, model, driver, block_size):
 
 
 def test_symbolic_decides_the_seed_case_and_its_fix():
-    from tests.conftest import ROOT
     from checker import load_spec
+    from tests.conftest import ROOT
 
     seed = load_spec(ROOT / "specs/overlayfs/mv-lower-dir-redirect-off.toml")
     r = check(seed, persistence="weak", engine="symbolic")
