@@ -23,6 +23,7 @@ from checker.errors import CrashcheckError, UsageError
 from checker.explorer import Budget
 from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
+from checker.repair import suggest_fix
 from checker.spec import load_spec
 
 
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--confirm", action="store_true",
         help="mount each violating crash state on the Linux kernel and re-check it there",
     )
+    run.add_argument(
+        "--suggest-fix", action="store_true",
+        help="for a violating spec, the fewest fsyncs to insert that remove every violation",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
     conform_p = sub.add_parser(
@@ -134,12 +139,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         if args.confirm:
             result.confirmations = confirm(result)
+        fix_note = None
+        if args.suggest_fix and result.violations and result.context is not None:
+            found = suggest_fix(result.context, Budget(args.max_states, args.timeout))
+            result.fix = found.fix
+            fix_note = report.fix_lines(result, found)
         results.append(result)
         if not args.json:
             print(report.summary_line(result), flush=True)
             confirmed = report.confirmation_line(result)
             if confirmed:
                 print(confirmed)
+            if fix_note:
+                print(fix_note)
             if result.violations and not args.quiet:
                 print("\n".join(report.violation_report(result, args.verbose)))
     if args.json:

@@ -215,6 +215,7 @@ class StepFacts:
     touches: list[frozenset[int]]
     creator: list[int | None]
     fsynced: list[int | None]
+    written: list[dict[str, int]]  # inode of each path a step leaves in place, after it
 
 
 def _latest(*steps: int | None) -> int | None:
@@ -261,6 +262,7 @@ def step_facts(trace: Trace) -> StepFacts:
     touches: list[frozenset[int]] = []
     creators: list[int | None] = []
     fsynced: list[int | None] = []
+    written: list[dict[str, int]] = []
     for i, step in enumerate(trace.steps):
         f: int | None = None
         if isinstance(step, Rename):
@@ -314,7 +316,8 @@ def step_facts(trace: Trace) -> StepFacts:
             t = {ino(p)}
         touches.append(frozenset(t))
         fsynced.append(f)
-    return StepFacts(touches, creators, fsynced)
+        written.append({p: inode[split(p)] for p in step.writes() if split(p) in inode})
+    return StepFacts(touches, creators, fsynced, written)
 
 
 def pieces_of(trace: Trace, block_size: int, tear: bool) -> list[int]:

@@ -14,6 +14,7 @@ from checker.conform import OpConformance
 from checker.explorer import Violation
 from checker.persistence import CrashState
 from checker.real import RealResult, RealViolation
+from checker.repair import FixResult
 from checker.spec import Spec
 from models.driver import Recovery
 from models.tree import Dir
@@ -278,4 +279,19 @@ def findings_table(
         cells = [f"`{Path(spec.file).stem}`", _verdict_cell(model.verdict, model.violated)]
         cells += [_verdict_cell(r.verdict, r.violated) for r in found]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fix_lines(r: Result, found: FixResult) -> str:
+    """The suggested fix, and what is left once it is applied."""
+    if found.fix is None:
+        return f"     no fix suggested: {found.why}"
+    if not found.fix:
+        return f"     no fsync helps: {found.why}"
+    lines = [f"     suggested fix ({len(found.fix)} fsync(s), minimum; found in {found.rounds} rounds):"]
+    lines.extend(f"       {f.describe(r.trace)}" for f in found.fix)
+    if found.inherent:
+        lines.append(f"     with it, {found.why}")
+    else:
+        lines.append("     with it, every crash state passes")
     return "\n".join(lines)

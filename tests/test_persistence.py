@@ -107,3 +107,39 @@ def test_budget_makes_an_unfinished_search_unknown_never_pass():
     # auto hands a search the budget cannot finish to the symbolic engine, which decides it
     auto = check(spec, budget=Budget(max_states=10))
     assert (auto.engine, auto.verdict, auto.bounded) == ("symbolic", "pass", False)
+
+
+def test_fix_suggestion_is_minimal_and_the_fixed_trace_passes():
+    from checker import load_spec
+    from checker.explorer import Budget, Context
+    from checker.repair import FsyncFix, recheck, suggest_fix
+    from tests.conftest import ROOT
+
+    for path, persistence, fix in [
+        ("specs/plain/replace-via-rename-no-fsync.toml", None, [FsyncFix(2, "app/config.tmp")]),
+        ("specs/overlayfs/copy-up-without-fsync.toml", None, [FsyncFix(8, "work/work/#2")]),
+        ("specs/overlayfs/mkdir-over-whiteout.toml", "weak", [FsyncFix(2, "work/work/#1")]),
+        ("specs/overlayfs/mv-lower-dir-redirect-on.toml", "weak", [FsyncFix(7, "upper/DirA")]),
+    ]:
+        spec = load_spec(ROOT / path)
+        ctx = Context.build(spec, persistence or spec.persistence)
+        assert check(spec, persistence).violations, path
+        found = suggest_fix(ctx, Budget(max_states=100_000))
+        assert found.fix == fix and found.inherent == 0, (path, found)
+        assert recheck(ctx, found.fix) == []  # fix applied -> pass
+
+
+def test_fix_suggestion_separates_what_no_fsync_can_remove():
+    from checker import load_spec
+    from checker.explorer import Budget, Context
+    from checker.repair import recheck, suggest_fix
+    from tests.conftest import ROOT
+
+    spec = load_spec(ROOT / "specs/overlayfs/mv-lower-dir-redirect-off.toml")
+    ctx = Context.build(spec, "weak")
+    found = suggest_fix(ctx, Budget(max_states=100_000))
+    assert found.fix and found.inherent > 0
+    left = recheck(ctx, found.fix)
+    prefix = check(spec, "prefix")
+    # what is left is exactly what the program order itself allows
+    assert {v.invariant for v in left} == {v.invariant for v in prefix.violations}
