@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from checker import explore as explore_mod
 from checker import kernel, report
 from checker.check import ENGINES, Result, check
 from checker.confirm import confirm
@@ -25,6 +26,7 @@ from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.repair import suggest_fix
 from checker.spec import load_spec
+from models.driver import OptionError
 
 
 def _positive(text: str) -> int:
@@ -91,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
+    ex = sub.add_parser("explore", help="generate small workloads and find driver-induced violations")
+    ex.add_argument("--depth", type=_positive, default=1, help="ops per workload (default 1)")
+    ex.add_argument("--driver", default="overlayfs", help="driver to explore (default overlayfs)")
+    ex.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a driver option, e.g. redirect_dir=off (repeatable)")
+    ex.add_argument("--persistence", choices=sorted(MODELS), default="prefix")
+    ex.add_argument("--out", metavar="DIR", help="write one minimal spec per driver-induced group here")
+    ex.add_argument("--random", type=_positive, metavar="N",
+                    help="sample N longer workloads instead, and shrink what they find")
+    ex.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    ex.add_argument("--max-ops", type=_positive, default=6, help="ops per --random workload (default 6)")
+    ex.add_argument("--jobs", type=_positive, default=None, help="worker processes (default: cores)")
+    ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
     conform_p = sub.add_parser(
         "conform", help="run a spec on the kernel and compare its steps with the model's"
     )
@@ -194,6 +210,49 @@ def cmd_real(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _option_value(text: str) -> object:
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from models import drivers
+
+    known = drivers()
+    if args.driver not in known:
+        raise UsageError(f"explore: unknown driver {args.driver!r} (known: {', '.join(sorted(known))})")
+    options: dict[str, object] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"explore: --option {item!r}: write KEY=VALUE")
+        options[key] = _option_value(value)
+    try:
+        known[args.driver].resolve_options(options)
+    except OptionError as e:
+        raise UsageError(f"explore: {e}") from None
+    settings = explore_mod.Settings(args.driver, tuple(sorted(options.items())), args.persistence)
+    jobs = args.jobs or explore_mod.default_jobs()
+    progress = report.progress_printer()
+    items = explore_mod.random_items(args.random, args.seed, args.max_ops) if args.random else None
+    depth = args.max_ops if args.random else args.depth
+    found = explore_mod.explore(settings, depth, jobs, progress, items)
+    if args.random:
+        for key, outcome in list(found.groups.items()):
+            found.groups[key] = explore_mod.shrink(settings, outcome, key)
+    if args.out:
+        explore_mod.write_specs(settings, found, Path(args.out))
+    if args.json:
+        sys.stdout.write(json.dumps(found.to_json(), indent=2) + "\n")
+    else:
+        print(report.explore_report(settings, found, depth, args.random))
+    return 0
+
+
 def cmd_conform(args: argparse.Namespace) -> int:
     [path] = spec_files([args.spec])
     spec = load_spec(path)
@@ -222,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_conform(args)
         if args.command == "real":
             return cmd_real(args)
+        if args.command == "explore":
+            return cmd_explore(args)
         raise UsageError(f"unknown command {args.command}")
     except CrashcheckError as e:
         print(f"crashcheck: error: {e}", file=sys.stderr)

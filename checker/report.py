@@ -11,6 +11,8 @@ from pathlib import Path
 from checker import views
 from checker.check import Result
 from checker.conform import OpConformance
+from checker.explore import Report as ExploreReport
+from checker.explore import Settings
 from checker.explorer import Violation
 from checker.persistence import CrashState
 from checker.real import RealResult, RealViolation
@@ -294,4 +296,26 @@ def fix_lines(r: Result, found: FixResult) -> str:
         lines.append(f"     with it, {found.why}")
     else:
         lines.append("     with it, every crash state passes")
+    return "\n".join(lines)
+
+
+def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled: int | None) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in settings.options)
+    scope = (
+        f"{sampled} random workloads of up to {depth} ops" if sampled
+        else f"every workload of up to {depth} op(s)"
+    )
+    lines = [
+        f"explore {settings.driver}{f' ({options})' if options else ''}, {settings.persistence} "
+        f"persistence, {scope}:",
+        f"  {found.workloads} workloads checked ({found.skipped} skipped: an op failed on the view), "
+        f"{found.crash_states} crash states, {found.seconds:.1f}s",
+        f"  driver-induced: {len(found.groups)} group(s) (invariant, op)",
+    ]
+    for (invariant, kind), outcome in sorted(found.groups.items()):
+        ops = " ; ".join(" ".join(str(v) for v in op.values()) for op in outcome.ops)
+        where = found.files.get((invariant, kind))
+        lines.append(f"    {invariant} in {kind}: {ops} (initial files in {outcome.setup})"
+                     + (f" -> {where}" if where else ""))
+    lines.append(f"  inherent (also on plain): {found.inherent} violation(s)")
     return "\n".join(lines)

@@ -51,6 +51,7 @@ from models.steps import (
     Truncate,
     Unlink,
     Write,
+    remove_subtree,
 )
 from models.tree import (
     DEFAULT_DIR_MODE,
@@ -214,7 +215,7 @@ class OverlayFS(Driver):
             root = replace(root, ("work",), Dir())
         elif base.entries.get("work") is work:
             return Recovery(root)  # nothing to clean
-        return Recovery(replace(root, WORK, work))
+        return Recovery(remove_subtree(root, WORK, work))
 
     # -- system calls ------------------------------------------------------------------
 

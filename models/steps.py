@@ -30,6 +30,7 @@ from models.tree import (
     replace,
     replace_many,
     split,
+    walk,
 )
 
 Device = Callable[[Parts], str]
@@ -545,16 +546,32 @@ class RemoveTree(Step):
     kind = "remove_tree"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
-        parts = split(self.path)
-        if lookup(root, parts) is None:
-            return root
-        return replace(root, parts, None)
+        return remove_subtree(root, split(self.path))
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
 
     def __str__(self) -> str:
         return f"rm -r {self.path}"
+
+
+def remove_subtree(root: Dir, parts: Parts, keep: Node | None = None) -> Dir:
+    """Remove (or replace by `keep`) the subtree at `parts`; files in it that have other
+    links outside lose those links, as unlinking them one by one would do."""
+    node = lookup(root, parts)
+    if node is None:
+        return root if keep is None else replace(root, parts, keep)
+    gone: dict[int, int] = {}
+    for _, n in walk(node):
+        if isinstance(n, File) and n.nlink > 1:
+            gone[n.ino] = gone.get(n.ino, 0) + 1
+    root = replace(root, parts, keep)
+    for ino, count in gone.items():
+        for link in find_inode(root, ino):
+            f = lookup(root, link)
+            assert isinstance(f, File)
+            root = replace(root, link, f.with_links(ino, f.nlink - count))
+    return root
 
 
 def _show(data: bytes) -> str:

@@ -1,0 +1,323 @@
+"""Workload exploration (`crashcheck explore`), in the style of ACE: generate every
+workload of up to N ops over a small fixed name space, check each on the driver and on
+`plain`, and keep the violations the driver adds.
+
+- Name space: files A/foo, A/bar, B/foo, B/bar, A/C/foo in directories A, B, A/C.
+- Setups: the initial files in the lower layer, in the upper layer, or in both (the upper
+  layer shadowing some lower files), so ops meet lower, upper and merged entries.
+- Ops: create, write, append, truncate, mkdir, rmdir, unlink, rename, link, symlink,
+  setxattr, fsync, sync, mv, rm over that name space. A workload one of whose ops fails on
+  the view is skipped.
+- A violation is driver-induced when the same workload on `plain` does not violate that
+  invariant in that op; the others are inherent to the workload (e.g. `rm -rf` is many
+  calls on any file system).
+- Driver-induced violations are grouped by (invariant, op kind); each group keeps its
+  smallest workload, written as a spec ready to become a regression test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checker.check import check
+from checker.errors import UsageError
+from checker.explorer import Budget
+from checker.spec import parse_spec
+
+FILES = ["A/foo", "A/bar", "B/foo", "B/bar", "A/C/foo"]
+DIRS = ["A", "B", "A/C"]
+PATHS = DIRS + FILES
+SETUPS = ("lower", "upper", "both")
+STATE_BUDGET = 5_000  # crash states per workload; workloads are tiny, more means a bug
+
+
+def setup_layers(setup: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(lower layers, upper layer) of a setup. B/bar starts absent, so it can be created."""
+    present = [f for f in FILES if f != "B/bar"]
+    files = {f: f"{f} v1" for f in present}
+    if setup == "lower":
+        return [files], {}
+    if setup == "upper":
+        return [], dict(files)
+    return [files], {"A/foo": "A/foo upper", "B/foo": "B/foo upper"}
+
+
+def op_space() -> list[dict[str, Any]]:
+    """Every op over the name space (193 of them)."""
+    ops: list[dict[str, Any]] = []
+    ops += [{"op": "create", "path": f} for f in FILES]
+    ops += [{"op": "write", "path": f, "data": "new"} for f in FILES]
+    ops += [{"op": "append", "path": f, "data": "+"} for f in FILES]
+    ops += [{"op": "truncate", "path": f, "size": 0} for f in FILES]
+    ops += [{"op": "mkdir", "path": d} for d in DIRS]
+    ops += [{"op": "rmdir", "path": d} for d in DIRS]
+    ops += [{"op": "unlink", "path": f} for f in FILES]
+    moves = list(itertools.permutations(PATHS, 2))  # a directory may move to a free file name
+    ops += [{"op": "rename", "src": a, "dst": b} for a, b in moves]
+    ops += [{"op": "link", "src": a, "dst": b} for a, b in itertools.permutations(FILES, 2)]
+    ops += [{"op": "symlink", "target": "foo", "path": f} for f in FILES]
+    ops += [{"op": "setxattr", "path": p, "name": "user.k", "value": "v"} for p in PATHS]
+    ops += [{"op": "fsync", "path": p} for p in PATHS]
+    ops += [{"op": "sync"}]
+    ops += [{"op": "mv", "src": a, "dst": b} for a, b in moves]
+    ops += [{"op": "rm", "path": p} for p in PATHS]
+    return ops
+
+
+@dataclass(frozen=True)
+class Settings:
+    driver: str
+    options: tuple[tuple[str, Any], ...]
+    persistence: str
+
+    def table(self, setup: str, ops: list[dict[str, Any]], driver: str | None = None) -> dict[str, Any]:
+        lowers, upper = setup_layers(setup)
+        table: dict[str, Any] = {
+            "name": f"explore: {' ; '.join(_op_text(o) for o in ops)} (initial files in {setup})",
+            "driver": driver or self.driver,
+            "persistence": self.persistence,
+            "layers": lowers,
+            "ops": ops,
+        }
+        if upper:
+            table["upper"] = upper
+        if (driver or self.driver) == self.driver and self.options:
+            table["options"] = dict(self.options)
+        return table
+
+
+def _op_text(op: dict[str, Any]) -> str:
+    return " ".join(str(v) for k, v in op.items())
+
+
+@dataclass
+class Outcome:
+    """What one workload gave: None when an op failed (skipped)."""
+
+    setup: str
+    ops: list[dict[str, Any]]
+    driver_induced: list[tuple[str, int]]  # (invariant, op index)
+    inherent: list[tuple[str, int]]
+    crash_states: int
+
+
+def check_workload(settings: Settings, setup: str, ops: list[dict[str, Any]]) -> Outcome | None:
+    """Check one workload on the driver and on plain (a picklable unit of work)."""
+    budget = Budget(max_states=STATE_BUDGET)
+    try:
+        driver_spec = parse_spec(settings.table(setup, ops), "<explore>")
+        plain_spec = parse_spec(settings.table(setup, ops, "plain"), "<explore>")
+    except Exception as e:  # an op this setup cannot express is a bug of the generator
+        raise UsageError(f"explore: generated an invalid workload: {e}") from None
+    on_driver = check(driver_spec, budget=budget)
+    if any(op.errno for op in on_driver.trace.ops):
+        return None
+    on_plain = check(plain_spec, budget=budget)
+    plain_bad = {(v.invariant, v.op) for v in on_plain.violations}
+    found = sorted({(v.invariant, v.op) for v in on_driver.violations})
+    return Outcome(
+        setup, ops,
+        [f for f in found if f not in plain_bad],
+        [f for f in found if f in plain_bad],
+        on_driver.crash_states,
+    )
+
+
+def _check_item(item: tuple[Settings, str, tuple[int, ...]]) -> Outcome | None:
+    settings, setup, picks = item
+    space = op_space()
+    return check_workload(settings, setup, [space[i] for i in picks])
+
+
+@dataclass
+class Report:
+    workloads: int = 0
+    skipped: int = 0
+    crash_states: int = 0
+    inherent: int = 0
+    groups: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # (invariant, op kind)
+    seconds: float = 0.0
+    files: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome | None) -> None:
+        if outcome is None:
+            self.skipped += 1
+            return
+        self.workloads += 1
+        self.crash_states += outcome.crash_states
+        self.inherent += len(outcome.inherent)
+        for invariant, op in outcome.driver_induced:
+            key = (invariant, outcome.ops[op]["op"])
+            best = self.groups.get(key)
+            if best is None or len(outcome.ops) < len(best.ops):
+                self.groups[key] = outcome
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workloads": self.workloads,
+            "skipped": self.skipped,
+            "crash_states": self.crash_states,
+            "driver_induced": [
+                {"invariant": inv, "op": kind, "spec": self.files.get((inv, kind)),
+                 "setup": o.setup, "ops": o.ops}
+                for (inv, kind), o in sorted(self.groups.items())
+            ],
+            "inherent": self.inherent,
+        }
+
+
+def explore(
+    settings: Settings, depth: int, jobs: int = 1, progress: Callable[[str], None] | None = None,
+    items: list[tuple[str, tuple[int, ...]]] | None = None,
+) -> Report:
+    """Check every workload of 1..depth ops (or just `items`). Lengths go in order, so a
+    workload whose shorter prefix already failed is skipped without being checked."""
+    started = time.monotonic()
+    report = Report()
+    failing: set[tuple[str, tuple[int, ...]]] = set()
+
+    def record(item: tuple[Settings, str, tuple[int, ...]], outcome: Outcome | None) -> None:
+        if outcome is None:
+            failing.add((item[1], item[2]))
+        report.add(outcome)
+        done = report.workloads + report.skipped
+        if progress and done % 50 == 0:
+            rate = report.crash_states / max(time.monotonic() - started, 1e-9)
+            progress(f"explore: {report.workloads} workloads checked, {report.skipped} skipped, "
+                     f"{len(report.groups)} driver-induced groups, {rate:,.0f} crash states/s")
+
+    n = len(op_space())
+    for length in range(1, depth + 1):
+        if items is not None:
+            candidates = [it for it in items if len(it[1]) == length]
+        else:
+            candidates = [(setup, picks) for setup in SETUPS
+                          for picks in itertools.product(range(n), repeat=length)]
+        batch = []
+        for setup, picks in candidates:
+            if any((setup, picks[:k]) in failing for k in range(1, length)):
+                report.skipped += 1
+            else:
+                batch.append((settings, setup, picks))
+        _run(batch, jobs, record)
+    report.seconds = time.monotonic() - started
+    if progress:
+        progress("")
+    return report
+
+
+def _run(batch: list[tuple[Settings, str, tuple[int, ...]]], jobs: int,
+         record: Callable[[tuple[Settings, str, tuple[int, ...]], Outcome | None], None]) -> None:
+    if jobs > 1 and len(batch) > 1:
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
+            for item, outcome in zip(batch, pool.imap(_check_item, batch, chunksize=16), strict=True):
+                record(item, outcome)
+    else:
+        for item in batch:
+            record(item, _check_item(item))
+
+
+def _worker_init() -> None:
+    # The parent handles SIGTERM and Ctrl-C; a worker is simply ended with the pool.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def random_items(count: int, seed: int, max_ops: int) -> list[tuple[str, tuple[int, ...]]]:
+    """`count` workloads of 1..max_ops ops, the same for the same seed."""
+    rng = random.Random(seed)
+    n = len(op_space())
+    out = []
+    for _ in range(count):
+        length = rng.randint(1, max_ops)
+        out.append((rng.choice(SETUPS), tuple(rng.randrange(n) for _ in range(length))))
+    return out
+
+
+def shrink(settings: Settings, outcome: Outcome, key: tuple[str, str]) -> Outcome:
+    """The smallest workload (hypothesis' shrinking) that still shows `key`."""
+    from hypothesis import HealthCheck, find
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    space = op_space()
+    indices = [space.index(op) for op in outcome.ops]
+
+    def shows(picks: list[int]) -> bool:
+        got = check_workload(settings, outcome.setup, [space[i] for i in picks])
+        return got is not None and any(
+            inv == key[0] and got.ops[op]["op"] == key[1] for inv, op in got.driver_induced
+        )
+
+    strategy = st.lists(st.sampled_from(sorted(set(indices))), min_size=1, max_size=len(indices))
+    try:
+        best = find(strategy, shows, settings=hsettings(
+            max_examples=300, database=None, derandomize=True, deadline=None,
+            suppress_health_check=list(HealthCheck)))
+    except Exception:
+        return outcome  # nothing smaller shows it
+    result = check_workload(settings, outcome.setup, [space[i] for i in best])
+    return result if result is not None else outcome
+
+
+def write_specs(settings: Settings, report: Report, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for (invariant, kind), outcome in sorted(report.groups.items()):
+        table = settings.table(outcome.setup, outcome.ops)
+        table["name"] = f"{invariant} in {kind}: " + table["name"].removeprefix("explore: ")
+        table["expect"] = {"verdict": "violation", "invariants": [invariant]}
+        path = out / f"{invariant}-{kind}.toml"
+        path.write_text(to_toml(table))
+        report.files[(invariant, kind)] = str(path)
+
+
+def to_toml(table: dict[str, Any]) -> str:
+    """Spec format v1 text for a generated spec."""
+    lines = []
+    for key in ("name", "driver", "persistence"):
+        lines.append(f"{key} = {json.dumps(table[key])}")
+    lines.append("")
+    if table.get("options"):
+        lines.append("[options]")
+        lines.extend(f"{k} = {_value(v)}" for k, v in table["options"].items())
+        lines.append("")
+    for layer in table.get("layers", []):
+        lines.append("[[layers]]")
+        lines.extend(f"{json.dumps(p)} = {_value(v)}" for p, v in layer.items())
+        lines.append("")
+    if table.get("upper"):
+        lines.append("[upper]")
+        lines.extend(f"{json.dumps(p)} = {_value(v)}" for p, v in table["upper"].items())
+        lines.append("")
+    for op in table["ops"]:
+        lines.append("[[ops]]")
+        lines.extend(f"{k} = {_value(v)}" for k, v in op.items())
+        lines.append("")
+    if "expect" in table:
+        lines.append("[expect]")
+        lines.extend(f"{k} = {_value(v)}" for k, v in table["expect"].items())
+    return "\n".join(lines) + "\n"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
