@@ -27,6 +27,7 @@ the trace. A solver timeout gives `unknown`.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -186,18 +187,32 @@ def universe(ctx: Context) -> set[Parts]:
     changed = True
     while changed:
         changed = False
+        index = PathIndex(paths)
         for src, dst in moves:
-            for p in list(paths):
-                for a, b in ((src, dst), (dst, src)):
-                    if p[: len(a)] == a:
-                        q = b + p[len(a) :]
-                        if q not in paths:
-                            paths.add(q)
-                            changed = True
+            for a, b in ((src, dst), (dst, src)):
+                for p in index.under(a):
+                    q = b + p[len(a) :]
+                    if q not in paths:
+                        paths.add(q)
+                        changed = True
     for p in list(paths):
         for d in range(1, len(p)):
             paths.add(p[:d])
     return paths
+
+
+class PathIndex:
+    """Paths sorted as strings, so the paths under a directory are one bisected range."""
+
+    def __init__(self, paths: Iterable[Parts]) -> None:
+        self.keys = sorted(("\0".join(p) + "\0", p) for p in paths)
+        self.strings = [k for k, _ in self.keys]
+
+    def under(self, top: Parts) -> list[Parts]:
+        prefix = "\0".join(top) + "\0" if top else ""
+        lo = bisect.bisect_left(self.strings, prefix)
+        hi = bisect.bisect_left(self.strings, prefix + "\uffff")
+        return [p for _, p in self.keys[lo:hi]]
 
 
 def _walk(node: Node, prefix: Parts = ()) -> Iterable[tuple[Parts, Node]]:
@@ -217,13 +232,28 @@ class Encoding:
         self.c = ctx.constraints
         self.interner = Interner()
         n = len(self.trace.steps)
-        self.amount = [z3.Int(f"a{i}") for i in range(n)]
-        self.some = [self.amount[i] >= 1 for i in range(n)]
-        self.full = [self.amount[i] == self.c.pieces[i] for i in range(n)]
+        # A Boolean per atomic step (most of them: the problem stays propositional), an
+        # integer 0..m only for a data step that can be torn into m blocks.
+        self.amount: list[z3.ArithRef] = []
+        self.some: list[z3.BoolRef] = []
+        self.full: list[z3.BoolRef] = []
+        for i in range(n):
+            m = self.c.pieces[i]
+            if m == 1:
+                p = z3.Bool(f"p{i}")
+                self.some.append(p)
+                self.full.append(p)
+                self.amount.append(z3.If(p, 1, 0))
+            else:
+                a = z3.Int(f"a{i}")
+                self.some.append(a >= 1)
+                self.full.append(a == m)
+                self.amount.append(a)
         self.later = self._suffix_or()  # later[i]: some step after i persisted
         self.facts: list[z3.BoolRef] = []
         self._persistence()
         self.paths = universe(ctx)
+        self.index = PathIndex(self.paths)
         self.nodes: dict[Parts, SymNode] = {
             p: const_node(lookup(self.trace.initial, p), self.interner) for p in self.paths
         }
@@ -244,7 +274,8 @@ class Encoding:
     def _persistence(self) -> None:
         n = len(self.trace.steps)
         for i in range(n):
-            self.facts.append(z3.And(self.amount[i] >= 0, self.amount[i] <= self.c.pieces[i]))
+            if self.c.pieces[i] > 1:
+                self.facts.append(z3.And(self.amount[i] >= 0, self.amount[i] <= self.c.pieces[i]))
         graph = self.c.graph
         for u in range(n):
             succ = sorted(graph.successors(u))
@@ -257,7 +288,7 @@ class Encoding:
     # -- steps -------------------------------------------------------------------------
 
     def _under(self, top: Parts) -> list[Parts]:
-        return [p for p in self.paths if p[: len(top)] == top]
+        return self.index.under(top)
 
     def _run_steps(self) -> None:
         for i, step in enumerate(self.trace.steps):
@@ -594,7 +625,9 @@ class Invariants:
         enc = self.enc
         n = len(self.trace.steps)
         m = len(self.trace.ops)
-        lost = [z3.And(enc.amount[i] < enc.c.pieces[i], enc.later[i]) for i in range(n)]
+        if m == 1:
+            return [z3.BoolVal(True)]  # one op: it is the op in flight
+        lost = [z3.And(z3.Not(enc.full[i]), enc.later[i]) for i in range(n)]
         first: list[z3.BoolRef] = []
         none_before: z3.BoolRef = z3.BoolVal(True)
         for i in range(n):
@@ -719,37 +752,47 @@ def solve(ctx: Context, budget: Budget) -> Exploration:
     generalized = ctx.persistence.name != "prefix"
     formulas = inv.violation(supported, generalized)
     solver = z3.Solver()
-    if budget.timeout is not None:
-        solver.set("timeout", int(budget.timeout * 1000))
     solver.add(*enc.facts)
-    solver.add(z3.Or(*formulas.values()))
     replays = 0
-    while True:
-        if budget.timeout is not None:
-            left = budget.timeout - (time.monotonic() - started)
-            if left <= 0:
-                return Exploration(
-                    replays, replays, violations, True, f"stopped at --timeout {budget.timeout:g}s"
-                )
-            solver.set("timeout", max(1, int(left * 1000)))
-        answer = solver.check()
-        if answer == z3.unsat:
-            return Exploration(replays, replays, violations)
-        if answer == z3.unknown:
-            why = solver.reason_unknown()
-            return Exploration(replays, replays, violations, True, f"the solver gave up ({why})")
-        model = solver.model()
-        crash = crash_from_model(ctx, enc, model)
-        replays += 1
-        found = violations_at(ctx, crash)
-        if found:
-            violations.extend(found)
-            return Exploration(replays, replays, violations)
-        if replays >= MAX_REPLAYS:
-            return Exploration(
-                replays, replays, violations, True, f"{replays} solver models did not replay as violations"
-            )
-        solver.add(z3.Or(*[enc.amount[i] != a for i, a in enumerate(_amounts(ctx, crash))]))
+    # One invariant at a time, the cheapest formulas first: a violation of any decides.
+    order = sorted(formulas, key=lambda name: COST.get(name, 9))
+    for name in order:
+        solver.push()
+        solver.add(formulas[name])
+        while True:
+            if budget.timeout is not None:
+                left = budget.timeout - (time.monotonic() - started)
+                if left <= 0:
+                    why = f"stopped at --timeout {budget.timeout:g}s"
+                    return Exploration(replays, replays, violations, True, why)
+                solver.set("timeout", max(1, int(left * 1000)))
+            answer = solver.check()
+            if answer == z3.unsat:
+                break
+            if answer == z3.unknown:
+                why = f"the solver gave up ({solver.reason_unknown()})"
+                return Exploration(replays, replays, violations, True, why)
+            crash = crash_from_model(ctx, enc, solver.model())
+            replays += 1
+            found = violations_at(ctx, crash)
+            if found:
+                violations.extend(found)
+                return Exploration(replays, replays, violations)
+            if replays >= MAX_REPLAYS:
+                why = f"{replays} solver models did not replay as violations"
+                return Exploration(replays, replays, violations, True, why)
+            solver.add(z3.Or(*[_differs(enc, i, a) for i, a in enumerate(_amounts(ctx, crash))]))
+        solver.pop()
+    return Exploration(replays, replays, violations)
+
+
+COST = {"atomicity": 0, "no-dual-existence": 1, "durability": 2, "no-loss": 3}
+
+
+def _differs(enc: Encoding, i: int, amount: int) -> z3.BoolRef:
+    if enc.c.pieces[i] == 1:
+        return enc.some[i] if amount == 0 else z3.Not(enc.some[i])
+    return enc.amount[i] != amount
 
 
 def _amounts(ctx: Context, crash: CrashState) -> list[int]:
@@ -758,7 +801,11 @@ def _amounts(ctx: Context, crash: CrashState) -> list[int]:
 
 
 def crash_from_model(ctx: Context, enc: Encoding, model: z3.ModelRef) -> CrashState:
-    amounts = [model.eval(a, model_completion=True).as_long() for a in enc.amount]
+    amounts = [
+        (1 if z3.is_true(model.eval(enc.some[i], model_completion=True)) else 0)
+        if enc.c.pieces[i] == 1 else model.eval(enc.amount[i], model_completion=True).as_long()
+        for i in range(len(enc.amount))
+    ]
     last = max((i + 1 for i, a in enumerate(amounts) if a), default=0)
     if ctx.persistence.name == "prefix":
         return CrashState(last)  # the same representation the enumerator uses
