@@ -49,7 +49,8 @@ def main() -> None:
         started = time.perf_counter()
         sym = check(spec, engine="symbolic", budget=Budget(timeout=600))
         sym_s = time.perf_counter() - started
-        enum_text = f"{enum.verdict} {enum.crash_states} states {enum_s:.1f}s" + (" (cut)" if enum.bounded else "")
+        cut = " (cut)" if enum.bounded else ""
+        enum_text = f"{enum.verdict} {enum.crash_states} states {enum_s:.1f}s{cut}"
         print(f"{n:>5} {sym.steps:>6} | {enum_text:>28} | {sym.verdict + f' {sym_s:.2f}s':>24}")
 
 

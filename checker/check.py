@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,7 @@ def check(
     spec: Spec, persistence: str | None = None, crash_after: int | None = None,
     driver: Driver | None = None, *, engine: str = "auto", block_size: int | None = None,
     budget: Budget = UNLIMITED, persisted: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Result:
     """Check a spec under its persistence model (or `persistence`): every crash state, or
     only the one after step `crash_after` (prefix) or the one `persisted` names. `driver`
@@ -119,7 +120,7 @@ def check(
 
         found = solve(ctx, budget)
     else:
-        found = explore(ctx, only, budget)
+        found = explore(ctx, only, budget, progress)
     if found.violations:
         verdict = "violation"
     elif found.bounded:

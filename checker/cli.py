@@ -148,11 +148,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [load_spec(f) for f in files]  # every input error before any work
     started = time.perf_counter()
     results: list[Result] = []
+    progress = report.progress_printer()
     for spec in specs:
         result = check(
             spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
-            budget=Budget(args.max_states, args.timeout), persisted=args.persisted,
+            budget=Budget(args.max_states, args.timeout), persisted=args.persisted, progress=progress,
         )
+        progress("")
         if args.confirm:
             result.confirmations = confirm(result)
         fix_note = None

@@ -13,6 +13,7 @@ flight, fsyncs that had returned).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from checker.invariants import CrashContext, Finding, Invariant, selected
@@ -201,7 +202,13 @@ def trace_level_violations(ctx: Context) -> list[Violation]:
     return out
 
 
-def explore(ctx: Context, only: CrashState | None = None, budget: Budget = UNLIMITED) -> Exploration:
+PROGRESS_EVERY = 2_000  # crash states between progress lines on a terminal
+
+
+def explore(
+    ctx: Context, only: CrashState | None = None, budget: Budget = UNLIMITED,
+    progress: Callable[[str], None] | None = None,
+) -> Exploration:
     """Check every crash state (or just `only`) plus the trace-level invariants."""
     violations = trace_level_violations(ctx)
     seen: set[bytes] = set()
@@ -222,5 +229,9 @@ def explore(ctx: Context, only: CrashState | None = None, budget: Budget = UNLIM
         count += 1
         seen.add(root.digest)
         violations.extend(violations_at(ctx, crash, root))
+        if progress is not None and count % PROGRESS_EVERY == 0:
+            rate = count / max(time.monotonic() - started, 1e-9)
+            progress(f"{ctx.spec.file}: {count:,} crash states ({len(seen):,} unique), {rate:,.0f}/s, "
+                     f"{len(violations)} violations")
     violations.sort(key=lambda v: (v.crash_after_step, v.persisted or "", v.op, v.invariant))
     return Exploration(count, len(seen), violations, bounded, why)
