@@ -18,7 +18,6 @@ from checker import kernel, views
 from checker.check import Result
 from checker.explorer import Violation
 from checker.invariants import INVARIANTS, CrashContext
-from checker.persistence import MODELS, CrashState
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -67,7 +66,8 @@ def _confirm_one(
             "unavailable", release, f"{v.invariant} is a property of the steps, not of a crash state"
         )
     trace = result.trace
-    state = MODELS[result.persistence].materialize(trace, CrashState(v.crash_after_step))
+    assert result.context is not None
+    state = result.context.materialize(v.crash)
     real = cache.get(state.digest)
     if real is None:
         real = cache[state.digest] = mount_crash_state(ws, state, result.spec.options, len(cache))

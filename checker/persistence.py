@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from checker.spec import DEFAULT_BLOCK_SIZE
+
+if TYPE_CHECKING:
+    import networkx as nx
 from checker.trace import Trace
 from models.steps import (
     CopyData,
@@ -365,6 +367,8 @@ class Persistence:
     tears = True  # data steps may be cut at block boundaries
 
     def constraints(self, trace: Trace, block_size: int = DEFAULT_BLOCK_SIZE) -> Constraints:
+        import networkx as nx  # imported when needed: the CLI starts fast and without it
+
         graph = nx.DiGraph()
         graph.add_nodes_from(range(len(trace.steps)))
         facts = step_facts(trace)

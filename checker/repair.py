@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import z3
-
 from checker.explorer import UNLIMITED, Budget, Context, explore
 from checker.persistence import CrashState, step_facts
 from checker.trace import OpRecord, SyscallRecord, Trace
@@ -110,6 +108,8 @@ def excludes(
 
 
 def suggest_fix(ctx: Context, budget: Budget) -> FixResult:
+    import z3  # imported when needed: the CLI starts fast and without it
+
     trace = ctx.trace
     facts = step_facts(trace)
     cands = candidates(trace)

@@ -143,3 +143,24 @@ def test_fix_suggestion_separates_what_no_fsync_can_remove():
     prefix = check(spec, "prefix")
     # what is left is exactly what the program order itself allows
     assert {v.invariant for v in left} == {v.invariant for v in prefix.violations}
+
+
+def test_copy_up_fsync_volatile_and_replace_via_rename_pairs():
+    from checker import load_spec
+    from tests.conftest import ROOT
+
+    def run(name):
+        r = check(load_spec(ROOT / "specs" / name))
+        return r.verdict, r.violated, r.crash_states
+
+    assert run("overlayfs/copy-up-without-fsync.toml") == ("violation", ["atomicity", "no-loss"], 15)
+    assert run("overlayfs/copy-up-with-fsync.toml") == ("pass", [], 15)
+    assert run("overlayfs/volatile-fsync-lost.toml") == ("violation", ["durability"], 23)
+    assert run("overlayfs/fsync-durable.toml") == ("pass", [], 354)
+    assert run("plain/replace-via-rename-no-fsync.toml") == ("violation", ["no-loss"], 5)
+    assert run("plain/replace-via-rename-fsync.toml") == ("pass", [], 5)
+    # the refused volatile mount is reported with its remedy, and judged after it
+    r = check(load_spec(ROOT / "specs/overlayfs/volatile-fsync-lost.toml"))
+    rec, view = r.context.recovered(r.context.materialize(r.violations[0].crash))
+    assert rec.refused and "discard upper and work" in rec.remedy
+    assert view is not None and view.digest == r.trace.ops[0].before.digest

@@ -132,7 +132,9 @@ def test_not_root_is_a_one_line_error():
         pytest.skip("needs root to drop to an unprivileged user (runuser)")
     cmd = [runuser, "-u", "nobody", "--"] if runuser.endswith("runuser") else [
         runuser, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME="/tmp")
+    import sysconfig
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{sysconfig.get_paths()['purelib']}", HOME="/tmp")
     # An interpreter the unprivileged user can run (a venv under /root may not be).
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
     proc = subprocess.run(cmd + [python, "-m", "checker", "real", "--impl", "kernel", str(ROOT / OFF)],
