@@ -124,4 +124,4 @@ def test_console_script_is_installed():
         pytest.skip("crashcheck is not installed in this environment (pip install -e .)")
     proc = subprocess.run([exe, "run", "-q", "specs/plain"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
-    assert "3 specs: 3 as expected" in proc.stdout
+    assert "as expected, 0 not" in proc.stdout
