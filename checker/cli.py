@@ -26,6 +26,7 @@ from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.repair import suggest_fix
 from checker.spec import load_spec
+from models import DriverLoadError
 from models.driver import OptionError
 
 
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explore":
             return cmd_explore(args)
         raise UsageError(f"unknown command {args.command}")
-    except CrashcheckError as e:
+    except (CrashcheckError, DriverLoadError) as e:
         print(f"crashcheck: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from checker.errors import SpecError
-from models import drivers
+from models import DriverLoadError, driver_named, drivers
 from models.driver import OptionError
 from models.tree import (
     DEFAULT_DIR_MODE,
@@ -61,7 +61,9 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 PATH_ARGS = ("path", "src", "dst")
 TEXT_ARGS = ("data", "value", "name", "target")
-INT_ARGS = ("size", "mode")
+INT_ARGS = ("size", "mode", "from_layer")
+#: `op = "steps"`: raw primitive steps on the backing store ("what if the driver did this")
+STEPS_OP = (("steps",), ())
 
 ENTRY_KEYS = {
     "file": ("type", "content", "mode", "xattrs"),
@@ -91,6 +93,8 @@ class Op:
                 shown.append(repr(text))
             elif key == "mode":
                 shown.append(f"{value:o}")
+            elif key == "steps":
+                shown.append("; ".join(str(step) for step in value))
             else:
                 shown.append(str(value))
         return " ".join([self.kind] + shown)
@@ -164,6 +168,12 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
     driver = _required_str(data, "driver", file)
     known = drivers()
     if driver not in known:
+        try:
+            driver_named(driver)
+        except DriverLoadError as e:
+            raise SpecError(file, str(e), "driver") from None
+        except KeyError:
+            pass
         raise SpecError(file, f"unknown driver '{driver}' (known: {', '.join(sorted(known))})", "driver")
     persistence = data.get("persistence", "prefix")
     if persistence not in PERSISTENCE_MODELS:
@@ -192,7 +202,7 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
             raise SpecError(file, "must be a table ([upper])", "upper")
         upper = build_tree(data["upper"], file, "upper")
 
-    ops = _parse_ops(data, file)
+    ops = _parse_ops(data, file, known[driver].EXTRA_OPS)
     check = _parse_check(data, file)
     expect = _parse_expect(data, file)
     block_size = data.get("block_size", DEFAULT_BLOCK_SIZE)
@@ -319,7 +329,10 @@ def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
     return root
 
 
-def _parse_ops(data: dict[str, Any], file: str) -> list[Op]:
+def _parse_ops(
+    data: dict[str, Any], file: str, extra: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> list[Op]:
+    table_of_ops = dict(OPS) | dict(extra) | {"steps": STEPS_OP}
     raw = data.get("ops", [])
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise SpecError(file, "must be an array of tables ([[ops]])", "ops")
@@ -329,9 +342,10 @@ def _parse_ops(data: dict[str, Any], file: str) -> list[Op]:
         kind = table.get("op")
         if kind is None:
             raise SpecError(file, "missing 'op'", key)
-        if kind not in OPS:
-            raise SpecError(file, f"unknown op {kind!r} (known: {', '.join(sorted(OPS))})", key + ".op")
-        required, optional = OPS[kind]
+        if kind not in table_of_ops:
+            known_ops = ", ".join(sorted(table_of_ops))
+            raise SpecError(file, f"unknown op {kind!r} for this driver (known: {known_ops})", key + ".op")
+        required, optional = table_of_ops[kind]
         for arg in required:
             if arg not in table:
                 raise SpecError(file, f"{kind} needs '{arg}'", key)
@@ -350,11 +364,13 @@ def _parse_ops(data: dict[str, Any], file: str) -> list[Op]:
 
 
 def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
+    if arg == "steps":
+        return _steps(value, file, key)
     if arg in PATH_ARGS:
         return check_path(value, file, key)
     if arg == "mode":
         return _mode(value, file, key)
-    if arg == "size":
+    if arg in INT_ARGS:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(file, "must be a non-negative integer", key)
         return value
@@ -363,6 +379,64 @@ def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
     if arg == "target" and not value:
         raise SpecError(file, "must not be empty", key)
     return value
+
+
+def _steps(value: Any, file: str, key: str) -> tuple[Any, ...]:
+    """`steps = [{ step = "rename", src = "upper/a", dst = "upper/b" }, ...]` as Step values."""
+    import dataclasses
+
+    from models.steps import STEP_TYPES
+
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise SpecError(file, "must be a non-empty array of tables, each with 'step'", key)
+    out = []
+    for i, table in enumerate(value):
+        where = f"{key}[{i}]"
+        kind = table.get("step")
+        if kind not in STEP_TYPES:
+            raise SpecError(
+                file, f"unknown step {kind!r} (known: {', '.join(sorted(STEP_TYPES))})", where + ".step"
+            )
+        cls = STEP_TYPES[kind]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        args: dict[str, Any] = {}
+        for name, raw in table.items():
+            if name == "step":
+                continue
+            if name not in fields:
+                raise SpecError(file, f"unknown field for step {kind!r} (known: {', '.join(fields)})",
+                                f"{where}.{name}")
+            args[name] = _step_field(name, raw, fields[name].type, file, f"{where}.{name}")
+        missing = [n for n, f in fields.items() if n not in args and f.default is dataclasses.MISSING]
+        if missing:
+            raise SpecError(file, f"step {kind!r} needs {', '.join(repr(m) for m in missing)}", where)
+        out.append(cls(**args))
+    return tuple(out)
+
+
+def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> Any:
+    kind = str(annotation)
+    if "bytes" in kind:
+        if not isinstance(raw, str):
+            raise SpecError(file, "must be a string", key)
+        return raw.encode()
+    if "bool" in kind:
+        if not isinstance(raw, bool):
+            raise SpecError(file, "must be true or false", key)
+        return raw
+    if "int" in kind:
+        if name == "mode":
+            return _mode(raw, file, key)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            raise SpecError(file, "must be a non-negative integer", key)
+        return raw
+    if not isinstance(raw, str):
+        raise SpecError(file, "must be a string", key)
+    if name in ("path", "src", "dst"):
+        check_path(raw, file, key)
+    if name == "flags" and raw not in ("", "noreplace", "exchange", "whiteout"):
+        raise SpecError(file, "must be one of '', 'noreplace', 'exchange', 'whiteout'", key)
+    return raw
 
 
 def _parse_check(data: dict[str, Any], file: str) -> tuple[str, ...] | None:

@@ -17,7 +17,7 @@ from models import clients, drivers
 from models.clients import Client
 from models.driver import Driver, Syscall, SysResult
 from models.steps import Step, StepLog
-from models.tree import Dir
+from models.tree import Dir, FsError
 
 MAX_SYSCALLS_PER_OP = 100_000  # a client program this long is a runaway, not a workload
 
@@ -75,9 +75,14 @@ class Trace:
         return self.ops[self.step_op[i]].syscalls[self.step_call[i]]
 
 
-def client_for(op: Op) -> Client:
+def client_for(op: Op, driver: Driver | None = None) -> Client:
     """The client program that performs one spec op."""
     a = dict(op.args)
+    if driver is not None and op.kind in driver.EXTRA_OPS:
+        made = driver.client(op.kind, a)
+        if made is None:
+            raise CrashcheckError(f"driver {driver.name} has no client for op {op.kind}")
+        return made  # type: ignore[no-any-return]
     enc: Callable[[str], bytes] = str.encode
     match op.kind:
         case "create":
@@ -110,6 +115,24 @@ def client_for(op: Op) -> Client:
     raise CrashcheckError(f"no client for op {op.kind}")
 
 
+def _raw_steps(op: Op, log: StepLog, records: list[SyscallRecord], step_op: list[int],
+               step_call: list[int]) -> int:
+    """`op = "steps"`: apply raw primitive steps; the first that fails ends the op."""
+    for step in op.arg("steps"):
+        start = len(log.steps)
+        try:
+            log.do(step)
+        except FsError as e:
+            records.append(SyscallRecord(len(records), Syscall("step", (str(step),)), SysResult(e.errno),
+                                         start, start))
+            return e.errno
+        records.append(SyscallRecord(len(records), Syscall("step", (str(step),)), SysResult(), start,
+                                     len(log.steps)))
+        step_op.append(op.index)
+        step_call.append(len(records) - 1)
+    return 0
+
+
 def make_driver(spec: Spec) -> Driver:
     return drivers()[spec.driver](spec.options)
 
@@ -127,7 +150,11 @@ def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
         before = driver.view(log.root)
         first = len(log.steps)
         records: list[SyscallRecord] = []
-        gen = client_for(op)
+        if op.kind == "steps":
+            failed = _raw_steps(op, log, records, step_op, step_call)
+            ops.append(OpRecord(op, records, first, len(log.steps), failed, before, driver.view(log.root)))
+            continue
+        gen = client_for(op, driver)
         failed = 0
         try:
             call = next(gen)

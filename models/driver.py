@@ -153,6 +153,10 @@ class Driver:
     description: ClassVar[str] = ""
     layered: ClassVar[bool] = False  # has read-only lower layers
     OPTIONS: ClassVar[dict[str, Option]] = {}
+    #: ops of this driver beyond the file-system ones: name -> (required, optional args)
+    EXTRA_OPS: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+    #: invariants that only make sense for this driver (checked when they apply)
+    INVARIANTS: ClassVar[tuple[Any, ...]] = ()
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.resolve_options(options or {})
@@ -205,6 +209,11 @@ class Driver:
 
     def recover(self, root: Dir) -> Recovery:
         return Recovery(root)
+
+    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
+        """The client program (a generator of Syscalls) for one of EXTRA_OPS; the
+        driver executes the system calls it yields, named after the op."""
+        return None
 
     def device(self, parts: Parts) -> str:
         return one_device(parts)

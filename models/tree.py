@@ -159,6 +159,27 @@ class Whiteout(Node):
         return "Whiteout()"
 
 
+class ErrorEntry(Node):
+    """A name a user can see in a directory listing but not open: lookup fails with
+    `errno` (aufs when a name and its whiteout are on one branch). Only views hold it;
+    no invariant accepts it, since no valid state shows it."""
+
+    __slots__ = ("errno",)
+    kind = "error"
+    mode = 0
+
+    def __init__(self, code: int) -> None:
+        self.errno = code
+        self.xattrs = NO_XATTRS
+        self.digest = _h(b"E" + code.to_bytes(2, "big"))
+
+    def with_xattr(self, name: str, value: bytes | None) -> ErrorEntry:
+        return self
+
+    def __repr__(self) -> str:
+        return f"ErrorEntry({_errno.errorcode.get(self.errno, self.errno)})"
+
+
 class Dir(Node):
     """A directory. `base`/`changed` record which entries differ from the directory
     this one was derived from, so a view can be updated instead of recomputed."""
@@ -353,4 +374,6 @@ def describe(node: Node | None) -> str:
         return f"dir mode {node.mode:o}"
     if isinstance(node, Symlink):
         return f"symlink -> {node.target}"
+    if isinstance(node, ErrorEntry):
+        return f"unreadable: lookup fails with {_errno.errorcode.get(node.errno, node.errno)}"
     return "whiteout (c 0/0)"

@@ -137,5 +137,5 @@ def gen_workload(
 
 
 @st.composite
-def workload(draw: st.DrawFn, max_ops: int = 6) -> dict[str, Any]:
-    return gen_workload(DrawChooser(draw), max_ops)
+def workload(draw: st.DrawFn, max_ops: int = 6, redirects: bool = True) -> dict[str, Any]:
+    return gen_workload(DrawChooser(draw), max_ops, redirects=redirects)

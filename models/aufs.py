@@ -1,0 +1,394 @@
+"""aufs (aufs-standalone) as a driver model.
+
+Branches: the read-only lower layers `lower0` (bottom) .. `lowerN-1` (top) and the
+writable branch `rw`, each its own file system. aufs keeps its bookkeeping inside the
+branches, as files with reserved names that users never see:
+
+- a whiteout is `.wh.<name>`, a hard link to the branch's `.wh..wh.aufs`;
+- an opaque directory holds `.wh..wh..opq`;
+- temporary names are `.wh..wh.<name>.<hex>`;
+- with `dirren`, a renamed directory records its old name in `.wh..wh.hinfo`.
+
+Operations are sequences of unjournaled steps with no fsync (design docs):
+
+- copy-up: parent directories first (mkdir on `rw`), then the file through a temp
+  `.wh..wh.<name>.<hex>` in the same directory: create, copy, attributes, rename;
+- unlink of a name that exists below: the whiteout first, then the file on `rw`; a crash
+  in between leaves both on one branch, and lookup fails with EIO;
+- rmdir: rename the directory to a temp name, whiteout the name if it exists below,
+  remove the children, then the directory;
+- create or mkdir over a whiteout: create (mkdir adds the opaque marker), then unlink the
+  whiteout;
+- rename of a file: rename on `rw`, then whiteout the source if it exists below, then
+  remove a whiteout left at the target; of a directory: EXDEV unless `dirren`.
+
+Recovery is nothing: aufs has no journal and no mount-time clean-up; leftover temp names
+stay hidden.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from models.driver import OK, Driver, Option, Session, Syscall, SysResult
+from models.steps import (
+    Chmod,
+    CopyData,
+    Create,
+    Fsync,
+    Link,
+    MakeSymlink,
+    Mkdir,
+    Rename,
+    Rmdir,
+    SetXattr,
+    StepLog,
+    Syncfs,
+    Truncate,
+    Unlink,
+    Write,
+)
+from models.tree import (
+    DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+    Dir,
+    ErrorEntry,
+    File,
+    FsError,
+    Node,
+    Parts,
+    Symlink,
+    Whiteout,
+    join,
+    lookup,
+    split,
+    walk,
+)
+
+RW: Parts = ("rw",)
+WH = ".wh."
+WH_BASE = ".wh..wh.aufs"
+OPAQUE = ".wh..wh..opq"
+HINFO = ".wh..wh.hinfo"
+WH_MODE = 0o444  # aufs whiteouts are read-only empty files
+
+
+def whiteout_name(name: str) -> str:
+    return WH + name
+
+
+def to_branch(tree: Dir) -> Dir:
+    """A spec layer (whiteouts as devices, opaque as an xattr) the way aufs stores it."""
+    from models.union import OPAQUE as OVL_OPAQUE
+
+    def convert(node: Dir) -> Dir:
+        entries: dict[str, Node] = {}
+        for name, child in node.entries.items():
+            if isinstance(child, Whiteout):
+                entries[whiteout_name(name)] = File(b"", WH_MODE)
+            elif isinstance(child, Dir):
+                entries[name] = convert(child)
+            else:
+                entries[name] = child
+        xattrs = tuple((k, v) for k, v in node.xattrs if k != OVL_OPAQUE)
+        if node.xattr(OVL_OPAQUE) == b"y":
+            entries[OPAQUE] = File(b"", WH_MODE)
+        return Dir(entries, node.mode, xattrs)
+
+    return convert(tree)
+
+
+class Aufs(Driver):
+    name = "aufs"
+    description = "aufs: .wh. whiteout files, copy-up through temp names, no journal"
+    layered = True
+    OPTIONS = {
+        "dirren": Option((bool,), False, "rename directories (recording the old name) instead of EXDEV"),
+    }
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        self.lower_names: list[str] = []
+        self._memo: dict[tuple[bytes, ...], Node] = {}
+
+    # -- layout and view ---------------------------------------------------------------
+
+    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+        self.lower_names = [f"lower{i}" for i in range(len(layers))]
+        entries: dict[str, Node] = {
+            n: to_branch(layer) for n, layer in zip(self.lower_names, layers, strict=True)
+        }
+        rw = to_branch(upper) if upper is not None else Dir()
+        if WH_BASE not in rw.entries:
+            rw = rw.with_child(WH_BASE, File(b"", WH_MODE))
+        entries["rw"] = rw
+        return Dir(entries)
+
+    def device(self, parts: Parts) -> str:
+        return parts[0] if parts else "rw"
+
+    def lower_devices(self) -> frozenset[str]:
+        return frozenset(self.lower_names)
+
+    def _stack(self, root: Dir) -> tuple[tuple[int, Dir], ...]:
+        """The branches, top first: rw is 0."""
+        rw = root.entries["rw"]
+        assert isinstance(rw, Dir)
+        lowers = [root.entries[n] for n in reversed(self.lower_names)]
+        return ((0, rw),) + tuple((i + 1, d) for i, d in enumerate(lowers) if isinstance(d, Dir))
+
+    def view(self, root: Dir) -> Dir:
+        merged = self._merge(self._stack(root))
+        assert isinstance(merged, Dir)
+        return merged
+
+    def _lookup(self, stack: tuple[tuple[int, Dir], ...], name: str) -> list[tuple[int, Node]] | ErrorEntry:
+        """The branches that hold `name` under a merged directory (top first)."""
+        frames: list[tuple[int, Node]] = []
+        look = name
+        for branch, d in stack:
+            has = look in d.entries
+            if has and whiteout_name(look) in d.entries:
+                return ErrorEntry(errno.EIO)
+            if has:
+                child = d.entries[look]
+                if frames and not isinstance(child, Dir):
+                    break  # a non-directory below a directory is ignored, and ends the search
+                frames.append((branch, child))
+                if not isinstance(child, Dir) or OPAQUE in child.entries:
+                    break
+                info = child.entries.get(HINFO)
+                if isinstance(info, File) and info.content:
+                    look = info.content.decode()  # dirren: lower branches hold the old name
+            if whiteout_name(look) in d.entries:
+                break
+        return frames
+
+    def _merge(self, stack: tuple[tuple[int, Dir], ...]) -> Node:
+        key = tuple(d.digest for _, d in stack) + tuple(bytes([b]) for b, _ in stack)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        top = stack[0][1]
+        names: set[str] = set()
+        for _, d in stack:
+            names.update(n for n in d.entries if not n.startswith(WH))
+        entries: dict[str, Node] = {}
+        for name in sorted(names):
+            found = self._lookup(stack, name)
+            if isinstance(found, ErrorEntry):
+                entries[name] = found
+            elif found:
+                node = found[0][1]
+                if isinstance(node, Dir):
+                    entries[name] = self._merge(tuple((b, d) for b, d in found if isinstance(d, Dir)))
+                elif isinstance(node, File):
+                    entries[name] = File(node.content, node.mode, node.xattrs)
+                else:
+                    entries[name] = node
+        merged = Dir(entries, top.mode, top.xattrs)
+        self._memo[key] = merged
+        return merged
+
+    def _frames(self, root: Dir, parts: Parts) -> list[tuple[int, Node]]:
+        """The branches holding a merged path (top first); [] when it does not exist."""
+        stack = self._stack(root)
+        frames: list[tuple[int, Node]] = [(b, d) for b, d in stack]
+        for name in parts:
+            dirs = tuple((b, d) for b, d in frames if isinstance(d, Dir))
+            if not dirs:
+                return []
+            found = self._lookup(dirs, name)
+            if isinstance(found, ErrorEntry) or not found:
+                return []
+            frames = found
+        return frames
+
+    def _in_rw(self, root: Dir, parts: Parts) -> Node | None:
+        return lookup(root, RW + parts)
+
+    def _lower_positive(self, root: Dir, parts: Parts) -> bool:
+        """Does a lower branch show this name (under the merged parent)?"""
+        parent = self._frames(root, parts[:-1]) if parts[:-1] else list(self._stack(root))
+        lowers = tuple((b, d) for b, d in parent if b > 0 and isinstance(d, Dir))
+        if not lowers:
+            return False
+        found = self._lookup(lowers, parts[-1])
+        return bool(found) and not isinstance(found, ErrorEntry)
+
+    # -- system calls ------------------------------------------------------------------
+
+    def start(self, root: Dir) -> Session:
+        return Session(root)
+
+    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        if call.name == "rename":
+            self._rename(session, log, split(call.args[0]), split(call.args[1]), call.flags)
+            return OK
+        self.check_view_syscall(log.root, call)
+        handler = getattr(self, "_sys_" + call.name, None)
+        if handler is None:
+            raise ValueError(f"aufs: unsupported syscall {call.name}")
+        handler(session, log, call)
+        return OK
+
+    def _temp(self, s: Session, parts: Parts) -> str:
+        return join(RW + parts[:-1] + (f".wh..wh.{parts[-1]}.{s.next('temp'):04x}",))
+
+    def copy_up(self, s: Session, log: StepLog, parts: Parts) -> None:
+        """Copy `parts` and its missing ancestors to rw (ancestors first)."""
+        for depth in range(1, len(parts) + 1):
+            here = parts[:depth]
+            if self._in_rw(log.root, here) is not None:
+                continue
+            frames = self._frames(log.root, here)
+            if not frames:
+                raise FsError(errno.ENOENT, join(here))
+            node = frames[0][1]
+            target = join(RW + here)
+            if isinstance(node, Dir):
+                log.do(Mkdir(target, node.mode))
+                for k, v in node.xattrs:
+                    log.do(SetXattr(target, k, v))
+                continue
+            temp = self._temp(s, here)
+            if isinstance(node, File):
+                log.do(Create(temp, node.mode, ino=s.next("ino", 1000)))
+                if node.content:
+                    src = self.lower_names[len(self.lower_names) - frames[0][0]]
+                    log.do(CopyData(join((src,) + here), temp))
+            elif isinstance(node, Symlink):
+                log.do(MakeSymlink(node.target, temp))
+            for k, v in node.xattrs:
+                log.do(SetXattr(temp, k, v))
+            log.do(Rename(temp, target))
+
+    def _whiteout(self, log: StepLog, parts: Parts) -> None:
+        log.do(Link(join(RW + (WH_BASE,)), join(RW + parts[:-1] + (whiteout_name(parts[-1]),))))
+
+    def _drop_whiteout(self, log: StepLog, parts: Parts) -> None:
+        wh = RW + parts[:-1] + (whiteout_name(parts[-1]),)
+        if lookup(log.root, wh) is not None:
+            log.do(Unlink(join(wh)))
+
+    def _add(self, s: Session, log: StepLog, parts: Parts, make: object, is_dir: bool = False) -> None:
+        """Create an entry on rw (copying the parent up), then the opaque marker for a
+        directory over a whiteout, then remove the whiteout (the add_simple epilogue)."""
+        self.copy_up(s, log, parts[:-1])
+        over_whiteout = lookup(log.root, RW + parts[:-1] + (whiteout_name(parts[-1]),)) is not None
+        log.do(make)  # type: ignore[arg-type]
+        if is_dir and over_whiteout:
+            log.do(Create(join(RW + parts + (OPAQUE,)), WH_MODE, ino=s.next("ino", 1000)))
+        self._drop_whiteout(log, parts)
+
+    def _sys_create(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        mode = call.args[1] if len(call.args) > 1 else DEFAULT_FILE_MODE
+        self._add(s, log, parts, Create(join(RW + parts), mode, ino=s.next("ino", 1000)))
+
+    def _sys_mkdir(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        mode = call.args[1] if len(call.args) > 1 else DEFAULT_DIR_MODE
+        self._add(s, log, parts, Mkdir(join(RW + parts), mode), is_dir=True)
+
+    def _sys_symlink(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[1])
+        self._add(s, log, parts, MakeSymlink(call.args[0], join(RW + parts)))
+
+    def _sys_link(self, s: Session, log: StepLog, call: Syscall) -> None:
+        old, new = split(call.args[0]), split(call.args[1])
+        self.copy_up(s, log, old)
+        self._add(s, log, new, Link(join(RW + old), join(RW + new), ino=s.next("ino", 1000)))
+
+    def _sys_write(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Write(join(RW + parts), call.args[1], 0, replace=True))
+
+    def _sys_append(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        node = lookup(log.root, RW + parts)
+        assert isinstance(node, File)
+        log.do(Write(join(RW + parts), call.args[1], len(node.content)))
+
+    def _sys_truncate(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Truncate(join(RW + parts), call.args[1]))
+
+    def _sys_chmod(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(Chmod(join(RW + parts), call.args[1]))
+
+    def _sys_setxattr(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        self.copy_up(s, log, parts)
+        log.do(SetXattr(join(RW + parts), call.args[1], call.args[2]))
+
+    def _sys_utimens(self, s: Session, log: StepLog, call: Syscall) -> None:
+        self.copy_up(s, log, split(call.args[0]))
+
+    _sys_chown = _sys_utimens
+
+    def _sys_fsync(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        if self._in_rw(log.root, parts) is not None:
+            log.do(Fsync(join(RW + parts)))
+
+    def _sys_sync(self, s: Session, log: StepLog, call: Syscall) -> None:
+        log.do(Syncfs("rw"))
+
+    def _sys_unlink(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        below = self._lower_positive(log.root, parts)
+        self.copy_up(s, log, parts[:-1])
+        if below:
+            self._whiteout(log, parts)  # first the whiteout...
+        if self._in_rw(log.root, parts) is not None:
+            log.do(Unlink(join(RW + parts)))  # ...then the file: EIO in between
+
+    def _sys_rmdir(self, s: Session, log: StepLog, call: Syscall) -> None:
+        parts = split(call.args[0])
+        below = self._lower_positive(log.root, parts)
+        self.copy_up(s, log, parts[:-1])
+        node = self._in_rw(log.root, parts)
+        temp = None
+        if isinstance(node, Dir):
+            temp = self._temp(s, parts)
+            log.do(Rename(join(RW + parts), temp))  # au_whtmp_ren
+        if below:
+            self._whiteout(log, parts)
+        if temp is not None:
+            tree = lookup(log.root, split(temp))
+            assert isinstance(tree, Dir)
+            for sub, child in sorted(walk(tree, split(temp)), key=lambda pc: -len(pc[0])):
+                if sub == split(temp):
+                    continue
+                log.do(Rmdir(join(sub)) if isinstance(child, Dir) else Unlink(join(sub)))
+            log.do(Rmdir(temp))
+
+    def _rename(self, s: Session, log: StepLog, old: Parts, new: Parts, flags: str) -> None:
+        self.check_rename_vfs(log.root, old, new, flags)
+        if old == new:
+            return
+        src = self.view_lookup(log.root, old)
+        if isinstance(src, Dir) and not self.options["dirren"]:
+            raise FsError(errno.EXDEV, join(old))
+        self.check_rename_target_empty(log.root, new, flags)
+        below = self._lower_positive(log.root, old)
+        self.copy_up(s, log, old)
+        self.copy_up(s, log, new[:-1])
+        dst = self._in_rw(log.root, new)
+        if isinstance(dst, Dir):
+            log.do(Rmdir(join(RW + new))) if not dst.entries else None
+        log.do(Rename(join(RW + old), join(RW + new)))
+        if isinstance(src, Dir) and below:
+            info = join(RW + new + (HINFO,))
+            if lookup(log.root, split(info)) is None:
+                log.do(Create(info, WH_MODE, ino=s.next("ino", 1000)))
+                log.do(Write(info, old[-1].encode(), 0, replace=True))
+        if below:
+            self._whiteout(log, old)  # the source shows again until this whiteout exists
+        self._drop_whiteout(log, new)
