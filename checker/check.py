@@ -59,8 +59,18 @@ class Result(Verdict):
     confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
     fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
 
+    @property
+    def accounting(self) -> dict[str, Any] | None:
+        """The driver's figures for this workload (storage before and after a squash)."""
+        return self.trace.driver.accounting(self.trace)
+
     def to_json(self) -> dict[str, object]:
         """The contract shape of DESIGN section 7 (no timings: output is reproducible)."""
+        extra: dict[str, object] = {}
+        if self.fix is not None:
+            extra["fix"] = [f.to_json() for f in self.fix]
+        if self.accounting is not None:
+            extra["accounting"] = self.accounting
         return {
             "file": self.spec.file,
             "name": self.spec.name,
@@ -76,7 +86,7 @@ class Result(Verdict):
             "bounded": self.bounded,
             "invariants": list(self.invariants),
             "violations": [self._violation_json(i, v) for i, v in enumerate(self.violations)],
-        } | ({"fix": [f.to_json() for f in self.fix]} if self.fix is not None else {})
+        } | extra
 
     def _violation_json(self, i: int, v: Violation) -> dict[str, object]:
         doc = v.to_json()

@@ -61,7 +61,7 @@ def _confirm_one(
     result: Result, v: Violation, ws: kernel.Workspace, cache: dict[bytes, KernelCrash], release: str
 ) -> Confirmation:
     invariant = INVARIANTS[v.invariant]
-    if invariant.trace_level:
+    if not invariant.crash_level:
         return Confirmation(
             "unavailable", release, f"{v.invariant} is a property of the steps, not of a crash state"
         )

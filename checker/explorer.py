@@ -144,7 +144,7 @@ class Context:
             self.trace, self.trace.op_record(op), rec, view, self.trace.driver, self.recover,
             prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
         )
-        out = [(inv.name, f) for inv in self.invariants if not inv.trace_level for f in inv.check(ctx)]
+        out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]
         self.findings[key] = out
         return op, out
 
@@ -198,7 +198,8 @@ def trace_level_violations(ctx: Context) -> list[Violation]:
         if inv.trace_level:
             for step, f in inv.check_trace(ctx.trace):
                 op = ctx.trace.step_op[step]
-                out.append(Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths))
+                out.append(Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths,
+                                     CrashState(step + 1)))
     return out
 
 

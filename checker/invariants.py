@@ -47,7 +47,8 @@ class CrashContext:
 class Invariant:
     name = ""
     description = ""
-    trace_level = False
+    trace_level = False  # looks at the trace itself (check_trace)
+    crash_level = True  # looks at each crash state (check)
 
     def applies(self, spec: Spec) -> bool:
         return True
@@ -277,6 +278,7 @@ class LowerImmutable(Invariant):
     name = "lower-immutable"
     description = "no step writes to a lower layer (image layers are shared and read-only)"
     trace_level = True
+    crash_level = False
 
     def applies(self, spec: Spec) -> bool:
         from models import drivers
@@ -356,6 +358,40 @@ class Recoverable(Invariant):
         return []
 
 
+class ViewPreserved(Invariant):
+    name = "view-preserved"
+    description = (
+        "an op that must not change what users see (a squash) leaves the view exactly as "
+        "it was, when it completes and after any crash during it"
+    )
+    trace_level = True  # checks completed ops here, and crash states in `check`
+
+    def applies(self, spec: Spec) -> bool:
+        from models import drivers
+
+        preserving = drivers()[spec.driver].VIEW_PRESERVING_OPS
+        return any(op.kind in preserving for op in spec.ops)
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.view is None or ctx.op.op.kind not in ctx.driver.VIEW_PRESERVING_OPS or ctx.op.errno:
+            return []
+        return self._differs(ctx.op, ctx.view, "after recovery")
+
+    def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
+        out = []
+        for op in trace.ops:
+            if op.op.kind in trace.driver.VIEW_PRESERVING_OPS and not op.errno:
+                found = self._differs(op, op.after, "once it completes")
+                out.extend((max(op.end_step - 1, 0), f) for f in found)
+        return out
+
+    def _differs(self, op: OpRecord, view: Dir, when: str) -> list[Finding]:
+        if view.digest == op.before.digest:
+            return []
+        changed = views.diff(op.before, view, limit=MAX_PATHS)
+        return [Finding(f"`{op.text}` changed the view {when}: {_list(changed)} differ", tuple(changed))]
+
+
 def _list(paths: list[str]) -> str:
     if not paths:
         return "nothing"
@@ -365,7 +401,10 @@ def _list(paths: list[str]) -> str:
 
 INVARIANTS: dict[str, Invariant] = {
     inv.name: inv
-    for inv in (Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability())
+    for inv in (
+        Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability(),
+        ViewPreserved(),
+    )
 }
 
 

@@ -446,7 +446,7 @@ class RealRun:
         out = []
         for inv in selected(self.spec):
             findings: list[Finding]
-            if inv.trace_level:
+            if not inv.crash_level:
                 changed = self.lowers_digest(t) != self.lower_digest
                 findings = [Finding("a lower layer changed on disk", ())] if changed else []
             else:

@@ -55,12 +55,32 @@ def summary_line(r: Result) -> str:
         scope += f" [engine {r.engine}]"
     if r.bounded:
         scope += f" [bounded: {r.why}]"
-    return (
+    line = (
         f"{mark} {verdict:<9} {r.spec.file}: {r.spec.name}\n"
         f"     {r.spec.driver}/{r.persistence}: {r.steps} steps, {r.crash_states} crash states "
         f"({r.unique_states} unique), {len(r.violations)} violations{inv}; "
         f"expected {expected}; {r.seconds:.2f}s{scope}"
     )
+    return line + "".join(f"\n     {text}" for text in accounting_lines(r.accounting))
+
+
+def accounting_lines(figures: dict[str, object] | None) -> list[str]:
+    """Storage before and after (the squash driver's accounting), one line each."""
+    if not figures:
+        return []
+    lines = []
+    for when in ("before", "after"):
+        f = figures.get(when)
+        if not isinstance(f, dict):
+            continue
+        images = ", ".join(
+            f"{name} {e['layers']} layer(s) {e['bytes']} B" for name, e in f["images"].items()
+        )
+        lines.append(
+            f"storage {when + ':':<7} {f['layers']} layers, {f['stored']} bytes stored, "
+            f"{f['transfer']} bytes to transfer ({images})"
+        )
+    return lines
 
 
 def violation_report(r: Result, verbose: bool = False) -> list[str]:

@@ -188,7 +188,7 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
     if not isinstance(options, dict):
         raise SpecError(file, "must be a table", "options")
     try:
-        known[driver].resolve_options(options)
+        resolved = known[driver].resolve_options(options)
     except OptionError as e:
         raise SpecError(file, str(e), "options") from None
 
@@ -203,6 +203,9 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
         upper = build_tree(data["upper"], file, "upper")
 
     ops = _parse_ops(data, file, known[driver].EXTRA_OPS)
+    wrong = known[driver].check_workload(resolved, layers, upper, ops)
+    if wrong:
+        raise SpecError(file, wrong)
     check = _parse_check(data, file)
     expect = _parse_expect(data, file)
     block_size = data.get("block_size", DEFAULT_BLOCK_SIZE)

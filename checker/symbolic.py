@@ -741,7 +741,7 @@ def solve(ctx: Context, budget: Budget) -> Exploration:
         raise UsageError(f"{ctx.spec.file}: --engine symbolic: {reason} (use --engine enumerate)")
     started = time.monotonic()
     violations = trace_level_violations(ctx)
-    names = {inv.name for inv in ctx.invariants if not inv.trace_level}
+    names = {inv.name for inv in ctx.invariants if inv.crash_level}
     supported = names & {"atomicity", "no-dual-existence", "no-loss", "durability"}
     if not ctx.trace.ops or not supported:
         return Exploration(0, 0, violations)
@@ -816,7 +816,7 @@ def violation_formula(ctx: Context) -> tuple[Encoding, z3.BoolRef]:
     """The encoding and the disjunction of the violation formulas (for tests)."""
     enc = Encoding(ctx)
     inv = Invariants(enc, viewer_for(enc))
-    names = {i.name for i in ctx.invariants if not i.trace_level}
+    names = {i.name for i in ctx.invariants if i.crash_level}
     formulas = inv.violation(
         names & {"atomicity", "no-dual-existence", "no-loss", "durability"}, ctx.persistence.name != "prefix"
     )

@@ -140,6 +140,7 @@ def make_driver(spec: Spec) -> Driver:
 def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
     """Run the workload once on the driver model and record everything."""
     driver = driver or make_driver(spec)
+    driver.plan(spec.ops)
     initial = driver.mount(list(spec.layers), spec.upper)
     session = driver.start(initial)
     log = StepLog(initial, driver.device)

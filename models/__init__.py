@@ -20,6 +20,7 @@ from models.aufs import Aufs
 from models.driver import Driver
 from models.overlayfs import OverlayFS
 from models.plain import Plain
+from models.squash import Squash
 
 ENTRY_POINT_GROUP = "crashcheck.drivers"
 
@@ -27,6 +28,7 @@ BUILTIN_DRIVERS: dict[str, type[Driver]] = {
     OverlayFS.name: OverlayFS,
     Plain.name: Plain,
     Aufs.name: Aufs,
+    Squash.name: Squash,
 }
 
 

@@ -17,7 +17,7 @@ Drivers know nothing of crashes; the checker never looks inside a driver.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -157,6 +157,8 @@ class Driver:
     EXTRA_OPS: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     #: invariants that only make sense for this driver (checked when they apply)
     INVARIANTS: ClassVar[tuple[Any, ...]] = ()
+    #: ops that must leave the view exactly as it was (checked by `view-preserved`)
+    VIEW_PRESERVING_OPS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.resolve_options(options or {})
@@ -181,7 +183,19 @@ class Driver:
             resolved[key] = opt.normalize(value) if opt.normalize else value
         return resolved
 
+    @classmethod
+    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
+                       ops: Sequence[Any]) -> str | None:
+        """What is wrong with a spec's layers, upper layer and ops for this driver (one
+        line, reported as a spec error), or None."""
+        return None
+
     # -- to implement ----------------------------------------------------------------
+
+    def plan(self, ops: Sequence[Any]) -> None:
+        """Called with the spec's ops before `mount`: a driver whose initial state
+        depends on the workload (an image a `pull` op will fetch is not there yet)
+        looks here."""
 
     def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
         raise NotImplementedError
@@ -213,6 +227,10 @@ class Driver:
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
         """The client program (a generator of Syscalls) for one of EXTRA_OPS; the
         driver executes the system calls it yields, named after the op."""
+        return None
+
+    def accounting(self, trace: Any) -> dict[str, Any] | None:
+        """Figures the report adds for this driver (e.g. storage before and after), or None."""
         return None
 
     def device(self, parts: Parts) -> str:

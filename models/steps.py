@@ -605,3 +605,8 @@ class StepLog:
         self.steps.append(step)
         self.states.append(self.root)
         return self.root
+
+    def do_all(self, steps: list[Step]) -> Dir:
+        for step in steps:
+            self.do(step)
+        return self.root

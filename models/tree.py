@@ -164,14 +164,15 @@ class ErrorEntry(Node):
     `errno` (aufs when a name and its whiteout are on one branch). Only views hold it;
     no invariant accepts it, since no valid state shows it."""
 
-    __slots__ = ("errno",)
+    __slots__ = ("errno", "reason")
     kind = "error"
     mode = 0
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, reason: str = "") -> None:
         self.errno = code
+        self.reason = reason  # what the driver says, e.g. "layer sha256:... does not exist"
         self.xattrs = NO_XATTRS
-        self.digest = _h(b"E" + code.to_bytes(2, "big"))
+        self.digest = _h(b"E" + code.to_bytes(2, "big") + reason.encode())
 
     def with_xattr(self, name: str, value: bytes | None) -> ErrorEntry:
         return self
@@ -375,5 +376,6 @@ def describe(node: Node | None) -> str:
     if isinstance(node, Symlink):
         return f"symlink -> {node.target}"
     if isinstance(node, ErrorEntry):
-        return f"unreadable: lookup fails with {_errno.errorcode.get(node.errno, node.errno)}"
+        text = f"unreadable: lookup fails with {_errno.errorcode.get(node.errno, node.errno)}"
+        return f"{text} ({node.reason})" if node.reason else text
     return "whiteout (c 0/0)"
