@@ -392,6 +392,99 @@ class ViewPreserved(Invariant):
         return [Finding(f"`{op.text}` changed the view {when}: {_list(changed)} differ", tuple(changed))]
 
 
+def _driver_has(spec: Spec, hook: str) -> bool:
+    from models import drivers
+
+    return hasattr(drivers()[spec.driver], hook)
+
+
+class _StoreInvariant(Invariant):
+    """Checks the backing store after recovery through a driver hook that lists
+    (path, problem) pairs."""
+
+    hook = ""
+    what = ""
+
+    def applies(self, spec: Spec) -> bool:
+        return _driver_has(spec, self.hook)
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        rec = ctx.recovery
+        if rec.refused or rec.root is None:
+            return []
+        found = getattr(ctx.driver, self.hook)(rec.root)
+        if not found:
+            return []
+        shown = "; ".join(problem for _, problem in found[:MAX_PATHS])
+        more = f" and {len(found) - MAX_PATHS} more" if len(found) > MAX_PATHS else ""
+        return [Finding(f"{self.what}: {shown}{more}", tuple(p for p, _ in found[:MAX_PATHS]))]
+
+
+class LayerStoreConsistent(_StoreInvariant):
+    name = "layer-store-consistent"
+    description = (
+        "after recovery every registered layer, container mount and image resolves to "
+        "complete data: cache-id, diff, link, lower and l/ symlink resolve, contents match"
+    )
+    hook = "store_problems"
+    what = "the layer store is inconsistent"
+
+
+class NoLayerLeak(_StoreInvariant):
+    name = "no-layer-leak"
+    description = (
+        "after recovery nothing is left that no layer, container or image uses and nothing "
+        "will remove (orphan layer dirs, dangling l/ links, temp write sets)"
+    )
+    hook = "store_leaks"
+    what = "storage leaked"
+
+
+class SnapshotIsolation(Invariant):
+    name = "snapshot-isolation"
+    description = (
+        "an op on one container or image (device) never changes what another one shows, "
+        "when it completes and after any crash during it"
+    )
+    trace_level = True
+
+    def applies(self, spec: Spec) -> bool:
+        return _driver_has(spec, "op_scope")
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.view is None:
+            return []
+        return self._others_changed(ctx.driver.op_scope(ctx.op.op), ctx.op, ctx.view, "after recovery")
+
+    def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
+        out = []
+        for op in trace.ops:
+            found = self._others_changed(trace.driver.op_scope(op.op), op, op.after, "once it completes")
+            out.extend((max(op.end_step - 1, 0), f) for f in found)
+        return out
+
+    def _others_changed(self, scope: tuple[str, ...], op: OpRecord, view: Dir, when: str) -> list[Finding]:
+        changed = []
+        for group in sorted(set(op.before.entries) | set(view.entries)):
+            old, new = op.before.entries.get(group), view.entries.get(group)
+            for name in sorted(set(_entries(old)) | set(_entries(new))):
+                path = f"{group}/{name}"
+                if path in scope:
+                    continue
+                a = old.entries.get(name) if isinstance(old, Dir) else None
+                b = new.entries.get(name) if isinstance(new, Dir) else None
+                if (a.digest if a else None) != (b.digest if b else None):
+                    changed.append(path)
+        if not changed:
+            return []
+        message = f"`{op.text}` changed {_list(changed)} {when}, outside what it works on"
+        return [Finding(message, tuple(changed))]
+
+
+def _entries(node: object) -> dict[str, object]:
+    return node.entries if isinstance(node, Dir) else {}  # type: ignore[return-value]
+
+
 def _list(paths: list[str]) -> str:
     if not paths:
         return "nothing"
@@ -403,7 +496,7 @@ INVARIANTS: dict[str, Invariant] = {
     inv.name: inv
     for inv in (
         Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability(),
-        ViewPreserved(),
+        ViewPreserved(), LayerStoreConsistent(), NoLayerLeak(), SnapshotIsolation(),
     )
 }
 

@@ -62,6 +62,7 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 PATH_ARGS = ("path", "src", "dst")
 TEXT_ARGS = ("data", "value", "name", "target")
 INT_ARGS = ("size", "mode", "from_layer")
+NAME_ARGS = ("image", "container")
 #: `op = "steps"`: raw primitive steps on the backing store ("what if the driver did this")
 STEPS_OP = (("steps",), ())
 
@@ -381,6 +382,8 @@ def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
         raise SpecError(file, "must be a string", key)
     if arg == "target" and not value:
         raise SpecError(file, "must not be empty", key)
+    if arg in NAME_ARGS and (not value or "/" in value or value.startswith(".")):
+        raise SpecError(file, f"{value!r} is not a {arg} name (no '/', not empty, no leading '.')", key)
     return value
 
 

@@ -155,8 +155,6 @@ class Driver:
     OPTIONS: ClassVar[dict[str, Option]] = {}
     #: ops of this driver beyond the file-system ones: name -> (required, optional args)
     EXTRA_OPS: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
-    #: invariants that only make sense for this driver (checked when they apply)
-    INVARIANTS: ClassVar[tuple[Any, ...]] = ()
     #: ops that must leave the view exactly as it was (checked by `view-preserved`)
     VIEW_PRESERVING_OPS: ClassVar[tuple[str, ...]] = ()
 

@@ -20,3 +20,16 @@ def make_spec(text: str, file: str = "<test>") -> Spec:
 @pytest.fixture
 def spec_text():
     return make_spec
+
+
+def suite_counts(directory: Path) -> dict[str, tuple[int, int, list[str]]]:
+    """(steps, crash states, violated invariants) of each built-in spec in a directory,
+    checking on the way that each meets its expectation."""
+    from checker import check, load_spec
+
+    counts = {}
+    for path in sorted(directory.glob("*.toml")):
+        r = check(load_spec(path))
+        assert r.ok, path.name
+        counts[path.stem] = (r.steps, r.crash_states, r.violated)
+    return counts

@@ -9,7 +9,7 @@ from checker.explorer import context_for
 from checker.persistence import CrashState
 from checker.trace import build_trace
 from models.tree import ErrorEntry
-from tests.conftest import ROOT, make_spec
+from tests.conftest import ROOT, make_spec, suite_counts
 
 HEAD = 'name = "t"\ndriver = "aufs"\n'
 
@@ -99,12 +99,7 @@ def test_a_name_and_its_whiteout_on_one_branch_look_up_as_eio():
 
 
 def test_builtin_aufs_specs_exact_counts():
-    counts = {}
-    for path in sorted((ROOT / "specs/aufs").glob("*.toml")):
-        r = check(load_spec(path))
-        assert r.ok, path.name
-        counts[path.stem] = (r.steps, r.crash_states, sorted({v.invariant for v in r.violations}))
-    assert counts == {
+    assert suite_counts(ROOT / "specs/aufs") == {
         "copy-up-through-temp": (5, 6, []),
         "create-over-whiteout": (2, 3, ["atomicity"]),
         "mkdir-over-whiteout": (3, 4, ["atomicity"]),

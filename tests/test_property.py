@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from checker import views
 from checker.spec import parse_spec
 from checker.trace import build_trace
-from models.tree import Dir, Whiteout
+from models.tree import Dir, Whiteout, split
+from models.union import Union
 from tests.strategies import workload
 
 
@@ -24,8 +25,15 @@ def stray_whiteouts(trace) -> bool:
     """A whiteout in a directory that overlayfs iterates as a plain directory (one layer,
     not merged, no origin): readdir lists it and rmdir refuses, which plain cannot show.
     Overlayfs never makes such a state itself; hand-made layers can."""
-    union = trace.driver.union
+    return _stray(trace.driver.union, trace.initial.entries["upper"])
 
+
+def _stray_container_whiteouts(trace) -> bool:
+    upper, lowers = trace.driver._container_layers(trace.initial, "app")
+    return _stray(Union([(node, split(path)) for path, node in lowers]), upper)
+
+
+def _stray(union, upper) -> bool:
     def visit(entry) -> bool:
         top = entry.stack[0].node
         if not isinstance(top, Dir):
@@ -36,14 +44,50 @@ def stray_whiteouts(trace) -> bool:
             return True
         return any(visit(c) for c in (union.lookup(entry, n) for n in union.names(entry)) if c.exists)
 
-    return visit(union.root(trace.initial.entries["upper"]))
+    return visit(union.root(upper))
 
 
 def traces(spec_table):
     over = parse_spec(spec_table)
     plain_table = copy.deepcopy(spec_table)
     plain_table["driver"] = "plain"
+    plain_table["options"] = {}
+    if spec_table["driver"] == "docker-overlay2":
+        plain_table = _plain_twin_of_container(plain_table)
     return build_trace(over), build_trace(parse_spec(plain_table))
+
+
+CONTAINER = "containers/app/"
+
+
+def _in_container(table):
+    """A workload on container `app` of docker-overlay2: the same ops with paths in it."""
+    table = copy.deepcopy(table)
+    table["driver"] = "docker-overlay2"
+    for op in table["ops"]:
+        for key in ("path", "src", "dst"):
+            if key in op:
+                op[key] = CONTAINER + op[key]
+    return table
+
+
+def _plain_twin_of_container(table):
+    """What the container shows as one plain file system: the image layers, the init
+    layer's files, then the container layer; op paths back to container-relative."""
+    table["layers"] = table["layers"] + [{
+        ".dockerenv": {"type": "file", "content": "", "mode": 0o755},
+        "etc/hostname": "", "etc/hosts": "", "etc/resolv.conf": "",
+    }]
+    for op in table["ops"]:
+        for key in ("path", "src", "dst"):
+            if key in op:
+                op[key] = op[key].removeprefix(CONTAINER)
+    return table
+
+
+def container_view(view):
+    """The container's file system inside a docker-overlay2 view."""
+    return views.at(view, "containers/app")
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,
@@ -63,9 +107,18 @@ def test_aufs_view_equals_plain_view_after_every_op(table):
     same_view_as_plain(table)
 
 
-def same_view_as_plain(table):
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(workload(redirects=False))
+def test_docker_container_view_equals_plain_view_after_every_op(table):
+    same_view_as_plain(_in_container(table), view_of=container_view, src_prefix=CONTAINER)
+
+
+def same_view_as_plain(table, view_of=lambda v: v, src_prefix=""):
     over, plain = traces(table)
     assume(table["driver"] != "overlayfs" or not stray_whiteouts(over))
+    if table["driver"] == "docker-overlay2":
+        assume(not _stray_container_whiteouts(over))
     # A rename that overlayfs refuses with EXDEV is what mv is for: replace and re-run.
     for _ in range(len(table["ops"])):
         refused = [o for o in over.ops if o.op.kind == "rename" and o.errno == errno.EXDEV]
@@ -74,14 +127,14 @@ def same_view_as_plain(table):
         first = refused[0].index
         # overlayfs checks EXDEV before the emptiness of the target (ovl_rename).
         assert plain.ops[first].errno in (0, errno.ENOTEMPTY), "EXDEV where plain's rename works"
-        src = views.at(over.ops[first].before, table["ops"][first]["src"])
+        src = views.at(view_of(over.ops[first].before), table["ops"][first]["src"].removeprefix(src_prefix))
         assert src is not None and src.kind == "dir", "EXDEV only for directories"
         table["ops"][first]["op"] = "mv"
         over, plain = traces(table)
-    assert over.ops[0].before.digest == plain.ops[0].before.digest
+    assert view_of(over.ops[0].before).digest == plain.ops[0].before.digest
     for o, p in zip(over.ops, plain.ops, strict=True):
         if o.op.kind in ("mv", "rm", "cp"):  # programs: success or failure, like exit codes
             assert (o.errno == 0) == (p.errno == 0), (o.text, o.errno, p.errno)
         else:
             assert o.errno == p.errno, (o.text, o.errno, p.errno)
-        assert o.after.digest == p.after.digest, (o.text, views.diff(o.after, p.after))
+        assert view_of(o.after).digest == p.after.digest, (o.text, views.diff(view_of(o.after), p.after))

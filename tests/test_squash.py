@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from checker import check, load_spec
 from checker.spec import parse_spec
 from checker.trace import build_trace
-from tests.conftest import ROOT, make_spec
+from tests.conftest import ROOT, make_spec, suite_counts
 from tests.strategies import LOWER_KINDS, MIDDLE_KINDS, DrawChooser, gen_layer
 
 SPECS = ROOT / "specs/squash"
@@ -52,12 +52,7 @@ def test_opaque_directory_stays_opaque_over_the_kept_base():
 
 
 def test_builtin_squash_specs_exact_counts_and_violations():
-    counts = {}
-    for path in sorted(SPECS.glob("*.toml")):
-        r = check(load_spec(path))
-        assert r.ok, path.name
-        counts[path.stem] = (r.steps, r.crash_states, r.violated)
-    assert counts == {
+    assert suite_counts(SPECS) == {
         "build-squash-keeps-base-whiteouts": (18, 19, []),
         "export-import-applies-whiteouts": (24, 25, []),
         "fsync-ordered-metadata": (14, 15, []),
