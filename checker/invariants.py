@@ -378,12 +378,9 @@ class ViewPreserved(Invariant):
         return self._differs(ctx.op, ctx.view, "after recovery")
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        out = []
-        for op in trace.ops:
-            if op.op.kind in trace.driver.VIEW_PRESERVING_OPS and not op.errno:
-                found = self._differs(op, op.after, "once it completes")
-                out.extend((max(op.end_step - 1, 0), f) for f in found)
-        return out
+        preserving = trace.driver.VIEW_PRESERVING_OPS
+        return _at_op_ends(trace, lambda op: self._differs(op, op.after, "once it completes") if (
+            op.op.kind in preserving and not op.errno) else [])
 
     def _differs(self, op: OpRecord, view: Dir, when: str) -> list[Finding]:
         if view.digest == op.before.digest:
@@ -412,12 +409,7 @@ class _StoreInvariant(Invariant):
         rec = ctx.recovery
         if rec.refused or rec.root is None:
             return []
-        found = getattr(ctx.driver, self.hook)(rec.root)
-        if not found:
-            return []
-        shown = "; ".join(problem for _, problem in found[:MAX_PATHS])
-        more = f" and {len(found) - MAX_PATHS} more" if len(found) > MAX_PATHS else ""
-        return [Finding(f"{self.what}: {shown}{more}", tuple(p for p, _ in found[:MAX_PATHS]))]
+        return _problems(self.what, getattr(ctx.driver, self.hook)(rec.root))
 
 
 class LayerStoreConsistent(_StoreInvariant):
@@ -457,11 +449,9 @@ class SnapshotIsolation(Invariant):
         return self._others_changed(ctx.driver.op_scope(ctx.op.op), ctx.op, ctx.view, "after recovery")
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        out = []
-        for op in trace.ops:
-            found = self._others_changed(trace.driver.op_scope(op.op), op, op.after, "once it completes")
-            out.extend((max(op.end_step - 1, 0), f) for f in found)
-        return out
+        scope = trace.driver.op_scope
+        done = "once it completes"
+        return _at_op_ends(trace, lambda op: self._others_changed(scope(op.op), op, op.after, done))
 
     def _others_changed(self, scope: tuple[str, ...], op: OpRecord, view: Dir, when: str) -> list[Finding]:
         changed = []
@@ -485,6 +475,45 @@ def _entries(node: object) -> dict[str, object]:
     return node.entries if isinstance(node, Dir) else {}  # type: ignore[return-value]
 
 
+class NoSpaceLeak(Invariant):
+    name = "no-space-leak"
+    description = (
+        "removing what was created returns the pool to its previous usage: after each op "
+        "and after recovery, no thin device Docker does not know, no allocated block no "
+        "device maps, and (after an op) no mapped block its file system does not use"
+    )
+    trace_level = True
+
+    def applies(self, spec: Spec) -> bool:
+        return _driver_has(spec, "space_leaks")
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        if ctx.recovery.root is None:
+            return []
+        found = ctx.driver.space_leaks(ctx.recovery.root, completed=False)
+        return _problems("pool space leaked after recovery", found)
+
+    def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
+        leaks = trace.driver.space_leaks
+        return _at_op_ends(trace, lambda op: _problems(
+            f"pool space leaked after `{op.text}`", leaks(trace.states[op.end_step], completed=True)
+        ))
+
+
+def _at_op_ends(trace: Trace, findings_of: Callable[[OpRecord], list[Finding]]) -> list[tuple[int, Finding]]:
+    """Trace-level findings about each completed op, placed at its last step."""
+    return [(max(op.end_step - 1, 0), f) for op in trace.ops for f in findings_of(op)]
+
+
+def _problems(what: str, found: list[tuple[str, str]]) -> list[Finding]:
+    """One finding listing a driver's (path, problem) pairs, or none."""
+    if not found:
+        return []
+    shown = "; ".join(problem for _, problem in found[:MAX_PATHS])
+    more = f" and {len(found) - MAX_PATHS} more" if len(found) > MAX_PATHS else ""
+    return [Finding(f"{what}: {shown}{more}", tuple(p for p, _ in found[:MAX_PATHS]))]
+
+
 def _list(paths: list[str]) -> str:
     if not paths:
         return "nothing"
@@ -496,7 +525,7 @@ INVARIANTS: dict[str, Invariant] = {
     inv.name: inv
     for inv in (
         Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability(),
-        ViewPreserved(), LayerStoreConsistent(), NoLayerLeak(), SnapshotIsolation(),
+        ViewPreserved(), LayerStoreConsistent(), NoLayerLeak(), SnapshotIsolation(), NoSpaceLeak(),
     )
 }
 

@@ -392,6 +392,9 @@ def _steps(value: Any, file: str, key: str) -> tuple[Any, ...]:
     import dataclasses
 
     from models.steps import STEP_TYPES
+    from models.thinpool import BLOCK_STEP_TYPES
+
+    STEP_TYPES = STEP_TYPES | BLOCK_STEP_TYPES  # noqa: N806
 
     if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
         raise SpecError(file, "must be a non-empty array of tables, each with 'step'", key)

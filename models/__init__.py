@@ -17,6 +17,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 
 from models.aufs import Aufs
+from models.devicemapper import DeviceMapper
 from models.docker_overlay2 import DockerOverlay2
 from models.driver import Driver
 from models.overlayfs import OverlayFS
@@ -31,6 +32,7 @@ BUILTIN_DRIVERS: dict[str, type[Driver]] = {
     Aufs.name: Aufs,
     Squash.name: Squash,
     DockerOverlay2.name: DockerOverlay2,
+    DeviceMapper.name: DeviceMapper,
 }
 
 

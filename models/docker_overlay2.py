@@ -53,7 +53,8 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-from models.driver import PATH_ARGS, Driver, Option, Recovery, Session, Syscall, SysResult, fail
+from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.driver import Driver, Option, Recovery, Session, Syscall, SysResult, fail
 from models.layers import build_steps, stored_bytes
 from models.overlayfs import OverlayFS
 from models.relocate import RelocatedLog
@@ -83,8 +84,6 @@ IMAGEDB = "image/overlay2/imagedb/content/sha256"
 REMOVING = "-removing"
 DEFAULT_IMAGE = "image"
 DEFAULT_CONTAINER = "app"
-CONTAINERS_VIEW = "containers"
-IMAGES_VIEW = "images"
 DOCKER_OPS = ("pull", "run", "commit", "rm-container", "rmi")
 #: the part of moby's setupInitLayer that is modelled: files every container gets
 INIT_LAYER = Dir({
@@ -282,29 +281,12 @@ class DockerOverlay2(Driver):
             if call.name == "sync":
                 log.do(Syncfs(""))
                 return SysResult()
-            container, inner_call = self._route(call)
+            container, inner_call = route(call)
             inner = self._inner(session, log.root, container)
             places = session.cache[("places", container)]
             return inner.execute(session.cache[("session", container)], inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
         except FsError as e:
             return fail(e.errno)
-
-    def _route(self, call: Syscall) -> tuple[str, Syscall]:
-        """The container a call addresses and the call with container-relative paths."""
-        args = list(call.args)
-        container = None
-        for index, _ in PATH_ARGS.get(call.name, ()):
-            parts = split(args[index])
-            if len(parts) < 2 or parts[0] != CONTAINERS_VIEW:
-                code = errno.EROFS if parts[:1] == (IMAGES_VIEW,) else errno.EPERM
-                raise FsError(code, args[index])
-            if container is not None and parts[1] != container:
-                raise FsError(errno.EXDEV, args[index])  # two containers: two mounts
-            container = parts[1]
-            args[index] = join(parts[2:])
-        if container is None:
-            raise FsError(errno.EINVAL, call.name)
-        return container, Syscall(call.name, tuple(args), call.flags)
 
     def _inner(self, s: Session, root: Dir, container: str) -> OverlayFS:
         """The overlayfs mount of a running container, set up on first use."""
@@ -623,23 +605,6 @@ class DockerOverlay2(Driver):
     def op_scope(self, op: Any) -> tuple[str, ...]:
         """The view subtrees an op may change (`snapshot-isolation`)."""
         return view_scope(op, DEFAULT_IMAGE, DEFAULT_CONTAINER)
-
-
-def view_scope(op: Any, default_image: str, default_container: str) -> tuple[str, ...]:
-    """Which `containers/<c>` / `images/<i>` subtrees an op of a Docker driver changes."""
-    if op.kind in ("pull", "rmi"):
-        return (f"{IMAGES_VIEW}/{op.arg('image') or default_image}",)
-    if op.kind == "commit":
-        return (f"{IMAGES_VIEW}/{op.arg('image')}",)
-    if op.kind in ("run", "rm-container"):
-        return (f"{CONTAINERS_VIEW}/{op.arg('container') or default_container}",)
-    scopes = []
-    for key in ("path", "src", "dst"):
-        value = op.arg(key)
-        if value:
-            parts = split(value)
-            scopes.append(join(parts[:2]))
-    return tuple(dict.fromkeys(scopes))
 
 
 def _docker_client(kind: str, args: tuple[Any, ...]) -> Any:

@@ -52,18 +52,18 @@ def traces(spec_table):
     plain_table = copy.deepcopy(spec_table)
     plain_table["driver"] = "plain"
     plain_table["options"] = {}
-    if spec_table["driver"] == "docker-overlay2":
-        plain_table = _plain_twin_of_container(plain_table)
+    if spec_table["driver"] in ("docker-overlay2", "devicemapper"):
+        plain_table = _plain_twin_of_container(plain_table, init_layer=spec_table["driver"] == "docker-overlay2")
     return build_trace(over), build_trace(parse_spec(plain_table))
 
 
 CONTAINER = "containers/app/"
 
 
-def _in_container(table):
-    """A workload on container `app` of docker-overlay2: the same ops with paths in it."""
+def _in_container(table, driver="docker-overlay2"):
+    """A workload on container `app` of a Docker driver: the same ops with paths in it."""
     table = copy.deepcopy(table)
-    table["driver"] = "docker-overlay2"
+    table["driver"] = driver
     for op in table["ops"]:
         for key in ("path", "src", "dst"):
             if key in op:
@@ -71,13 +71,14 @@ def _in_container(table):
     return table
 
 
-def _plain_twin_of_container(table):
+def _plain_twin_of_container(table, init_layer):
     """What the container shows as one plain file system: the image layers, the init
-    layer's files, then the container layer; op paths back to container-relative."""
-    table["layers"] = table["layers"] + [{
-        ".dockerenv": {"type": "file", "content": "", "mode": 0o755},
-        "etc/hostname": "", "etc/hosts": "", "etc/resolv.conf": "",
-    }]
+    layer's files (overlay2), then the container layer; op paths container-relative."""
+    if init_layer:
+        table["layers"] = table["layers"] + [{
+            ".dockerenv": {"type": "file", "content": "", "mode": 0o755},
+            "etc/hostname": "", "etc/hosts": "", "etc/resolv.conf": "",
+        }]
     for op in table["ops"]:
         for key in ("path", "src", "dst"):
             if key in op:
@@ -112,6 +113,13 @@ def test_aufs_view_equals_plain_view_after_every_op(table):
 @given(workload(redirects=False))
 def test_docker_container_view_equals_plain_view_after_every_op(table):
     same_view_as_plain(_in_container(table), view_of=container_view, src_prefix=CONTAINER)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(workload(redirects=False))
+def test_devicemapper_container_view_equals_plain_view_after_every_op(table):
+    same_view_as_plain(_in_container(table, "devicemapper"), view_of=container_view, src_prefix=CONTAINER)
 
 
 def same_view_as_plain(table, view_of=lambda v: v, src_prefix=""):

@@ -1,0 +1,53 @@
+"""What Docker's drivers share: the view layout and how a system call reaches a container.
+
+Their views show every image at `images/<name>/` and every container's file system at
+`containers/<name>/`. A file op addresses a container by such a path; `route` turns it
+into the container and a call with container-relative paths, the way the call reaches
+that container's own mount.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from models.driver import PATH_ARGS, Syscall
+from models.tree import FsError, join, split
+
+CONTAINERS_VIEW = "containers"
+IMAGES_VIEW = "images"
+
+
+def route(call: Syscall) -> tuple[str, Syscall]:
+    """(container, call with container-relative paths). Images are read-only (EROFS);
+    a call naming two containers crosses mounts (EXDEV)."""
+    args = list(call.args)
+    container = None
+    for index, _ in PATH_ARGS.get(call.name, ()):
+        parts = split(args[index])
+        if len(parts) < 2 or parts[0] != CONTAINERS_VIEW:
+            code = errno.EROFS if parts[:1] == (IMAGES_VIEW,) else errno.EPERM
+            raise FsError(code, args[index])
+        if container is not None and parts[1] != container:
+            raise FsError(errno.EXDEV, args[index])
+        container = parts[1]
+        args[index] = join(parts[2:])
+    if container is None:
+        raise FsError(errno.EINVAL, call.name)
+    return container, Syscall(call.name, tuple(args), call.flags)
+
+
+def view_scope(op: Any, default_image: str, default_container: str) -> tuple[str, ...]:
+    """Which `containers/<c>` / `images/<i>` subtrees an op changes (`snapshot-isolation`)."""
+    if op.kind in ("pull", "rmi"):
+        return (f"{IMAGES_VIEW}/{op.arg('image') or default_image}",)
+    if op.kind == "commit":
+        return (f"{IMAGES_VIEW}/{op.arg('image')}",)
+    if op.kind in ("run", "rm-container"):
+        return (f"{CONTAINERS_VIEW}/{op.arg('container') or default_container}",)
+    scopes = []
+    for key in ("path", "src", "dst"):
+        value = op.arg(key)
+        if value:
+            scopes.append(join(split(value)[:2]))
+    return tuple(dict.fromkeys(scopes))

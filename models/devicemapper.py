@@ -1,0 +1,460 @@
+"""Docker's devicemapper graph driver (moby `daemon/graphdriver/devmapper`) on a dm-thin
+pool, as a driver model.
+
+Devices: thin device 0 (`base`) holds an empty file system; the image's layer i is
+device i+1, a snapshot of the layer below with the layer applied; a container is a
+snapshot of the image's top layer. The view shows the image at `images/image/` and each
+container at `containers/<name>/`; file ops address a container by those paths.
+
+Each file operation is a transaction of the file system inside the container's device
+(`models.thinfs`): data blocks, a flush, the metadata block, a FUA write. Each 4 KiB
+file-system write reaches the pool (`models.thinpool`) as dm-thin handles it: a virtual
+block that maps nothing gets a new pool block (allocate on demand); one whose pool block
+is shared with a snapshot gets a new block, with a copy of the old one first unless the
+write covers the whole block; then the mapping. A flush or FUA commits the pool's
+metadata; dm-thin also commits about once a second, which between two model ops adds no
+state, since every op ends with a commit. After a crash the pool is as of its last commit.
+
+Docker's device transaction (`openTransaction` / `closeTransaction`): creating or
+deleting a device first writes `transaction-metadata` (temp file, fsync, rename) with
+the next transaction id, then sends the pool message (committed), writes or removes the
+device's JSON, and sets the pool's transaction id. At start-up a transaction whose id
+is above the pool's is rolled back: the device is deleted from the pool and its JSON
+removed.
+
+Options: `block_size` (the pool's data block, 64 KiB to 1 GiB), `discard` (the file
+system discards freed blocks and `rm-container` discards the device first; false models
+loop-lvm without discard, where a container's freed blocks stay allocated in the pool),
+`flush_data_before_commit` (false reproduces the fixed dm-thin bug that could commit a
+mapping before its data: garbage after a crash).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.driver import Driver, Option, OptionError, Recovery, Session, Syscall, SysResult, fail
+from models.plain import Plain
+from models.steps import Create, Fsync, Rename, Step, StepLog, Unlink, Write
+from models.thinfs import FS_BLOCK, META_BLOCK, CorruptFs, Image, decode, encode, mkfs, plan, tree_of
+from models.thinpool import (
+    AllocBlock,
+    CommitMetadata,
+    CommitMetadataUnflushed,
+    CopyBlock,
+    CreateSnap,
+    CreateThin,
+    DeleteThin,
+    DiscardBlock,
+    Flush,
+    MapBlock,
+    SetTransactionId,
+    WriteBlock,
+    allocated,
+    devices,
+    encode_metadata,
+    mapping,
+    read_slot,
+    recover_pool,
+    refcounts,
+    transaction_id,
+)
+from models.tree import Dir, ErrorEntry, File, FsError, Node, lookup, split
+from models.union import union_view
+
+META = "docker/devicemapper/metadata"
+TRANSACTION_FILE = f"{META}/transaction-metadata"
+IMAGE = "image"
+DEFAULT_CONTAINER = "app"
+MIB = 1 << 20
+
+
+def _block_size(value: Any) -> int:
+    if value % (64 * 1024) or not 64 * 1024 <= value <= 1024 * MIB:
+        raise OptionError("option 'block_size' must be a multiple of 64 KiB from 64 KiB to 1 GiB (dm-thin)")
+    return int(value)
+
+
+def _read(root: Dir, path: str) -> dict[str, str]:
+    node = lookup(root, split(path))
+    if not isinstance(node, File):
+        return {}
+    out = {}
+    for line in node.content.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value
+    return out
+
+
+class DeviceMapper(Driver):
+    name = "devicemapper"
+    description = "Docker's devicemapper driver: thin devices on a dm-thin pool, a file system in each"
+    layered = False
+    OPTIONS = {
+        "block_size": Option((int,), 64 * 1024, "the pool's data block size in bytes", normalize=_block_size),
+        "discard": Option(
+            (bool,), False,
+            "discard freed blocks (file system) and whole devices before deleting them; "
+            "false models loop-lvm, where freed blocks never return to the pool",
+        ),
+        "flush_data_before_commit": Option(
+            (bool,), True,
+            "flush the data device before committing metadata (false: the fixed kernel "
+            "bug that committed a mapping before its copied data)",
+        ),
+    }
+    EXTRA_OPS = {
+        "run": ((), ("container",)),
+        "rm-container": ((), ("container",)),
+    }
+
+    @classmethod
+    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
+                       ops: Sequence[Any]) -> str | None:
+        if upper is not None and any(op.kind == "run" for op in ops):
+            return "[upper] is the initial container's layer, but the workload runs its own container"
+        return None
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.slots = self.options["block_size"] // FS_BLOCK
+        self.initial_container = True
+        self.top = 0  # the device of the image's top layer
+        self._counters: dict[str, int] = {}
+
+    # -- layout --------------------------------------------------------------------------
+
+    def plan(self, ops: Sequence[Any]) -> None:
+        self.initial_container = not any(op.kind == "run" for op in ops)
+
+    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+        """The pool before the workload, made with the driver's own steps: the base
+        device with an empty file system, a snapshot per layer with the layer applied,
+        and container `app` unless the workload runs its own, all committed."""
+        docker = Dir({"devicemapper": Dir({"metadata": Dir()})})
+        log = StepLog(Dir({"pool": Dir({"data": Dir()}), "docker": docker}))
+        s = Session(log.root)
+        self.start_session(s)
+        self.create_device(s, log, "base", None)
+        self.write_fs(s, log, 0, None, mkfs())
+        below = 0
+        for i in range(len(layers)):
+            below = self.create_device(s, log, f"layer{i}", below)
+            self.apply_tree(s, log, below, union_view(list(reversed(layers[: i + 1]))))
+        self.top = below
+        if self.initial_container:
+            dev = self.create_device(s, log, f"ctr-{DEFAULT_CONTAINER}", self.top)
+            if upper is not None:
+                self.apply_tree(s, log, dev, union_view(list(reversed(layers)), upper))
+        self._counters = dict(s.counters)
+        return log.root
+
+    def start(self, root: Dir) -> Session:
+        s = Session(root)
+        s.counters.update(self._counters)
+        self.start_session(s)
+        return s
+
+    def start_session(self, s: Session) -> None:
+        s.cache["freed"] = set()  # pool blocks freed since the last commit: not reused yet
+
+    # -- reading devices -----------------------------------------------------------------
+
+    def read_fs_block(self, root: Dir, dev_map: dict[int, int], k: int) -> bytes:
+        v, slot = divmod(k, self.slots)
+        p = dev_map.get(v)
+        data = read_slot(root, p, slot) if p is not None else None
+        return data if data is not None else b"\0" * FS_BLOCK
+
+    def fs_image(self, root: Dir, dev: int) -> Image:
+        dev_map = mapping(root, dev)
+        if dev_map is None:
+            raise CorruptFs(f"thin device {dev} does not exist")
+        return decode(self.read_fs_block(root, dev_map, META_BLOCK).rstrip(b"\0"))
+
+    def fs_tree(self, root: Dir, dev: int) -> Node:
+        try:
+            image = self.fs_image(root, dev)
+        except CorruptFs as e:
+            return ErrorEntry(errno.EUCLEAN, f"thin device {dev}: {e}")
+        dev_map = mapping(root, dev) or {}
+        return tree_of(image, lambda k: self.read_fs_block(root, dev_map, k))
+
+    def device_of(self, root: Dir, device_hash: str) -> int | None:
+        value = _read(root, f"{META}/{device_hash}").get("device_id")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def view(self, root: Dir) -> Dir:
+        containers: dict[str, Node] = {}
+        meta = lookup(root, split(META))
+        for name in sorted(meta.entries) if isinstance(meta, Dir) else []:
+            if name.startswith("ctr-"):
+                dev = self.device_of(root, name)
+                shown = self.fs_tree(root, dev) if dev is not None else ErrorEntry(
+                    errno.EIO, f"{META}/{name} is unreadable")
+                containers[name.removeprefix("ctr-")] = shown
+        image = self.fs_tree(root, self.top)
+        return Dir({CONTAINERS_VIEW: Dir(containers), IMAGES_VIEW: Dir({IMAGE: image})})
+
+    # -- system calls --------------------------------------------------------------------
+
+    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
+        if kind not in self.EXTRA_OPS:
+            return None
+        return _client(kind, args.get("container") or DEFAULT_CONTAINER)
+
+    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+        try:
+            if call.name == "run":
+                self.run(session, log, call.args[0])
+                return SysResult()
+            if call.name == "rm-container":
+                self.rm_container(session, log, call.args[0])
+                return SysResult()
+            if call.name == "sync":
+                self.commit(session, log)  # every op ends committed: nothing is dirty
+                return SysResult()
+            return self.fs_call(session, log, call)
+        except FsError as e:
+            return fail(e.errno)
+
+    def fs_call(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+        """A system call on a container's file system: plain semantics on its tree,
+        then the transaction that writes the change to the device."""
+        container, inner = route(call)
+        dev = self.device_of(log.root, f"ctr-{container}")
+        if dev is None or dev not in devices(log.root):
+            raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")
+        tree = self.fs_tree(log.root, dev)
+        if not isinstance(tree, Dir):
+            raise FsError(errno.EIO, f"{CONTAINERS_VIEW}/{container}")
+        fs = s.cache.setdefault(("fs", container), Plain())
+        fs_session = s.cache.setdefault(("fs-session", container), Session(tree))
+        scratch = StepLog(tree)
+        result: SysResult = fs.execute(fs_session, inner, scratch)
+        if scratch.root is not tree:
+            self.apply_tree(s, log, dev, scratch.root, old_tree=tree)
+        return result
+
+    # -- the file system on a device -----------------------------------------------------
+
+    def apply_tree(self, s: Session, log: StepLog, dev: int, new_tree: Dir,
+                   old_tree: Dir | None = None) -> None:
+        """One file-system transaction that makes device `dev` hold `new_tree`."""
+        old_image = self.fs_image(log.root, dev)
+        if old_tree is None:
+            shown = self.fs_tree(log.root, dev)
+            assert isinstance(shown, Dir)
+            old_tree = shown
+        tx = plan(old_tree, old_image, new_tree)
+        if tx is None:
+            return
+        self.write_fs(s, log, dev, tx.data, tx.image, freed=tx.freed)
+
+    def write_fs(self, s: Session, log: StepLog, dev: int, data: dict[int, bytes] | None, image: Image,
+                 freed: set[int] | None = None) -> None:
+        if data:
+            self.write_blocks(s, log, dev, data)
+            self.commit(s, log)  # the journal's flush before its commit record
+        self.write_blocks(s, log, dev, {META_BLOCK: encode(image)})
+        if self.options["discard"] and freed:
+            used = image.used_blocks()
+            for v in sorted({b // self.slots for b in freed}):
+                if v != META_BLOCK // self.slots and not any(
+                    b // self.slots == v for b in used
+                ) and v in (mapping(log.root, dev) or {}):
+                    self.do(s, log, DiscardBlock(dev, v))
+        self.commit(s, log, flush=True)  # FUA of the commit record
+
+    def write_blocks(self, s: Session, log: StepLog, dev: int, data: dict[int, bytes]) -> None:
+        """File-system block writes as dm-thin performs them, one pool block at a time."""
+        by_vblock: dict[int, dict[int, bytes]] = {}
+        for k, chunk in data.items():
+            v, slot = divmod(k, self.slots)
+            by_vblock.setdefault(v, {})[slot] = chunk
+        for v in sorted(by_vblock):
+            slots = by_vblock[v]
+            p = (mapping(log.root, dev) or {}).get(v)
+            if p is not None and not self.shared(log.root, p):
+                for slot in sorted(slots):
+                    self.do(s, log, WriteBlock(p, slot, slots[slot]))
+                continue
+            q = self.alloc(s, log.root)
+            self.do(s, log, AllocBlock(q))
+            if p is not None and len(slots) < self.slots:
+                self.do(s, log, CopyBlock(p, q))  # break sharing: copy, then write
+            for slot in sorted(slots):
+                self.do(s, log, WriteBlock(q, slot, slots[slot]))
+            self.do(s, log, MapBlock(dev, v, q))
+
+    def shared(self, root: Dir, p: int) -> bool:
+        return refcounts(root).get(p, 0) > 1
+
+    def alloc(self, s: Session, root: Dir) -> int:
+        """The lowest free pool block (blocks freed since the last commit stay taken,
+        so the committed state stays intact)."""
+        taken = allocated(root) | s.cache["freed"]
+        p = 0
+        while p in taken:
+            p += 1
+        return p
+
+    def do(self, s: Session, log: StepLog, step: Step) -> None:
+        before = allocated(log.root)
+        log.do(step)
+        s.cache["freed"] |= before - allocated(log.root)
+
+    def commit(self, s: Session, log: StepLog, flush: bool = False) -> None:
+        """A flush or FUA reaching the pool: commit the metadata if it changed; with
+        `flush`, a flush of the data device even when there is nothing to commit."""
+        metadata = encode_metadata(log.root)
+        current = lookup(log.root, ("pool", "meta"))
+        if isinstance(current, File) and current.content == metadata:
+            if flush:
+                log.do(Flush())
+            return
+        if self.options["flush_data_before_commit"]:
+            log.do(CommitMetadata(metadata=metadata))
+        else:
+            log.do(CommitMetadataUnflushed(metadata))
+        s.cache["freed"] = set()
+
+    # -- Docker's device set -------------------------------------------------------------
+
+    def create_device(self, s: Session, log: StepLog, device_hash: str, origin: int | None) -> int:
+        """`createRegisterDevice` / `createRegisterSnapDevice` in one transaction."""
+        dev = s.next("device", 0)
+        old = transaction_id(log.root)
+        new = old + 1
+        self.write_meta_file(log, TRANSACTION_FILE,
+                             f"open_transaction_id {new}\ndevice_hash {device_hash}\ndevice_id {dev}\n")
+        log.do(CreateThin(dev) if origin is None else CreateSnap(dev, origin))
+        self.commit(s, log)
+        self.write_meta_file(log, f"{META}/{device_hash}", f"device_id {dev}\ntransaction_id {new}\n")
+        log.do(SetTransactionId(old, new))
+        self.commit(s, log)
+        return dev
+
+    def write_meta_file(self, log: StepLog, path: str, text: str) -> None:
+        """`writeMetaFile`: a new temp file (os.CreateTemp), fsync, rename."""
+        n = 1
+        while lookup(log.root, split(f"{META}/.tmp{n}")) is not None:
+            n += 1
+        temp = f"{META}/.tmp{n}"
+        log.do(Create(temp, 0o600))
+        log.do(Write(temp, text.encode(), 0, replace=True))
+        log.do(Fsync(temp))
+        log.do(Rename(temp, path))
+
+    def run(self, s: Session, log: StepLog, container: str) -> None:
+        if lookup(log.root, split(f"{META}/ctr-{container}")) is not None:
+            raise FsError(errno.EEXIST, container)
+        self.create_device(s, log, f"ctr-{container}", self.top)
+
+    def rm_container(self, s: Session, log: StepLog, container: str) -> None:
+        """`deleteDevice`: blkdiscard with `discard`, then the delete transaction."""
+        device_hash = f"ctr-{container}"
+        dev = self.device_of(log.root, device_hash)
+        if dev is None:
+            raise FsError(errno.ENOENT, container)
+        if self.options["discard"]:
+            for v in sorted(mapping(log.root, dev) or {}):
+                self.do(s, log, DiscardBlock(dev, v))
+            self.commit(s, log)
+        old = transaction_id(log.root)
+        self.write_meta_file(log, TRANSACTION_FILE,
+                             f"open_transaction_id {old + 1}\ndevice_hash {device_hash}\ndevice_id {dev}\n")
+        self.do(s, log, DeleteThin(dev))
+        self.commit(s, log)
+        log.do(Unlink(f"{META}/{device_hash}"))
+        log.do(SetTransactionId(old, old + 1))
+        self.commit(s, log)
+        for key in ("fs", "fs-session"):
+            s.cache.pop((key, container), None)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self, root: Dir) -> Recovery:
+        """Pool activation (the last commit), then Docker's start-up rollback."""
+        root = recover_pool(root)
+        pending = _read(root, TRANSACTION_FILE)
+        open_id = int(pending.get("open_transaction_id", "0") or 0)
+        pool_id = transaction_id(root)
+        if open_id <= pool_id:
+            return Recovery(root)
+        log = StepLog(root)
+        s = Session(root)
+        self.start_session(s)
+        dev = int(pending.get("device_id", "-1"))
+        if dev in devices(root):
+            self.do(s, log, DeleteThin(dev))
+            self.commit(s, log)
+        device_hash = pending.get("device_hash", "")
+        meta = lookup(log.root, split(f"{META}/{device_hash}")) if device_hash else None
+        if meta is not None and self.device_of(log.root, device_hash) == dev:
+            log.do(Unlink(f"{META}/{device_hash}"))
+        self.write_meta_file(log, TRANSACTION_FILE, f"open_transaction_id {pool_id}\n")
+        return Recovery(log.root)
+
+    # -- the invariant hooks -------------------------------------------------------------
+
+    def op_scope(self, op: Any) -> tuple[str, ...]:
+        return view_scope(op, IMAGE, DEFAULT_CONTAINER)
+
+    def space_leaks(self, root: Dir, completed: bool) -> list[tuple[str, str]]:
+        """(path, what) for pool space nothing will return: thin devices Docker has no
+        record of, allocated blocks no device maps, and (for a completed op) blocks a
+        device maps whose file-system blocks are all free (freed without discard)."""
+        known = {}
+        meta = lookup(root, split(META))
+        for name in sorted(meta.entries) if isinstance(meta, Dir) else []:
+            if name.startswith(".") or f"{META}/{name}" == TRANSACTION_FILE:
+                continue
+            dev = self.device_of(root, name)
+            if dev is not None:
+                known[dev] = name
+        out = []
+        for dev in devices(root):
+            if dev not in known:
+                blocks = sorted(set((mapping(root, dev) or {}).values()))
+                out.append((f"mem/devices/{dev}",
+                            f"thin device {dev} is in the pool but Docker has no record of it "
+                            f"({len(blocks)} blocks never return)"))
+        mapped = set(refcounts(root))
+        for p in sorted(allocated(root) - mapped):
+            out.append((f"pool/data/{p}", f"pool block {p} is allocated but no device maps it"))
+        if completed:
+            out.extend(self._unused_blocks(root, known))
+        return out
+
+    def _unused_blocks(self, root: Dir, known: dict[int, str]) -> list[tuple[str, str]]:
+        used: set[int] = set()
+        holders: dict[int, list[tuple[int, int]]] = {}
+        for dev in devices(root):
+            if dev not in known:
+                continue
+            dev_map = mapping(root, dev) or {}
+            try:
+                fs_used = self.fs_image(root, dev).used_blocks()
+            except CorruptFs:
+                used.update(dev_map.values())
+                continue
+            vblocks = {b // self.slots for b in fs_used}
+            for v, p in dev_map.items():
+                holders.setdefault(p, []).append((dev, v))
+                if v in vblocks:
+                    used.add(p)
+        return [
+            (f"pool/data/{p}",
+             f"pool block {p} (device {holders[p][0][0]} vblock {holders[p][0][1]}) holds no block "
+             "its file system uses: freed without discard, it never returns to the pool")
+            for p in sorted(set(holders) - used)
+        ]
+
+
+def _client(kind: str, container: str) -> Any:
+    result = yield Syscall(kind, (container,))
+    return result.errno
