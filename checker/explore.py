@@ -33,6 +33,7 @@ from checker.check import check
 from checker.errors import UsageError
 from checker.explorer import Budget
 from checker.spec import parse_spec
+from models import drivers
 
 FILES = ["A/foo", "A/bar", "B/foo", "B/bar", "A/C/foo"]
 DIRS = ["A", "B", "A/C"]
@@ -82,6 +83,10 @@ class Settings:
 
     def table(self, setup: str, ops: list[dict[str, Any]], driver: str | None = None) -> dict[str, Any]:
         lowers, upper = setup_layers(setup)
+        root = drivers()[driver or self.driver].WORKLOAD_ROOT
+        if root:  # file ops act in the driver's running container
+            ops = [{k: f"{root}/{v}" if k in ("path", "src", "dst") else v for k, v in op.items()}
+                   for op in ops]
         table: dict[str, Any] = {
             "name": f"explore: {' ; '.join(_op_text(o) for o in ops)} (initial files in {setup})",
             "driver": driver or self.driver,

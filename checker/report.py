@@ -141,7 +141,8 @@ def _detail(r: Result, op_index: int, crash: CrashState, here: list[Violation]) 
             loud = "!!! " if c.status == "refuted" else ""
             lines.append(f"     {loud}{v.invariant} {c.status.upper()}: {c.detail}")
     lines.append("     steps (* persisted, ~ torn, crash at >>>):")
-    lines.extend(_steps_around(r, op.first_step, op.end_step, crash))
+    # A crash that lost a step of this op may lie in a later op: list up to it.
+    lines.extend(_steps_around(r, op.first_step, max(op.end_step, crash.crash_after_step), crash))
     recovery, crash_view = _recovered(r, crash)
     lines.append("     view before the op:")
     lines.extend(views.render(op.before, "       "))
@@ -174,11 +175,11 @@ def _steps_around(r: Result, first: int, end: int, crash: CrashState) -> list[st
     lines = []
     if lo > first:
         lines.append(f"          ... {lo - first} earlier steps of this op")
-    last_call = -1
+    last_call = (-1, -1)
     for i in range(lo, hi):
         call = trace.call_of_step(i)
-        if trace.step_call[i] != last_call:
-            last_call = trace.step_call[i]
+        if (trace.step_op[i], trace.step_call[i]) != last_call:
+            last_call = (trace.step_op[i], trace.step_call[i])
             lines.append(f"          {call.call}  = {call.result}")
         amount = crash.amount(i, pieces[i])
         mark = "*" if amount == pieces[i] and amount else ("~" if amount else " ")

@@ -106,6 +106,7 @@ class DeviceMapper(Driver):
             "bug that committed a mapping before its copied data)",
         ),
     }
+    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
     EXTRA_OPS = {
         "run": ((), ("container",)),
         "rm-container": ((), ("container",)),

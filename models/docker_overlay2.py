@@ -129,13 +129,11 @@ class DockerOverlay2(Driver):
         "rm-container": ((), ("container",)),
         "rmi": ((), ("image",)),
     }
-    ISOLATED_VIEWS = True
+    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
 
     @classmethod
     def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
                        ops: Sequence[Any]) -> str | None:
-        if not layers:
-            return "docker-overlay2 needs the image's layers ([[layers]])"
         if upper is not None and not _container_exists_initially(ops):
             return ("[upper] is the initial container's layer, but the workload pulls the image "
                     "or runs its own container")
@@ -159,7 +157,7 @@ class DockerOverlay2(Driver):
         """The store before the workload: the image registered unless the workload pulls
         it, and container `app` created unless the workload runs its own (built with
         the very steps of `pull` and `run`, applied before the trace starts)."""
-        self.image_layers = list(layers)
+        self.image_layers = list(layers) or [Dir()]  # no [[layers]]: one empty layer
         empty = Dir()
         for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB):
             empty = _mkdirs(empty, split(path))

@@ -157,6 +157,9 @@ class Driver:
     EXTRA_OPS: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     #: ops that must leave the view exactly as it was (checked by `view-preserved`)
     VIEW_PRESERVING_OPS: ClassVar[tuple[str, ...]] = ()
+    #: where in the view file ops act ("" = the root; the Docker drivers' running
+    #: container is at "containers/app"): `explore` puts generated paths there
+    WORKLOAD_ROOT: ClassVar[str] = ""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.resolve_options(options or {})

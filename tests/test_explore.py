@@ -33,6 +33,16 @@ def test_depth_1_finds_dual_existence_only_without_redirect_dir():
     assert on.inherent == off.inherent == 9  # rm -rf of a directory, on any file system
 
 
+def test_docker_drivers_run_the_workloads_in_their_container():
+    """The same 1-op workloads inside container `app`: overlay2 finds overlayfs's mv
+    finding (same counts), devicemapper (a real file system) finds nothing."""
+    docker = explore(Settings("docker-overlay2", (("redirect_dir", "off"),), "prefix"), 1, jobs=2)
+    assert set(docker.groups) == {("atomicity", "mv"), ("no-dual-existence", "mv")}
+    assert (docker.workloads, docker.skipped, docker.inherent) == (239, 340, 9)
+    dm = explore(Settings("devicemapper", (), "prefix"), 1, jobs=2)
+    assert dm.groups == {} and (dm.workloads, dm.inherent) == (243, 9)
+
+
 def test_cli_writes_specs_that_reproduce(tmp_path: Path):
     out = tmp_path / "found"
     proc = cli("explore", "--depth", "1", "--option", "redirect_dir=off", "--out", str(out), "--json")
