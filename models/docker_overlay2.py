@@ -429,7 +429,8 @@ class DockerOverlay2(Driver):
         diff = lookup(log.root, split(f"{OVERLAY}/{mid}/diff")) if mid else None
         if not isinstance(diff, Dir) or not parent:
             raise FsError(errno.ENOENT, container)
-        base = [c for c in _all_images_chains(self, log.root) if c[-1] == parent]
+        images = (self._image_chains(log.root, name) for name in _names(log.root, IMAGEDB))
+        base = [chains for chains in images if chains and chains[-1] == parent]
         chain = self.register(s, log, _exported(diff), parent)
         self.write_image(log, image, (base[0] if base else [parent]) + [chain])
 
@@ -624,10 +625,6 @@ def _mkdirs(root: Dir, parts: tuple[str, ...]) -> Dir:
         if lookup(root, parts[:depth]) is None:
             root = replace(root, parts[:depth], Dir())
     return root
-
-
-def _all_images_chains(driver: DockerOverlay2, root: Dir) -> list[list[str]]:
-    return [driver._image_chains(root, name) for name in _names(root, IMAGEDB)]
 
 
 def _exported(diff: Dir) -> Dir:

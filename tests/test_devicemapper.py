@@ -76,6 +76,7 @@ def test_builtin_devicemapper_specs_exact_counts():
         "commit-after-flush": (7, 12, []),
         "commit-before-copy-bug": (7, 17, ["atomicity", "no-loss"]),
         "discard-returns-blocks": (68, 69, []),
+        "large-pool-blocks": (62, 63, []),
         "loop-lvm-no-discard-leak": (65, 66, ["no-space-leak"]),
         "rm-container-blkdiscard-window": (11, 12, ["atomicity"]),
         "rm-container-transaction": (9, 10, []),
