@@ -471,6 +471,15 @@ class Prefix(Persistence):
     description = "steps persist in order, each atomically (a process crash)"
     tears = False
 
+    def constraints(self, trace: Trace, block_size: int = DEFAULT_BLOCK_SIZE) -> Constraints:
+        """A chain: no need to follow inodes through the trace."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(len(trace.steps)))
+        self.add_edges(trace, graph, StepFacts([], [], [], []))
+        return Constraints(graph, [1] * len(trace.steps))
+
     def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
         graph.add_edges_from((i, i + 1) for i in range(len(trace.steps) - 1))
 

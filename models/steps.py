@@ -562,9 +562,10 @@ def remove_subtree(root: Dir, parts: Parts, keep: Node | None = None) -> Dir:
     if node is None:
         return root if keep is None else replace(root, parts, keep)
     gone: dict[int, int] = {}
-    for _, n in walk(node):
-        if isinstance(n, File) and n.nlink > 1:
-            gone[n.ino] = gone.get(n.ino, 0) + 1
+    if has_hard_links(node):
+        for _, n in walk(node):
+            if isinstance(n, File) and n.nlink > 1:
+                gone[n.ino] = gone.get(n.ino, 0) + 1
     root = replace(root, parts, keep)
     for ino, count in gone.items():
         for link in find_inode(root, ino):
@@ -572,6 +573,26 @@ def remove_subtree(root: Dir, parts: Parts, keep: Node | None = None) -> Dir:
             assert isinstance(f, File)
             root = replace(root, link, f.with_links(ino, f.nlink - count))
     return root
+
+
+_LINKED: dict[bytes, bool] = {}
+LINKED_MEMO = 100_000  # subtrees remembered before the memo starts over
+
+
+def has_hard_links(node: Node) -> bool:
+    """Does the subtree hold a file with more than one link? Memoized by digest (a
+    file's digest covers its link count), so a directory derived from one already seen
+    costs only its changed entries."""
+    if isinstance(node, File):
+        return node.nlink > 1
+    if not isinstance(node, Dir):
+        return False
+    hit = _LINKED.get(node.digest)
+    if hit is None:
+        if len(_LINKED) > LINKED_MEMO:
+            _LINKED.clear()
+        hit = _LINKED[node.digest] = any(has_hard_links(c) for c in node.entries.values())
+    return hit
 
 
 def _show(data: bytes) -> str:
