@@ -39,7 +39,8 @@ def main() -> None:
             best = min(best, time.perf_counter() - started)
             steps = sum(r.steps for r in results)
             states = sum(r.crash_states for r in results)
-        print(f"{directory.name:<16} {len(specs):>5} {steps:>6} {states:>13} {best:>8.3f} {states / best:>9,.0f}")
+        rate = states / best
+        print(f"{directory.name:<16} {len(specs):>5} {steps:>6} {states:>13} {best:>8.3f} {rate:>9,.0f}")
 
 
 if __name__ == "__main__":
