@@ -125,3 +125,18 @@ def test_console_script_is_installed():
     proc = subprocess.run([exe, "run", "-q", "specs/plain"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
     assert "as expected, 0 not" in proc.stdout
+
+
+def test_whole_suite_json_is_byte_identical_across_processes_and_hash_seeds():
+    import os
+
+    outputs = []
+    for seed in ("1", "4242"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        proc = subprocess.run([sys.executable, "-m", "checker", "run", "--json", "specs/"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1]
+    drivers = {spec["driver"] for spec in json.loads(outputs[0])["specs"]}
+    assert drivers == {"aufs", "devicemapper", "docker-overlay2", "overlayfs", "plain", "squash"}
