@@ -228,6 +228,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     known = drivers()
     if args.driver not in known:
         raise UsageError(f"explore: unknown driver {args.driver!r} (known: {', '.join(sorted(known))})")
+    if not known[args.driver].FILE_OPS:
+        raise UsageError(f"explore: driver {args.driver} takes no file-system ops (explore generates those)")
     options: dict[str, object] = {}
     for item in args.option:
         key, sep, value = item.partition("=")

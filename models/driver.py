@@ -157,6 +157,8 @@ class Driver:
     EXTRA_OPS: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     #: ops that must leave the view exactly as it was (checked by `view-preserved`)
     VIEW_PRESERVING_OPS: ClassVar[tuple[str, ...]] = ()
+    #: False for drivers whose view takes no file-system ops (the squash image store)
+    FILE_OPS: ClassVar[bool] = True
     #: where in the view file ops act ("" = the root; the Docker drivers' running
     #: container is at "containers/app"): `explore` puts generated paths there
     WORKLOAD_ROOT: ClassVar[str] = ""

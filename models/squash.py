@@ -84,6 +84,7 @@ class Squash(Driver):
             "before the image switches to it",
         ),
     }
+    FILE_OPS = False  # images are read-only: the only op is squash
     EXTRA_OPS = {"squash": ((), ("image", "from_layer"))}
     VIEW_PRESERVING_OPS = ("squash",)
 

@@ -74,3 +74,9 @@ def test_bad_arguments_exit_2():
         proc = cli(*args)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith("crashcheck: error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_explore_refuses_a_driver_without_file_ops():
+    proc = cli("explore", "--driver", "squash", "--depth", "1")
+    assert proc.returncode == 2
+    assert proc.stderr == "crashcheck: error: explore: driver squash takes no file-system ops (explore generates those)\n"
