@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from checker.errors import UsageError
@@ -59,7 +60,7 @@ class Result(Verdict):
     confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
     fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
 
-    @property
+    @cached_property
     def accounting(self) -> dict[str, Any] | None:
         """The driver's figures for this workload (storage before and after a squash)."""
         return self.trace.driver.accounting(self.trace)

@@ -35,10 +35,11 @@ import errno
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.clients import syscall
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
 from models.driver import Driver, Option, OptionError, Recovery, Session, Syscall, SysResult, fail
 from models.plain import Plain
-from models.steps import Create, Fsync, Rename, Step, StepLog, Unlink, Write
+from models.steps import Step, StepLog, Unlink, replace_file
 from models.thinfs import FS_BLOCK, META_BLOCK, CorruptFs, Image, decode, encode, mkfs, plan, tree_of
 from models.thinpool import (
     AllocBlock,
@@ -205,7 +206,7 @@ class DeviceMapper(Driver):
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
         if kind not in self.EXTRA_OPS:
             return None
-        return _client(kind, args.get("container") or DEFAULT_CONTAINER)
+        return syscall(Syscall(kind, (args.get("container") or DEFAULT_CONTAINER,)))
 
     def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
         try:
@@ -344,11 +345,7 @@ class DeviceMapper(Driver):
         n = 1
         while lookup(log.root, split(f"{META}/.tmp{n}")) is not None:
             n += 1
-        temp = f"{META}/.tmp{n}"
-        log.do(Create(temp, 0o600))
-        log.do(Write(temp, text.encode(), 0, replace=True))
-        log.do(Fsync(temp))
-        log.do(Rename(temp, path))
+        log.do_all(replace_file(f"{META}/.tmp{n}", path, text.encode(), 0o600))
 
     def run(self, s: Session, log: StepLog, container: str) -> None:
         if lookup(log.root, split(f"{META}/ctr-{container}")) is not None:
@@ -456,6 +453,3 @@ class DeviceMapper(Driver):
         ]
 
 
-def _client(kind: str, container: str) -> Any:
-    result = yield Syscall(kind, (container,))
-    return result.errno

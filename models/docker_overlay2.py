@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
+from models.clients import syscall
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
 from models.driver import Driver, Option, Recovery, Session, Syscall, SysResult, fail
 from models.layers import build_steps, stored_bytes
@@ -70,8 +71,9 @@ from models.steps import (
     Unlink,
     Write,
     remove_subtree,
+    replace_file,
 )
-from models.tree import Dir, ErrorEntry, File, FsError, Node, Symlink, join, lookup, replace, split
+from models.tree import Dir, ErrorEntry, File, FsError, Node, Symlink, ensure_dirs, join, lookup, split
 from models.union import OPAQUE, OVL_PREFIX, Union
 
 OVERLAY = "overlay2"
@@ -160,7 +162,7 @@ class DockerOverlay2(Driver):
         self.image_layers = list(layers) or [Dir()]  # no [[layers]]: one empty layer
         empty = Dir()
         for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB):
-            empty = _mkdirs(empty, split(path))
+            empty = ensure_dirs(empty, split(path))
         log = StepLog(empty)
         session = Session(empty)
         if self.initially_pulled:
@@ -264,12 +266,12 @@ class DockerOverlay2(Driver):
             return None
         image, container = args.get("image"), args.get("container")
         if kind == "commit":
-            return _docker_client(kind, (container or DEFAULT_CONTAINER, image))
+            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER, image)))
         if kind == "run":
-            return _docker_client(kind, (container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE))
+            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE)))
         if kind == "rm-container":
-            return _docker_client(kind, (container or DEFAULT_CONTAINER,))
-        return _docker_client(kind, (image or DEFAULT_IMAGE,))
+            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER,)))
+        return syscall(Syscall(kind, (image or DEFAULT_IMAGE,)))
 
     def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
         try:
@@ -373,22 +375,15 @@ class DockerOverlay2(Driver):
         data = text.encode()
         if self.options["link_files"] == "atomic":
             parts = split(path)
-            temp = join(parts[:-1] + (f".tmp-{parts[-1]}",))
-            log.do(Create(temp))
-            log.do(Write(temp, data, 0, replace=True))
-            log.do(Fsync(temp))
-            log.do(Rename(temp, path))
+            log.do_all(replace_file(join(parts[:-1] + (f".tmp-{parts[-1]}",)), path, data))
         else:
             log.do(Create(path))
             log.do(Write(path, data, 0, replace=True))
 
     def write_image(self, log: StepLog, image: str, chains: list[str]) -> None:
         """The image config, through moby's AtomicWriteFile (temp, fsync, rename)."""
-        temp = f"{IMAGEDB}/.tmp-{image}"
-        log.do(Create(temp, 0o600))
-        log.do(Write(temp, "".join(f"{c}\n" for c in chains).encode(), 0, replace=True))
-        log.do(Fsync(temp))
-        log.do(Rename(temp, f"{IMAGEDB}/{image}"))
+        data = "".join(f"{c}\n" for c in chains).encode()
+        log.do_all(replace_file(f"{IMAGEDB}/.tmp-{image}", f"{IMAGEDB}/{image}", data, 0o600))
 
     def remove_layer(self, log: StepLog, cache: str) -> None:
         """`overlay2.Driver.Remove`: the `l/` link named by `link` (not when `link` is
@@ -606,11 +601,6 @@ class DockerOverlay2(Driver):
         return view_scope(op, DEFAULT_IMAGE, DEFAULT_CONTAINER)
 
 
-def _docker_client(kind: str, args: tuple[Any, ...]) -> Any:
-    result = yield Syscall(kind, args)
-    return result.errno
-
-
 def _container_exists_initially(ops: Sequence[Any]) -> bool:
     return not any(op.kind in ("pull", "run") for op in ops)
 
@@ -618,13 +608,6 @@ def _container_exists_initially(ops: Sequence[Any]) -> bool:
 def _names(root: Dir, path: str) -> list[str]:
     node = lookup(root, split(path))
     return sorted(n for n in node.entries if not n.startswith(".")) if isinstance(node, Dir) else []
-
-
-def _mkdirs(root: Dir, parts: tuple[str, ...]) -> Dir:
-    for depth in range(1, len(parts) + 1):
-        if lookup(root, parts[:depth]) is None:
-            root = replace(root, parts[:depth], Dir())
-    return root
 
 
 def _exported(diff: Dir) -> Dir:

@@ -32,9 +32,10 @@ import errno
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.clients import syscall
 from models.driver import OK, Driver, Option, OptionError, Recovery, Session, Syscall, SysResult
 from models.layers import build_steps, flatten, stored_bytes
-from models.steps import Create, Fsync, RemoveTree, Rename, StepLog, Write, remove_subtree
+from models.steps import Fsync, RemoveTree, Rename, StepLog, remove_subtree, replace_file
 from models.tree import Dir, ErrorEntry, File, FsError, Node, join, lookup
 from models.union import union_view
 
@@ -147,7 +148,8 @@ class Squash(Driver):
         if kind != "squash":
             return None
         image = args.get("image") or (next(iter(self.images)) if len(self.images) == 1 else "")
-        return _squash_client(image, args.get("from_layer"))
+        from_layer = args.get("from_layer")
+        return syscall(Syscall("squash", (image,) if from_layer is None else (image, from_layer)))
 
     def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
         if call.name != "squash":
@@ -189,11 +191,7 @@ class Squash(Driver):
 
     def _write_manifest(self, log: StepLog, image: str, ids: list[str], sync: bool) -> None:
         temp = join((IMAGES, image + TEMP))
-        log.do(Create(temp))
-        log.do(Write(temp, _manifest(ids), 0, replace=True))
-        if sync:
-            log.do(Fsync(temp))
-        log.do(Rename(temp, join((IMAGES, image))))
+        log.do_all(replace_file(temp, join((IMAGES, image)), _manifest(ids), fsync=sync))
         if sync:
             log.do(Fsync(IMAGES))
 
@@ -268,12 +266,6 @@ class Squash(Driver):
             "transfer": sum(e["transfer"] for e in per_image.values()),
             "images": dict(sorted(per_image.items())),
         }
-
-
-def _squash_client(image: str, from_layer: int | None) -> Any:
-    args: tuple[Any, ...] = (image,) if from_layer is None else (image, from_layer)
-    result = yield Syscall("squash", args)
-    return result.errno
 
 
 def _manifest(ids: list[str]) -> bytes:

@@ -602,6 +602,16 @@ def _show(data: bytes) -> str:
     return repr(text)
 
 
+def replace_file(temp: str, path: str, data: bytes, mode: int = DEFAULT_FILE_MODE,
+                 fsync: bool = True) -> list[Step]:
+    """The steps of writing a file atomically: a temp file, its data, fsync (unless
+    `fsync` is false), and a rename over `path`."""
+    steps: list[Step] = [Create(temp, mode), Write(temp, data, 0, replace=True)]
+    if fsync:
+        steps.append(Fsync(temp))
+    return steps + [Rename(temp, path)]
+
+
 STEP_TYPES: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (

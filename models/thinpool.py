@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.steps import Device, Step, Syncfs, one_device
-from models.tree import Dir, File, Node, lookup, replace, split
+from models.tree import Dir, File, Node, ensure_dirs, lookup, replace, split
 
 POOL_DATA = ("pool", "data")
 POOL_META = ("pool", "meta")
@@ -133,13 +133,6 @@ def _free_unreferenced(root: Dir, blocks: set[int]) -> Dir:
     return root
 
 
-def _ensure_dir(root: Dir, parts: tuple[str, ...]) -> Dir:
-    for depth in range(1, len(parts) + 1):
-        if not isinstance(lookup(root, parts[:depth]), Dir):
-            root = replace(root, parts[:depth], Dir())
-    return root
-
-
 class PoolStep(Step):
     """A step on the pool; its `path` property names what it changes (the persistence
     models follow steps by path)."""
@@ -160,7 +153,7 @@ class AllocBlock(PoolStep):
         return f"mem/alloc/{self.block}"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
-        root = _ensure_dir(root, ALLOC)
+        root = ensure_dirs(root, ALLOC)
         return replace(root, ALLOC + (str(self.block),), File(b""))
 
 
@@ -184,7 +177,7 @@ class MapBlock(PoolStep):
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         old = (mapping(root, self.dev) or {}).get(self.vblock)
-        root = _ensure_dir(root, DEVICES + (str(self.dev),))
+        root = ensure_dirs(root, DEVICES + (str(self.dev),))
         root = replace(root, split(self.path), File(str(self.block).encode()))
         return _free_unreferenced(root, {old} if old is not None else set())
 
@@ -211,7 +204,7 @@ class WriteBlock(Step):
         return True
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
-        root = _ensure_dir(root, POOL_DATA + (str(self.block),))
+        root = ensure_dirs(root, POOL_DATA + (str(self.block),))
         return replace(root, POOL_DATA + (str(self.block), str(self.slot)), File(self.data))
 
     def writes(self) -> tuple[str, ...]:
@@ -239,7 +232,7 @@ class CopyBlock(PoolStep):
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         node = lookup(root, POOL_DATA + (str(self.src),))
-        root = _ensure_dir(root, POOL_DATA)
+        root = ensure_dirs(root, POOL_DATA)
         return replace(root, POOL_DATA + (str(self.dst),), node if isinstance(node, Dir) else Dir())
 
 
@@ -284,7 +277,7 @@ class CreateThin(PoolStep):
         return f"mem/devices/{self.dev}"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
-        root = _ensure_dir(root, DEVICES)
+        root = ensure_dirs(root, DEVICES)
         return replace(root, DEVICES + (str(self.dev),), Dir())
 
 
@@ -306,7 +299,7 @@ class CreateSnap(PoolStep):
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         node = lookup(root, DEVICES + (str(self.origin),))
-        root = _ensure_dir(root, DEVICES)
+        root = ensure_dirs(root, DEVICES)
         return replace(root, DEVICES + (str(self.dev),), node if isinstance(node, Dir) else Dir())
 
 
@@ -349,7 +342,7 @@ class SetTransactionId(PoolStep):
         return "mem/transaction_id"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
-        root = _ensure_dir(root, ("mem",))
+        root = ensure_dirs(root, ("mem",))
         return replace(root, TRANSACTION, File(str(self.new).encode()))
 
 
@@ -358,7 +351,7 @@ class SetTransactionId(PoolStep):
 
 
 def _commit(root: Dir, metadata: bytes) -> Dir:
-    return replace(_ensure_dir(root, ("pool",)), POOL_META, File(metadata))
+    return replace(ensure_dirs(root, ("pool",)), POOL_META, File(metadata))
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,15 @@ def update_node(root: Dir, parts: Parts, node: Node) -> Dir:
     return replace(root, parts, node)
 
 
+def ensure_dirs(root: Dir, parts: Parts) -> Dir:
+    """`root` with a directory at `parts` and at each of its ancestors (whatever was not
+    a directory there is replaced), as mkdir -p without the errors."""
+    for depth in range(1, len(parts) + 1):
+        if not isinstance(lookup(root, parts[:depth]), Dir):
+            root = replace(root, parts[:depth], Dir())
+    return root
+
+
 def walk(node: Node, prefix: Parts = ()) -> Iterator[tuple[Parts, Node]]:
     """Every (path, node) below `node`, depth first, names sorted (deterministic)."""
     yield prefix, node
