@@ -365,13 +365,14 @@ class Persistence:
     name = ""
     description = ""
     tears = True  # data steps may be cut at block boundaries
+    follows_inodes = True  # the edges need step_facts (a chain does not)
 
     def constraints(self, trace: Trace, block_size: int = DEFAULT_BLOCK_SIZE) -> Constraints:
         import networkx as nx  # imported when needed: the CLI starts fast and without it
 
         graph = nx.DiGraph()
         graph.add_nodes_from(range(len(trace.steps)))
-        facts = step_facts(trace)
+        facts = step_facts(trace) if self.follows_inodes else StepFacts([], [], [], [])
         self.add_edges(trace, graph, facts)
         if self.tears:
             self._block_edges(trace, graph, facts, block_size)
@@ -470,15 +471,7 @@ class Prefix(Persistence):
     name = "prefix"
     description = "steps persist in order, each atomically (a process crash)"
     tears = False
-
-    def constraints(self, trace: Trace, block_size: int = DEFAULT_BLOCK_SIZE) -> Constraints:
-        """A chain: no need to follow inodes through the trace."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        graph.add_nodes_from(range(len(trace.steps)))
-        self.add_edges(trace, graph, StepFacts([], [], [], []))
-        return Constraints(graph, [1] * len(trace.steps))
+    follows_inodes = False
 
     def add_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
         graph.add_edges_from((i, i + 1) for i in range(len(trace.steps) - 1))
