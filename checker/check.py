@@ -33,11 +33,36 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        """The spec meets its expectation: same verdict, and every expected invariant."""
-        if self.verdict != self.expected:
+        """The spec meets its expectation: same verdict, every expected invariant, and
+        every op that declares `expect_error` failed with exactly that errno."""
+        if self.verdict != self.expected or self.mismatched_ops:
             return False
         wanted = self.spec.expect.invariants if self.spec.expect else ()
         return set(wanted) <= set(self.violated)
+
+    @property
+    def op_records(self) -> Sequence[Any]:
+        """The ops as the model ran them (`checker.trace.OpRecord`), if known."""
+        return ()
+
+    @property
+    def mismatched_ops(self) -> list[Any]:
+        """Ops with an `expect_error` that returned something else."""
+        return [op for op in self.op_records if op.op.expect_error and not op.as_expected]
+
+    @property
+    def failed_ops(self) -> list[Any]:
+        """Ops that failed although the spec does not say they should (a warning)."""
+        return [op for op in self.op_records if not op.op.expect_error and op.errno]
+
+    def ops_json(self) -> list[dict[str, object]]:
+        out = []
+        for op in self.op_records:
+            doc: dict[str, object] = {"op": op.index, "op_text": op.text, "result": op.result}
+            if op.op.expect_error:
+                doc["expect_error"] = op.op.expect_error
+            out.append(doc)
+        return out
 
 
 @dataclass
@@ -59,6 +84,10 @@ class Result(Verdict):
     context: Context | None = None
     confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
     fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
+
+    @property
+    def op_records(self) -> Sequence[Any]:
+        return self.trace.ops
 
     @cached_property
     def accounting(self) -> dict[str, Any] | None:
@@ -86,6 +115,7 @@ class Result(Verdict):
             "engine": self.engine,
             "bounded": self.bounded,
             "invariants": list(self.invariants),
+            "ops": self.ops_json(),
             "violations": [self._violation_json(i, v) for i, v in enumerate(self.violations)],
         } | extra
 

@@ -10,17 +10,18 @@ import argparse
 import json
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from checker import explore as explore_mod
-from checker import kernel, report
+from checker import kernel, report, workspace
 from checker.check import ENGINES, Result, check
 from checker.confirm import confirm
 from checker.conform import conform
-from checker.errors import CrashcheckError, UsageError
+from checker.errors import CrashcheckError, UsageError, one_line
 from checker.explorer import Budget
 from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     real.add_argument("--table", action="store_true",
                       help="a findings table: model, kernel and fuse-overlayfs verdict per spec")
+    sub.add_parser(
+        "clean",
+        help="remove what killed real-mode runs left (mounts, daemons, temp dirs under $TMPDIR)",
+    )
     return parser
 
 
@@ -147,6 +152,10 @@ def spec_files(paths: Sequence[str]) -> list[Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
     specs = [load_spec(f) for f in files]  # every input error before any work
+    if args.confirm:
+        reason = kernel.overlay_unavailable_reason()
+        if reason is not None:
+            raise UsageError(f"run --confirm: {reason}")
     started = time.perf_counter()
     results: list[Result] = []
     progress = report.progress_printer()
@@ -166,6 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.append(result)
         if not args.json:
             print(report.summary_line(result), flush=True)
+            for line in report.op_lines(result):
+                print(line)
             confirmed = report.confirmation_line(result)
             if confirmed:
                 print(confirmed)
@@ -270,6 +281,16 @@ def cmd_conform(args: argparse.Namespace) -> int:
     return 0 if all(o.conforms for o in ops) else 1
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Tear down the workspaces of dead runs; exit 1 if one cannot be removed."""
+    found = workspace.clean_stale()
+    for stale in found:
+        print(stale.describe())
+    if not found:
+        print(f"nothing to clean: no workspace of a dead run under {tempfile.gettempdir()}")
+    return 0 if all(s.removed for s in found) else 1
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds every workspace: mounts undone, processes ended
 
@@ -278,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools in a pipeline (`crashcheck run ... | head`).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
@@ -288,9 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_real(args)
         if args.command == "explore":
             return cmd_explore(args)
+        if args.command == "clean":
+            return cmd_clean(args)
         raise UsageError(f"unknown command {args.command}")
     except (CrashcheckError, DriverLoadError) as e:
-        print(f"crashcheck: error: {e}", file=sys.stderr)
+        print(one_line(f"crashcheck: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("crashcheck: interrupted", file=sys.stderr)

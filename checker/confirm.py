@@ -51,7 +51,7 @@ def confirm(result: Result) -> list[Confirmation]:
         return [Confirmation("unavailable", release, reason) for _ in result.violations]
     out: list[Confirmation] = []
     cache: dict[bytes, KernelCrash] = {}
-    with kernel.workspace("crashcheck-confirm-") as ws:
+    with kernel.workspace("confirm") as ws:
         for v in result.violations:
             out.append(_confirm_one(result, v, ws, cache, release))
     return out

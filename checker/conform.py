@@ -1,15 +1,17 @@
 """Conformance (`crashcheck conform SPEC`): do the model's steps match what the kernel
 really does on the upper file system?
 
-The workload runs on a real overlayfs mount whose upper and work dirs live on a private
-tmpfs watched with fanotify (`checker.fanotify`). The namespace changes the kernel makes
-for each op (mkdir, create, rename, unlink, rmdir on upper and work) are compared with
-the ones the model's steps make, as multisets (fanotify may merge queued events, and a
-real `rm -rf` visits entries in readdir order, not in name order), with work-dir temp
-names `#<hex>` compared as one wildcard (the kernel's temp counter is global). Reports
-show temp names numbered `#1, #2, ...` in order of appearance. Attribute and data steps
+The workload runs, confined to the mount (`checker.sandbox`), on a real overlayfs
+mount whose upper and work dirs live on a private tmpfs watched with fanotify
+(`checker.fanotify`). The namespace changes the kernel makes for each op (mkdir,
+create, rename, unlink, rmdir on upper and work) are compared with the ones the
+model's steps make, as multisets (fanotify may merge queued events, and a real
+`rm -rf` visits entries in readdir order, not in name order), with work-dir temp names
+`#<hex>` compared as one wildcard (the kernel's temp counter is global). Reports show
+temp names numbered `#1, #2, ...` in order of appearance. Attribute and data steps
 (setxattr, chmod, write, copy, fsync) leave no namespace trace and are checked by the
-upper-dir comparisons of the kernel tests instead.
+upper-dir comparisons of the kernel tests instead. Each op's result (0 or its errno;
+for `mv`, `rm`, `cp` failed or not) must also be the model's.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from checker import kernel
+from checker import kernel, sandbox
 from checker.errors import CrashcheckError
 from checker.fanotify import FanotifyUnavailable, FsWatcher
-from checker.realops import run_op
+from checker.realops import agrees, run_op
 from checker.spec import Spec
 from checker.trace import build_trace
 from models.driver import Driver
@@ -84,6 +86,8 @@ class OpConformance:
     text: str
     model_steps: list[str]
     observed_steps: list[str]
+    model_result: int | str = 0
+    real_result: int | str = 0
 
     @property
     def missing(self) -> list[str]:
@@ -96,13 +100,19 @@ class OpConformance:
         return sorted((_shapes(self.observed_steps) - _shapes(self.model_steps)).elements())
 
     @property
+    def same_result(self) -> bool:
+        return agrees(self.model_result, self.real_result)
+
+    @property
     def conforms(self) -> bool:
-        return _shapes(self.model_steps) == _shapes(self.observed_steps)
+        return self.same_result and _shapes(self.model_steps) == _shapes(self.observed_steps)
 
     def to_json(self) -> dict[str, object]:
         return {
             "op": self.op,
             "op_text": self.text,
+            "result": self.model_result,
+            "real_result": self.real_result,
             "model_steps": self.model_steps,
             "observed_steps": self.observed_steps,
             "conforms": self.conforms,
@@ -114,12 +124,13 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
     the model's (or with those of `driver`, a variant under test)."""
     if spec.driver != "overlayfs":
         raise CrashcheckError(f"{spec.file}: conform needs an overlayfs spec, not {spec.driver}")
-    reason = kernel.overlay_unavailable_reason()
+    reason = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
     if reason is not None:
         raise kernel.KernelUnavailable(reason)
     trace = build_trace(spec, driver)
     out: list[OpConformance] = []
-    with kernel.workspace("crashcheck-conform-") as ws:
+    with kernel.workspace("conform") as ws:
+        shim = sandbox.build_shim(ws.root)
         fs = ws.path("fs")
         ws.mount_tmpfs(fs)
         lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
@@ -132,13 +143,14 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         try:
             for record in trace.ops:
                 watcher.drain()
-                run_op(target, record.op)
+                result = run_op(target, record.op, shim)
                 observed = [str(e) for e in watcher.drain()]
                 model = [
                     e for i in range(record.first_step, record.end_step)
                     for e in namespace_events(trace.steps[i])
                 ]
-                out.append(OpConformance(record.index, record.text, normalize(model), normalize(observed)))
+                out.append(OpConformance(record.index, record.text, normalize(model), normalize(observed),
+                                         record.result, result))
         finally:
             watcher.close()
     return out

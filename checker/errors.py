@@ -19,3 +19,9 @@ class SpecError(CrashcheckError):
 
 class UsageError(CrashcheckError):
     """A mistake on the command line."""
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: control characters (a newline, a NUL from a spec
+    key) are shown as escapes, so an error is always exactly one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

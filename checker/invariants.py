@@ -47,6 +47,7 @@ class CrashContext:
 class Invariant:
     name = ""
     description = ""
+    needs = "nothing"  # what a spec must have for the invariant to check anything
     trace_level = False  # looks at the trace itself (check_trace)
     crash_level = True  # looks at each crash state (check)
 
@@ -112,6 +113,7 @@ def _moves(op: OpRecord) -> tuple[str, str] | None:
 class NoDualExistence(Invariant):
     name = "no-dual-existence"
     description = "during a rename or mv, the source and destination never both exist"
+    needs = "a rename or mv op"
 
     def applies(self, spec: Spec) -> bool:
         return any(op.kind in ("rename", "mv") for op in spec.ops)
@@ -277,6 +279,7 @@ class NoLoss(Invariant):
 class LowerImmutable(Invariant):
     name = "lower-immutable"
     description = "no step writes to a lower layer (image layers are shared and read-only)"
+    needs = "a driver with read-only lower layers (overlayfs, aufs)"
     trace_level = True
     crash_level = False
 
@@ -301,6 +304,7 @@ class Durability(Invariant):
         "what a returned fsync (the file) or sync (every file) made durable survives the "
         "crash, unless a later op changed it"
     )
+    needs = "an fsync or sync op"
 
     def applies(self, spec: Spec) -> bool:
         return any(op.kind in ("fsync", "sync") for op in spec.ops)
@@ -364,6 +368,7 @@ class ViewPreserved(Invariant):
         "an op that must not change what users see (a squash) leaves the view exactly as "
         "it was, when it completes and after any crash during it"
     )
+    needs = "an op that must preserve the view (squash on the squash driver)"
     trace_level = True  # checks completed ops here, and crash states in `check`
 
     def applies(self, spec: Spec) -> bool:
@@ -419,6 +424,7 @@ class LayerStoreConsistent(_StoreInvariant):
         "complete data: cache-id, diff, link, lower and l/ symlink resolve, contents match"
     )
     hook = "store_problems"
+    needs = "a driver with a layer store (docker-overlay2)"
     what = "the layer store is inconsistent"
 
 
@@ -429,6 +435,7 @@ class NoLayerLeak(_StoreInvariant):
         "will remove (orphan layer dirs, dangling l/ links, temp write sets)"
     )
     hook = "store_leaks"
+    needs = "a driver with a layer store (docker-overlay2)"
     what = "storage leaked"
 
 
@@ -439,6 +446,7 @@ class SnapshotIsolation(Invariant):
         "when it completes and after any crash during it"
     )
     trace_level = True
+    needs = "a driver whose ops act on one container or image (docker-overlay2, devicemapper)"
 
     def applies(self, spec: Spec) -> bool:
         return _driver_has(spec, "op_scope")
@@ -483,6 +491,7 @@ class NoSpaceLeak(Invariant):
         "device maps, and (after an op) no mapped block its file system does not use"
     )
     trace_level = True
+    needs = "a driver with a thin pool (devicemapper)"
 
     def applies(self, spec: Spec) -> bool:
         return _driver_has(spec, "space_leaks")

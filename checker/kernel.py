@@ -1,8 +1,9 @@
 """The real thing: materialize model states on disk, mount the kernel's overlayfs, read
-real trees back in the model's vocabulary, and always clean up.
+real trees back in the model's vocabulary.
 
-Everything happens under one private temporary directory. Every mount is undone (lazily
-if it is busy) when the `Workspace` closes, also on errors and Ctrl-C.
+Everything happens under one private workspace (`checker.workspace`): every mount is
+undone and every process ended when it closes, on errors, signals, and after a SIGKILL
+by the next run.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from checker.errors import CrashcheckError
+from checker.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, overlay_option, workspace
+
+__all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
+    "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
+    "materialize_overlay", "overlay_option", "overlay_unavailable_reason", "read_node", "read_upper",
+    "read_view", "without_xattrs", "workspace", "write_node",
+]
 from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs
 from models.union import IMPURE, ORIGIN, OVL_PREFIX
-
-MOUNT_TIMEOUT = 30  # seconds for mount/umount; a hung mount is an environment problem
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.
@@ -123,79 +125,7 @@ def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -
     return tuple(sorted(out))
 
 
-# --- workspaces and mounts ------------------------------------------------------------
-
-
-@dataclass
-class Workspace:
-    """A private temporary directory; every mount made through it is undone on close."""
-
-    root: Path
-    mounts: list[Path] = field(default_factory=list)
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def mount_overlay(
-        self, lowers_top_first: list[Path], upper: Path, work: Path, target: Path,
-        options: dict[str, object] | None = None,
-    ) -> None:
-        opts = [
-            "lowerdir=" + ":".join(str(p) for p in lowers_top_first),
-            f"upperdir={upper}",
-            f"workdir={work}",
-        ]
-        for key, value in (options or {}).items():
-            opts.append(overlay_option(key, value))
-        target.mkdir(parents=True, exist_ok=True)
-        cmd = ["mount", "-t", "overlay", "overlay", "-o", ",".join(o for o in opts if o), str(target)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
-        if proc.returncode != 0:
-            raise MountRefused(proc.stderr.strip() or f"mount exited {proc.returncode}")
-        self.mounts.append(target)
-
-    def mount_tmpfs(self, target: Path) -> None:
-        """A private tmpfs (its own file system, so fanotify can watch all of it)."""
-        target.mkdir(parents=True, exist_ok=True)
-        cmd = ["mount", "-t", "tmpfs", "-o", "mode=0755", "crashcheck", str(target)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
-        if proc.returncode != 0:
-            raise MountRefused(proc.stderr.strip() or f"mount exited {proc.returncode}")
-        self.mounts.append(target)
-
-    def umount(self, target: Path) -> None:
-        proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
-        if proc.returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
-        if target in self.mounts:
-            self.mounts.remove(target)
-
-    def close(self) -> None:
-        for target in reversed(list(self.mounts)):
-            self.umount(target)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class MountRefused(CrashcheckError):
-    """mount(8) failed; the message is what it printed."""
-
-
-def overlay_option(key: str, value: object) -> str:
-    """A crashcheck overlayfs option as a kernel mount option ('' when it is model-only)."""
-    if key == "redirect_dir":
-        return f"redirect_dir={'on' if value in (True, 'on') else ('follow' if value == 'follow' else 'off')}"
-    if key == "volatile":
-        return "volatile" if value else ""
-    return ""  # copy_up_fsync and friends describe kernel versions, not mount options
-
-
-@contextmanager
-def workspace(prefix: str = "crashcheck-") -> Iterator[Workspace]:
-    ws = Workspace(Path(tempfile.mkdtemp(prefix=prefix)))
-    try:
-        yield ws
-    finally:
-        ws.close()
+# --- workspaces and mounts: checker.workspace --------------------------------------------------
 
 
 def materialize_overlay(

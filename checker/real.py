@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from checker import kernel
+from checker import kernel, sandbox
 from checker.check import Verdict
 from checker.errors import CrashcheckError
 from checker.invariants import INVARIANTS, CrashContext, Finding, selected
-from checker.realops import CLIENT_TIMEOUT, client_argv, raw_calls
+from checker.realops import CLIENT_FAILED, CLIENT_TIMEOUT, INSIDE, agrees, client_argv, raw_calls, result_name
 from checker.spec import Spec
 from checker.trace import OpRecord, Trace, build_trace
+from checker.workspace import Workspace, workspace
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -73,7 +76,7 @@ def unavailable_reason(impl: str) -> str | None:
         return "/dev/fuse is missing (no FUSE in this kernel or container)"
     if shutil.which("strace") is None:
         return "strace is not installed (apt-get install strace)"
-    return None
+    return sandbox.unavailable_reason()
 
 
 # --- processes and mounts ------------------------------------------------------------
@@ -81,10 +84,11 @@ def unavailable_reason(impl: str) -> str | None:
 
 @dataclass
 class Lab:
-    """The private temp dir of a real run: mounts and child processes it must undo."""
+    """The workspace of a real run (`checker.workspace`: every mount, process and file of
+    the run lives under it and goes with it) and the confinement shim of its clients."""
 
-    ws: kernel.Workspace
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ws: Workspace
+    shim: Path
     serial: int = 0
 
     def fresh(self, prefix: str) -> Path:
@@ -93,35 +97,11 @@ class Lab:
         path.mkdir()
         return path
 
-    def spawn(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
-        self.processes.append(proc)
-        return proc
-
-    def end(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if proc in self.processes:
-            self.processes.remove(proc)
-
-    def close(self) -> None:
-        for proc in list(self.processes):
-            self.end(proc, signal.SIGKILL)
-
 
 @contextmanager
 def lab() -> Iterator[Lab]:
-    with kernel.workspace("crashcheck-real-") as ws:
-        state = Lab(ws)
-        try:
-            yield state
-        finally:
-            state.close()  # processes first: a FUSE daemon holds its mount
+    with workspace("real") as ws:
+        yield Lab(ws, sandbox.build_shim(ws.root))
 
 
 @dataclass
@@ -165,20 +145,20 @@ class FuseImpl(Impl):
               options: dict[str, object]) -> Mounted:
         target.mkdir(parents=True, exist_ok=True)
         opts = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
-        daemon = lab.spawn(
+        lab.ws.journal(f"mount {target}")
+        daemon = lab.ws.spawn(
             ["fuse-overlayfs", "-f", "-o", opts, str(target)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + MOUNT_WAIT
         while not os.path.ismount(target):
             if daemon.poll() is not None:
-                lab.end(daemon)
+                lab.ws.end(daemon)
                 raise kernel.MountRefused(f"fuse-overlayfs exited with {daemon.returncode}")
             if time.monotonic() > deadline:
-                lab.end(daemon, signal.SIGKILL)
+                lab.ws.end(daemon, signal.SIGKILL)
                 raise kernel.MountRefused("fuse-overlayfs did not mount in time")
             time.sleep(0.005)
-        lab.ws.mounts.append(target)
         return Mounted(target, daemon)
 
     def umount(self, lab: Lab, m: Mounted) -> None:
@@ -186,7 +166,7 @@ class FuseImpl(Impl):
         if m.daemon is not None:
             with suppress(subprocess.TimeoutExpired):
                 m.daemon.wait(timeout=5)
-            lab.end(m.daemon, signal.SIGKILL)
+            lab.ws.end(m.daemon, signal.SIGKILL)
 
 
 IMPLS: dict[str, Callable[[], Impl]] = {"kernel": KernelImpl, "fuse-overlayfs": FuseImpl}
@@ -207,8 +187,18 @@ def _strace_calls(log: Path) -> list[str]:
         text = line.lstrip("0123456789").strip()
         if not text or text.startswith(("+++", "---", "<...")):
             continue
-        calls.append(text.split(" <unfinished")[0].rsplit(" = ", 1)[0][:160])
+        calls.append(_stable(text.split(" <unfinished")[0].rsplit(" = ", 1)[0])[:160])
     return calls
+
+
+_TIMES = re.compile(r"\{tv_sec=-?\d+, tv_nsec=-?\d+\}(?: /\* [^*]* \*/)?")
+_ADDRESSES = re.compile(r"0x[0-9a-f]{6,}")
+
+
+def _stable(call: str) -> str:
+    """A traced call without what differs from run to run (times, addresses), so reports
+    and JSON stay reproducible."""
+    return _ADDRESSES.sub("0x...", _TIMES.sub("{...}", call))
 
 
 def kill_expression(calls: list[str], n: int) -> str:
@@ -222,22 +212,27 @@ def kill_expression(calls: list[str], n: int) -> str:
 
 def run_client(
     lab: Lab, target: Path, argv: list[str], kill_at: int | None, calls: list[str] | None = None
-) -> tuple[list[str], str]:
-    """Run a client under strace: counting (kill_at None), or killed on entry to its
-    kill_at-th call of `calls` (the calls of a counting run). Returns (the calls made,
-    the call it was killed in)."""
+) -> tuple[list[str], str, int | str]:
+    """Run a client confined to `target` under strace: counting (kill_at None), or killed
+    on entry to its kill_at-th call of `calls` (the calls of a counting run). Returns (the
+    calls made, the call it was killed in, its result)."""
     log = lab.fresh("strace") / "log"
     cmd = ["strace", "-f", "-qq", "-o", str(log), "-e", f"trace={MUTATING_SYSCALLS}"]
+    cmd += sandbox.strace_env_args(target, lab.shim)  # the client runs chrooted into the mount
     if kill_at is not None:
         assert calls is not None
         cmd += ["-e", kill_expression(calls, kill_at)]
-    proc = lab.spawn(cmd + ["--"] + argv, cwd=target, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = lab.ws.spawn(cmd + ["--"] + argv, cwd=lab.ws.root, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=CLIENT_TIMEOUT)
+        status = proc.wait(timeout=CLIENT_TIMEOUT)
     finally:
-        lab.end(proc, signal.SIGKILL)
+        lab.ws.end(proc, signal.SIGKILL)
+    if status == sandbox.CONFINE_FAILED:
+        raise sandbox.SandboxUnavailable(f"could not confine {argv[0]} to the mount")
     made = _strace_calls(log)
-    return made, (made[-1] if kill_at is not None and made else "")
+    result: int | str = 0 if status == 0 else CLIENT_FAILED
+    return made, (made[-1] if kill_at is not None and made else ""), result
 
 
 @contextmanager
@@ -253,7 +248,7 @@ def traced_daemon(
     tids = sorted(os.listdir(f"/proc/{daemon.pid}/task"))
     for tid in tids:
         cmd += ["-p", tid]
-    tracer = lab.spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tracer = lab.ws.spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert tracer.stderr is not None
     attached = 0
     deadline = time.monotonic() + ATTACH_WAIT
@@ -261,7 +256,7 @@ def traced_daemon(
     pending = b""
     while attached < len(tids):
         if time.monotonic() > deadline or tracer.poll() is not None:
-            lab.end(tracer, signal.SIGKILL)
+            lab.ws.end(tracer, signal.SIGKILL)
             raise RealUnavailable("strace could not attach to the fuse-overlayfs daemon")
         chunk = tracer.stderr.read() or b""
         pending += chunk
@@ -270,7 +265,7 @@ def traced_daemon(
     try:
         yield log
     finally:
-        lab.end(tracer, signal.SIGINT)  # detaches from a daemon still alive
+        lab.ws.end(tracer, signal.SIGINT)  # detaches from a daemon still alive
 
 
 # --- checking one crash ---------------------------------------------------------------
@@ -301,6 +296,14 @@ class RealViolation:
         }
 
 
+@dataclass(frozen=True)
+class OpOutcome:
+    """An op as the model ran it, and what it returned on the real implementation."""
+
+    record: OpRecord
+    real: int | str
+
+
 @dataclass
 class RealResult(Verdict):
     spec: Spec
@@ -311,6 +314,25 @@ class RealResult(Verdict):
     violations: list[RealViolation]
     invariants: tuple[str, ...]
     seconds: float
+    outcomes: list[OpOutcome] = field(default_factory=list)
+
+    @property
+    def op_records(self) -> Sequence[Any]:
+        return [o.record for o in self.outcomes]
+
+    @property
+    def disagreements(self) -> list[OpOutcome]:
+        """Ops whose real result is not the model's (a model bug, or an escape)."""
+        return [o for o in self.outcomes if not agrees(o.record.result, o.real)]
+
+    @property
+    def ok(self) -> bool:
+        return super().ok and not self.disagreements
+
+    def ops_json(self) -> list[dict[str, object]]:
+        return [
+            doc | {"real_result": o.real} for doc, o in zip(super().ops_json(), self.outcomes, strict=True)
+        ]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -327,6 +349,7 @@ class RealResult(Verdict):
             "crash_states": self.crash_points,
             "crash_points": self.crash_points,
             "invariants": list(self.invariants),
+            "ops": self.ops_json(),
             "violations": [v.to_json() for v in self.violations],
         }
 
@@ -373,20 +396,20 @@ class RealRun:
         })
         return Recovery(backing), view
 
-    def run_clean(self, t: Template, record: OpRecord) -> tuple[list[str], Dir, Dir]:
-        """Run an op to completion on a mount of `t`: the calls it made and the views
-        before and after it on the live mount. The op's own clean unmount leaves `t`
-        ready for the next op (a volatile mount's dirty marker is removed, as its
+    def run_clean(self, t: Template, record: OpRecord) -> tuple[list[str], Dir, Dir, int | str]:
+        """Run an op to completion on a mount of `t`: the calls it made, the views before
+        and after it on the live mount, and its result. The op's own clean unmount leaves
+        `t` ready for the next op (a volatile mount's dirty marker is removed, as its
         documentation allows when nothing crashed)."""
         m = self.mount(t)
         try:
             before = kernel.read_view(m.target)
-            made, _ = self._perform(m.target, record, client_argv(record.op), None, None)
+            made, _, result = self._perform(m.target, record, client_argv(record.op), None, None)
             after = kernel.read_view(m.target)
         finally:
             self.impl.umount(self.lab, m)
         shutil.rmtree(t.work / "work" / "incompat", ignore_errors=True)
-        return made, before, after
+        return made, before, after, result
 
     def lowers_digest(self, t: Template) -> bytes:
         return Dir({f"l{i}": kernel.read_node(p) for i, p in enumerate(t.lowers)}).digest
@@ -407,28 +430,27 @@ class RealRun:
                     self._perform(m.target, record, argv, None, None)
                 made = _strace_calls(log)
                 return made, (made[-1] if kill_at is not None and made else "")
-            return self._perform(m.target, record, argv, kill_at, calls)
+            made, killed, _ = self._perform(m.target, record, argv, kill_at, calls)
+            return made, killed
         finally:
             if m.daemon is not None and m.daemon.poll() is not None:
                 self.lab.ws.umount(m.target)  # the daemon is gone: lazy unmount
-                self.lab.end(m.daemon)
+                self.lab.ws.end(m.daemon)
             else:
                 self.impl.umount(self.lab, m)
 
     def _perform(self, target: Path, record: OpRecord, argv: list[str] | None,
-                 kill_at: int | None, calls: list[str] | None) -> tuple[list[str], str]:
+                 kill_at: int | None, calls: list[str] | None) -> tuple[list[str], str, int | str]:
+        """Run the op confined to the mount at `target`: (the calls made, the call it was
+        killed in, its result)."""
         if argv is not None:
             return run_client(self.lab, target, argv, kill_at, calls)
-        raw = raw_calls(target, record.op)
+        raw = raw_calls(INSIDE, record.op)
         stop = len(raw) if kill_at is None else kill_at - 1
-        for call in raw[:stop]:
-            try:
-                call()
-            except OSError:
-                break
+        results = sandbox.run_raw(target, raw[:stop])
         names = [str(rec.call) for rec in record.syscalls][: len(raw)]
         killed = "" if kill_at is None or kill_at > len(raw) else names[kill_at - 1]
-        return names, killed
+        return names, killed, result_name(results[-1]) if results else 0
 
     def check(self, record: OpRecord, before: Dir, after: Dir, t: Template, kill_at: int,
               process: str, syscall: str) -> list[RealViolation]:
@@ -471,6 +493,7 @@ def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | Non
     trace = build_trace(spec)
     impl = IMPLS[impl_name]()
     violations: list[RealViolation] = []
+    outcomes: list[OpOutcome] = []
     points = calls = 0
     with lab() as state:
         run = RealRun(state, impl, spec, trace)
@@ -479,7 +502,8 @@ def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | Non
         run.lower_digest = run.lowers_digest(current)
         for record in trace.ops:
             after_t = run.copy(current)
-            made, before, after = run.run_clean(after_t, record)
+            made, before, after, result = run.run_clean(after_t, record)
+            outcomes.append(OpOutcome(record, result))
             calls += len(made)
             modes = [("client", False)] + ([("daemon", True)] if impl_name == "fuse-overlayfs" else [])
             for process, daemon_kill in modes:
@@ -497,7 +521,7 @@ def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | Non
     violations.sort(key=lambda v: (v.op, v.process, v.crash_at_call, v.invariant))
     return RealResult(
         spec, impl_name, "violation" if violations else "pass", points, calls, violations,
-        tuple(inv.name for inv in selected(spec)), time.perf_counter() - started,
+        tuple(inv.name for inv in selected(spec)), time.perf_counter() - started, outcomes,
     )
 
 

@@ -1,16 +1,21 @@
 """Running spec ops on a real mount: system calls from Python, client programs as the
-real coreutils binaries (`mv -T`, `rm -rf`, `cp -a -T`)."""
+real coreutils binaries (`mv -T`, `rm -rf`, `cp -a -T`), every one of them confined to
+the mount (`checker.sandbox`): paths resolve inside it as inside a container."""
 
 from __future__ import annotations
 
+import errno as errno_module
 import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from checker import sandbox
 from checker.spec import Op
 
 CLIENT_TIMEOUT = 60  # seconds for one real mv/rm/cp
+CLIENT_FAILED = "failed"  # the result of a client program that exits non-zero
+INSIDE = Path("/")  # the mount, as the confined op sees it
 
 
 def client_argv(op: Op) -> list[str] | None:
@@ -25,24 +30,38 @@ def client_argv(op: Op) -> list[str] | None:
     return None
 
 
-def run_op(mountpoint: Path, op: Op) -> int:
-    """Perform one op under `mountpoint`; returns the errno it failed with (0 on success,
-    -1 for a client program that failed)."""
+def result_name(code: int) -> int | str:
+    return errno_module.errorcode.get(code, str(code)) if code else 0
+
+
+def agrees(model: int | str, real: int | str) -> bool:
+    """The real result is the model's: the same errno for a system call; for a client
+    program (which only says failed or not), failure on both sides or on neither."""
+    if real == CLIENT_FAILED:
+        return model != 0
+    return model == real
+
+
+def run_op(mountpoint: Path, op: Op, shim: Path) -> int | str:
+    """Perform one op confined to `mountpoint`: 0, the errno name a system call failed
+    with, or CLIENT_FAILED for a client program that exited non-zero."""
     argv = client_argv(op)
     if argv is not None:
-        proc = subprocess.run(argv, cwd=mountpoint, capture_output=True, timeout=CLIENT_TIMEOUT)
-        return 0 if proc.returncode == 0 else -1
-    for call in raw_calls(mountpoint, op):
-        try:
-            call()
-        except OSError as e:
-            return e.errno or -1
-    return 0
+        proc = subprocess.run(
+            argv, cwd="/", env=sandbox.client_env(mountpoint, shim), capture_output=True,
+            timeout=CLIENT_TIMEOUT,
+        )
+        if proc.returncode == sandbox.CONFINE_FAILED:
+            raise sandbox.SandboxUnavailable(proc.stderr.decode(errors="replace").strip())
+        return 0 if proc.returncode == 0 else CLIENT_FAILED
+    results = sandbox.run_raw(mountpoint, raw_calls(INSIDE, op))
+    return result_name(results[-1]) if results else 0
 
 
 def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
     """A raw op as the system calls the model makes for it, one callable each (so a
-    crash can fall between them). Modes are applied exactly (umask 0), as in the model."""
+    crash can fall between them), with paths under `m` (the root of a confined child).
+    Modes are applied exactly (umask 0), as in the model."""
     a = dict(op.args)
 
     def p(key: str) -> Path:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from checker import views
-from checker.check import Result
+from checker.check import Result, Verdict
 from checker.conform import OpConformance
 from checker.explore import Report as ExploreReport
 from checker.explore import Settings
@@ -62,6 +62,22 @@ def summary_line(r: Result) -> str:
         f"expected {expected}; {r.seconds:.2f}s{scope}"
     )
     return line + "".join(f"\n     {text}" for text in accounting_lines(r.accounting))
+
+
+def op_lines(r: Verdict) -> list[str]:
+    """A line for every op that did not return what the spec says: a failure nobody
+    declared (a warning: the workload may not do what its author meant) and a declared
+    `expect_error` that did not happen (the spec fails)."""
+    lines = []
+    for op in r.failed_ops:
+        lines.append(
+            f"     warning: op {op.index} `{op.text}` failed with {op.result}, so it changed nothing "
+            f"(add expect_error = \"{op.result}\" to the op if that is what you meant)"
+        )
+    for op in r.mismatched_ops:
+        got = "succeeded" if op.result == 0 else f"failed with {op.result}"
+        lines.append(f"     op {op.index} `{op.text}` {got}, but the spec expects {op.op.expect_error}")
+    return lines
 
 
 def accounting_lines(figures: dict[str, object] | None) -> list[str]:
@@ -244,6 +260,8 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
     for o in ops:
         verdict = "conforms" if o.conforms else "DIFFERS"
         lines.append(f"  op {o.op} `{o.text}`: {verdict} ({len(o.observed_steps)} namespace changes)")
+        if not o.same_result:
+            lines.append(f"    result: the model returns {o.model_result}, the kernel {o.real_result}")
         if verbose or not o.conforms:
             lines.append("    model:    " + ("; ".join(o.model_steps) or "(none)"))
             lines.append("    observed: " + ("; ".join(o.observed_steps) or "(none)"))
@@ -275,6 +293,12 @@ def real_summary(r: RealResult) -> str:
         f"     {r.implementation}: {r.calls} system calls, {r.crash_points} crash points, "
         f"{len(r.violations)} violations{inv}; expected {r.expected}; {r.seconds:.1f}s",
     ]
+    for o in r.disagreements:
+        lines.append(
+            f"     RESULT DIFFERS: op {o.record.index} `{o.record.text}` returns {o.record.result} "
+            f"in the model and {o.real} on {r.implementation} (a model bug)"
+        )
+    lines.extend(op_lines(r))
     groups: dict[tuple[int, str, str], list[RealViolation]] = {}
     for v in r.violations:
         groups.setdefault((v.op, v.process, v.invariant), []).append(v)

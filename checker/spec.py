@@ -6,8 +6,11 @@ Every mistake becomes a `SpecError` that names the file and the key, e.g.
 
 from __future__ import annotations
 
+import errno as errno_module
 import hashlib
 import json
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +29,7 @@ from models.tree import (
     Symlink,
     Whiteout,
     lookup,
+    name_problem,
     replace,
     split,
 )
@@ -38,6 +42,19 @@ TOP_KEYS = (
     "upper", "ops", "expect",
 )
 DEFAULT_BLOCK_SIZE = 4096  # bytes a disk writes atomically (a page; ext4's default block)
+
+# --- limits: every input is bounded before any work (README "Limits") ---------------------
+MAX_SPEC_BYTES = 4 * 1024 * 1024  # a spec is a small text; more is not a spec (or /dev/zero)
+MAX_NAME_BYTES = 255  # NAME_MAX: the longest name Linux file systems take
+MAX_PATH_BYTES = 4095  # PATH_MAX less the NUL: the longest path a system call takes
+MAX_PATH_DEPTH = 64  # components of one spec path; deeper trees are not crash-consistency workloads
+MAX_DATA_BYTES = 16 * 1024 * 1024  # file contents and sizes: the model keeps data in memory
+MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
+MAX_ENTRIES = 100_000  # entries of one layer table
+MAX_OPS = 100_000  # ops of one workload
+MAX_TEXT = 65536  # names, descriptions and other free text
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 30  # a sector .. 1 GiB; torn writes are cut at this size
+ERRNO_NAMES = tuple(sorted(errno_module.errorcode.values()))
 
 # op -> (required arguments, optional arguments)
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -81,6 +98,7 @@ class Op:
     index: int
     kind: str
     args: tuple[tuple[str, Any], ...]
+    expect_error: str = ""  # the errno name the op is expected to fail with ("": success)
 
     def arg(self, name: str, default: Any = None) -> Any:
         return dict(self.args).get(name, default)
@@ -135,7 +153,7 @@ class Spec:
                 "options": self.options,
                 "layers": [layer.digest.hex() for layer in self.layers],
                 "upper": self.upper.digest.hex() if self.upper else None,
-                "ops": [[op.kind, [[k, str(v)] for k, v in op.args]] for op in self.ops],
+                "ops": [[op.kind, [[k, str(v)] for k, v in op.args], op.expect_error] for op in self.ops],
                 "check": self.check,
                 "block_size": self.block_size,
             },
@@ -145,19 +163,51 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate one spec file."""
+    """Read and validate one spec file (a regular file of UTF-8 TOML, at most
+    MAX_SPEC_BYTES; a leading byte-order mark is accepted)."""
     file = str(path)
+    raw = read_spec_bytes(file)
     try:
-        raw = Path(path).read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(file, "invalid TOML: not UTF-8 text") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(file, f"invalid TOML: {e}") from None
+    except RecursionError:
+        raise SpecError(file, "invalid TOML: arrays or tables nested too deeply") from None
+    return parse_spec(data, file)
+
+
+def read_spec_bytes(file: str) -> bytes:
+    """The bytes of a spec file; only a regular file is read (a FIFO would block, a
+    device never ends), and at most MAX_SPEC_BYTES of it."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise SpecError(file, f"cannot read: {e.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SpecError(file, "invalid TOML: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(file, f"invalid TOML: {e}") from None
-    return parse_spec(data, file)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(file, "not a regular file (a spec is a TOML text file)")
+        if st.st_size > MAX_SPEC_BYTES:
+            raise SpecError(file, f"too large ({st.st_size} bytes; a spec is at most {MAX_SPEC_BYTES})")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(file, f"too large (a spec is at most {MAX_SPEC_BYTES} bytes)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise SpecError(file, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
@@ -175,16 +225,16 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
             raise SpecError(file, str(e), "driver") from None
         except KeyError:
             pass
-        raise SpecError(file, f"unknown driver '{driver}' (known: {', '.join(sorted(known))})", "driver")
+        raise SpecError(file, f"unknown driver {driver!r} (known: {', '.join(sorted(known))})", "driver")
     persistence = data.get("persistence", "prefix")
-    if persistence not in PERSISTENCE_MODELS:
+    if not isinstance(persistence, str) or persistence not in PERSISTENCE_MODELS:
         raise SpecError(
             file, f"unknown persistence model {persistence!r} (known: {', '.join(PERSISTENCE_MODELS)})",
             "persistence",
         )
     description = data.get("description", "")
-    if not isinstance(description, str):
-        raise SpecError(file, "must be a string", "description")
+    if not isinstance(description, str) or len(description) > MAX_TEXT:
+        raise SpecError(file, f"must be a string of at most {MAX_TEXT} characters", "description")
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise SpecError(file, "must be a table", "options")
@@ -207,39 +257,74 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
     wrong = known[driver].check_workload(resolved, layers, upper, ops)
     if wrong:
         raise SpecError(file, wrong)
-    check = _parse_check(data, file)
-    expect = _parse_expect(data, file)
     block_size = data.get("block_size", DEFAULT_BLOCK_SIZE)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise SpecError(file, "must be a positive integer (bytes)", "block_size")
-    return Spec(
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not (
+        MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE and block_size & (block_size - 1) == 0
+    ):
+        raise SpecError(
+            file, f"must be a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} (bytes)", "block_size"
+        )
+    spec = Spec(
         file=file, name=name, driver=driver, persistence=persistence, description=description,
-        check=check, options=dict(options), layers=layers, upper=upper, ops=ops, expect=expect,
+        check=None, options=dict(options), layers=layers, upper=upper, ops=ops, expect=None,
         block_size=block_size,
     )
+    spec.check = _parse_check(data, file, spec)
+    spec.expect = _parse_expect(data, file, spec)
+    return spec
 
 
 def _required_str(data: dict[str, Any], key: str, file: str) -> str:
     if key not in data:
         raise SpecError(file, f"missing required key '{key}'")
     value = data[key]
-    if not isinstance(value, str) or not value:
-        raise SpecError(file, "must be a non-empty string", key)
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise SpecError(file, f"must be a non-empty string of at most {MAX_TEXT} characters", key)
     return value
 
 
 def check_path(path: Any, file: str, key: str) -> str:
-    """A relative, '/'-separated path without '.' or '..' components."""
+    """A relative, '/'-separated path without '.' or '..' components, within the limits
+    of a real system call (NAME_MAX, PATH_MAX, no NUL byte) and MAX_PATH_DEPTH."""
     if not isinstance(path, str) or not path:
         raise SpecError(file, "must be a non-empty path string", key)
     if path.startswith("/"):
-        raise SpecError(file, f"path {path!r} must be relative (no leading '/')", key)
+        raise SpecError(file, f"path {_short(path)} must be relative (no leading '/')", key)
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise SpecError(file, f"path {_short(path)} is longer than {MAX_PATH_BYTES} bytes (PATH_MAX)", key)
     parts = path.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise SpecError(file, f"path {_short(path)} has more than {MAX_PATH_DEPTH} components", key)
     if any(p in (".", "..") for p in parts):
-        raise SpecError(file, f"path {path!r} must not contain '.' or '..' components", key)
+        raise SpecError(file, f"path {_short(path)} must not contain '.' or '..' components", key)
     if any(p == "" for p in parts):
-        raise SpecError(file, f"path {path!r} has an empty component", key)
+        raise SpecError(file, f"path {_short(path)} has an empty component", key)
+    for part in parts:
+        wrong = name_problem(part)
+        if wrong:
+            raise SpecError(file, f"path {_short(path)}: {wrong}", key)
     return path
+
+
+def _short(text: str) -> str:
+    """A value quoted for an error line, cut to stay one readable line."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _text(value: Any, file: str, key: str, limit: int = MAX_DATA_BYTES, nul: bool = True) -> str:
+    """A string argument: its UTF-8 encoding at most `limit` bytes; NUL only where the
+    kernel takes it (file data, not names)."""
+    if not isinstance(value, str):
+        raise SpecError(file, "must be a string", key)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise SpecError(file, "must be valid Unicode text (no lone surrogates)", key) from None
+    if size > limit:
+        raise SpecError(file, f"is {size} bytes long; at most {limit} bytes are allowed", key)
+    if not nul and "\0" in value:
+        raise SpecError(file, "must not contain a NUL byte", key)
+    return value
 
 
 def _mode(value: Any, file: str, key: str) -> int:
@@ -253,22 +338,46 @@ def _mode(value: Any, file: str, key: str) -> int:
     return value
 
 
+XATTR_NAMESPACES = ("user.", "trusted.")  # what the models and a real overlay upper store
+
+
+def check_xattr_name(name: Any, file: str, key: str) -> str:
+    if not isinstance(name, str) or not name.startswith(XATTR_NAMESPACES) or name in XATTR_NAMESPACES:
+        raise SpecError(
+            file, f"xattr name {name!r} must start with {' or '.join(XATTR_NAMESPACES)} and go on", key
+        )
+    _text(name, file, key, MAX_NAME_BYTES, nul=False)
+    return name
+
+
 def _xattrs(value: Any, file: str, key: str) -> tuple[tuple[str, bytes], ...]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise SpecError(file, "xattrs must be a table of name = \"value\" strings", key)
+    for k, v in value.items():
+        check_xattr_name(k, file, f"{key}.{k}")
+        _text(v, file, f"{key}.{k}", MAX_XATTR_VALUE)
     return tuple(sorted((k, v.encode()) for k, v in value.items()))
+
+
+def check_target(value: Any, file: str, key: str) -> str:
+    """A symlink target: any path text the kernel takes (symlink(2)): not empty, no NUL,
+    at most PATH_MAX bytes. Absolute and climbing targets are allowed: they resolve
+    inside the view, as in a container."""
+    if not isinstance(value, str) or not value:
+        raise SpecError(file, "a symlink needs a non-empty string 'target'", key)
+    return _text(value, file, key, MAX_PATH_BYTES, nul=False)
 
 
 def build_node(value: Any, file: str, key: str) -> Node:
     """A spec entry (a string, or a table with `type`) as a tree node."""
     if isinstance(value, str):
-        return File(value.encode(), DEFAULT_FILE_MODE)
+        return File(_text(value, file, key).encode(), DEFAULT_FILE_MODE)
     if not isinstance(value, dict):
         raise SpecError(file, "an entry is a string (file content) or a table with 'type'", key)
     kind = value.get("type", "file")
-    if kind not in ENTRY_KEYS:
+    if not isinstance(kind, str) or kind not in ENTRY_KEYS:
         raise SpecError(
             file, f"unknown entry type {kind!r} (known: {', '.join(ENTRY_KEYS)})", key + ".type"
         )
@@ -280,9 +389,7 @@ def build_node(value: Any, file: str, key: str) -> Node:
             )
     xattrs = _xattrs(value.get("xattrs", {}), file, key + ".xattrs")
     if kind == "file":
-        content = value.get("content", "")
-        if not isinstance(content, str):
-            raise SpecError(file, "must be a string", key + ".content")
+        content = _text(value.get("content", ""), file, key + ".content")
         mode = _mode(value.get("mode", DEFAULT_FILE_MODE), file, key + ".mode")
         return File(content.encode(), mode, xattrs)
     if kind == "dir":
@@ -302,22 +409,23 @@ def build_node(value: Any, file: str, key: str) -> Node:
                     file, "a redirect is an absolute path '/a/b' or a name in the same parent",
                     key + ".redirect",
                 )
+            _text(redirect, file, key + ".redirect", MAX_PATH_BYTES, nul=False)
             extra[REDIRECT] = redirect.encode()
         return Dir({}, mode, tuple(sorted(extra.items())))
     if kind == "symlink":
-        target = value.get("target")
-        if not isinstance(target, str) or not target:
-            raise SpecError(file, "a symlink needs a non-empty string 'target'", key + ".target")
-        return Symlink(target, xattrs)
+        return Symlink(check_target(value.get("target"), file, key + ".target"), xattrs)
     return Whiteout(xattrs)
 
 
 def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
     """A layer table (path -> entry) as a tree; parents are implied directories."""
+    if len(entries) > MAX_ENTRIES:
+        raise SpecError(file, f"{len(entries)} entries; a layer holds at most {MAX_ENTRIES}", where)
+    for path in entries:
+        check_path(path, file, f'{where}."{path[:60]}"')
     root = Dir()
     for path in sorted(entries, key=lambda p: (p.count("/"), p)):
         key = f'{where}."{path}"'
-        check_path(path, file, key)
         node = build_node(entries[path], file, key)
         parts = split(path)
         for i in range(1, len(parts)):
@@ -340,13 +448,15 @@ def _parse_ops(
     raw = data.get("ops", [])
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise SpecError(file, "must be an array of tables ([[ops]])", "ops")
+    if len(raw) > MAX_OPS:
+        raise SpecError(file, f"{len(raw)} ops; a workload has at most {MAX_OPS}", "ops")
     ops = []
     for i, table in enumerate(raw):
         key = f"ops[{i}]"
         kind = table.get("op")
         if kind is None:
             raise SpecError(file, "missing 'op'", key)
-        if kind not in table_of_ops:
+        if not isinstance(kind, str) or kind not in table_of_ops:
             known_ops = ", ".join(sorted(table_of_ops))
             raise SpecError(file, f"unknown op {kind!r} for this driver (known: {known_ops})", key + ".op")
         required, optional = table_of_ops[kind]
@@ -354,17 +464,27 @@ def _parse_ops(
             if arg not in table:
                 raise SpecError(file, f"{kind} needs '{arg}'", key)
         args: list[tuple[str, Any]] = []
+        expect_error = ""
         for arg, value in table.items():
             if arg == "op":
                 continue
+            if arg == "expect_error":
+                expect_error = _errno_name(value, file, f"{key}.{arg}")
+                continue
             if arg not in required + optional:
-                allowed = ", ".join(required + optional) or "none"
+                allowed = ", ".join(required + optional + ("expect_error",))
                 raise SpecError(file, f"unknown argument for {kind} (allowed: {allowed})", f"{key}.{arg}")
             args.append((arg, _op_arg(kind, arg, value, file, f"{key}.{arg}")))
         order = required + optional
         args.sort(key=lambda kv: order.index(kv[0]))
-        ops.append(Op(i, kind, tuple(args)))
+        ops.append(Op(i, kind, tuple(args), expect_error))
     return ops
+
+
+def _errno_name(value: Any, file: str, key: str) -> str:
+    if not isinstance(value, str) or value not in ERRNO_NAMES:
+        raise SpecError(file, f"must be an errno name such as \"ENOENT\" or \"EXDEV\", not {value!r}", key)
+    return value
 
 
 def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
@@ -377,14 +497,23 @@ def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
     if arg in INT_ARGS:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(file, "must be a non-negative integer", key)
+        if arg == "size" and value > MAX_DATA_BYTES:
+            raise SpecError(
+                file, f"{value} bytes is beyond the model's file size limit of {MAX_DATA_BYTES} bytes", key
+            )
+        if arg == "from_layer" and value > MAX_ENTRIES:
+            raise SpecError(file, f"layer {value} does not exist", key)
         return value
-    if not isinstance(value, str):
-        raise SpecError(file, "must be a string", key)
-    if arg == "target" and not value:
-        raise SpecError(file, "must not be empty", key)
-    if arg in NAME_ARGS and (not value or "/" in value or value.startswith(".")):
-        raise SpecError(file, f"{value!r} is not a {arg} name (no '/', not empty, no leading '.')", key)
-    return value
+    if arg == "target":
+        return check_target(value, file, key)
+    if arg == "name" and kind == "setxattr":
+        return check_xattr_name(value, file, key)
+    if arg in NAME_ARGS:
+        if not isinstance(value, str) or name_problem(value) or value.startswith("."):
+            raise SpecError(file, f"{value!r} is not a {arg} name (no '/', not empty, no leading '.')", key)
+        return value
+    limit = MAX_XATTR_VALUE if arg == "value" else MAX_DATA_BYTES
+    return _text(value, file, key, limit)
 
 
 def _steps(value: Any, file: str, key: str) -> tuple[Any, ...]:
@@ -402,7 +531,7 @@ def _steps(value: Any, file: str, key: str) -> tuple[Any, ...]:
     for i, table in enumerate(value):
         where = f"{key}[{i}]"
         kind = table.get("step")
-        if kind not in STEP_TYPES:
+        if not isinstance(kind, str) or kind not in STEP_TYPES:
             raise SpecError(
                 file, f"unknown step {kind!r} (known: {', '.join(sorted(STEP_TYPES))})", where + ".step"
             )
@@ -426,9 +555,7 @@ def _steps(value: Any, file: str, key: str) -> tuple[Any, ...]:
 def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> Any:
     kind = str(annotation)
     if "bytes" in kind:
-        if not isinstance(raw, str):
-            raise SpecError(file, "must be a string", key)
-        return raw.encode()
+        return _text(raw, file, key).encode()
     if "bool" in kind:
         if not isinstance(raw, bool):
             raise SpecError(file, "must be true or false", key)
@@ -436,19 +563,22 @@ def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> An
     if "int" in kind:
         if name == "mode":
             return _mode(raw, file, key)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-            raise SpecError(file, "must be a non-negative integer", key)
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_DATA_BYTES:
+            raise SpecError(file, f"must be an integer from 0 to {MAX_DATA_BYTES}", key)
         return raw
     if not isinstance(raw, str):
         raise SpecError(file, "must be a string", key)
     if name in ("path", "src", "dst"):
         check_path(raw, file, key)
+    _text(raw, file, key, MAX_PATH_BYTES, nul=False)
     if name == "flags" and raw not in ("", "noreplace", "exchange", "whiteout"):
         raise SpecError(file, "must be one of '', 'noreplace', 'exchange', 'whiteout'", key)
     return raw
 
 
-def _parse_check(data: dict[str, Any], file: str) -> tuple[str, ...] | None:
+def _parse_check(data: dict[str, Any], file: str, spec: Spec) -> tuple[str, ...] | None:
+    """The `check` list: known invariants, each of which checks something in this spec
+    (an invariant that cannot apply would pass vacuously, so naming one is an error)."""
     from checker.invariants import INVARIANTS
 
     if "check" not in data:
@@ -456,16 +586,29 @@ def _parse_check(data: dict[str, Any], file: str) -> tuple[str, ...] | None:
     raw = data["check"]
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
         raise SpecError(file, "must be an array of invariant names", "check")
+    applicable = [name for name, inv in INVARIANTS.items() if inv.applies(spec)]
+    if not raw:
+        raise SpecError(
+            file, f"an empty list checks nothing; name invariants (here: {', '.join(applicable)}) "
+            "or leave 'check' out to check every one that applies", "check",
+        )
     for i, name in enumerate(raw):
         if name not in INVARIANTS:
             raise SpecError(
                 file, f"unknown invariant {name!r} (known: {', '.join(INVARIANTS)})", f"check[{i}]"
             )
+        if name not in applicable:
+            raise SpecError(
+                file, f"invariant {name!r} checks nothing here: it needs {INVARIANTS[name].needs} "
+                f"(invariants that apply: {', '.join(applicable)})", f"check[{i}]",
+            )
+    if len(set(raw)) != len(raw):
+        raise SpecError(file, "names an invariant twice", "check")
     return tuple(raw)
 
 
-def _parse_expect(data: dict[str, Any], file: str) -> Expect | None:
-    from checker.invariants import INVARIANTS
+def _parse_expect(data: dict[str, Any], file: str, spec: Spec) -> Expect | None:
+    from checker.invariants import INVARIANTS, selected
 
     if "expect" not in data:
         return None
@@ -476,17 +619,23 @@ def _parse_expect(data: dict[str, Any], file: str) -> Expect | None:
         if key not in ("verdict", "invariants"):
             raise SpecError(file, "unknown key (known: verdict, invariants)", f"expect.{key}")
     verdict = raw.get("verdict", "pass")
-    if verdict not in VERDICTS:
+    if not isinstance(verdict, str) or verdict not in VERDICTS:
         raise SpecError(file, f"must be one of {', '.join(VERDICTS)}", "expect.verdict")
     invariants = raw.get("invariants", [])
     if not isinstance(invariants, list) or not all(isinstance(x, str) for x in invariants):
         raise SpecError(file, "must be an array of invariant names", "expect.invariants")
+    checked = [inv.name for inv in selected(spec)]
     for i, name in enumerate(invariants):
         if name not in INVARIANTS:
             raise SpecError(
                 file, f"unknown invariant {name!r} (known: {', '.join(INVARIANTS)})",
                 f"expect.invariants[{i}]",
             )
-    if invariants and verdict == "pass":
+        if name not in checked:
+            raise SpecError(
+                file, f"{name!r} is not checked in this spec, so it can never be violated "
+                f"(checked: {', '.join(checked)})", f"expect.invariants[{i}]",
+            )
+    if invariants and verdict != "violation":
         raise SpecError(file, "invariants are only expected with verdict = \"violation\"", "expect")
     return Expect(verdict, tuple(invariants))

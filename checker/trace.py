@@ -8,6 +8,7 @@ steps in the same order.
 
 from __future__ import annotations
 
+import errno as errno_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,13 @@ from models.steps import Step, StepLog
 from models.tree import Dir, FsError
 
 MAX_SYSCALLS_PER_OP = 100_000  # a client program this long is a runaway, not a workload
+
+
+def errno_name(code: int) -> int | str:
+    """0 for success, else the errno's name ('ENOENT'), as specs and JSON spell it."""
+    if code == 0:
+        return 0
+    return errno_module.errorcode.get(code, str(code))
 
 
 @dataclass
@@ -45,6 +53,16 @@ class OpRecord:
     @property
     def index(self) -> int:
         return self.op.index
+
+    @property
+    def result(self) -> int | str:
+        """What the op returned: 0, or the name of the errno it failed with."""
+        return errno_name(self.errno)
+
+    @property
+    def as_expected(self) -> bool:
+        """The op returned what the spec says (`expect_error`, or success)."""
+        return self.result == (self.op.expect_error or 0)
 
     @property
     def text(self) -> str:

@@ -114,6 +114,7 @@ class Aufs(Driver):
     # -- layout and view ---------------------------------------------------------------
 
     def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+        self._memo = {}  # no memo of another mount's layers survives
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
         entries: dict[str, Node] = {
             n: to_branch(layer) for n, layer in zip(self.lower_names, layers, strict=True)
@@ -331,6 +332,7 @@ class Aufs(Driver):
         self.copy_up(s, log, split(call.args[0]))
 
     _sys_chown = _sys_utimens
+    _sys_fchown = _sys_utimens  # on an open file: the symlink was followed by open
 
     def _sys_fsync(self, s: Session, log: StepLog, call: Syscall) -> None:
         parts = split(call.args[0])

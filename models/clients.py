@@ -88,9 +88,12 @@ def _move_fallback(src: str, dst: str) -> Client:
     return (yield from _copy_node(src, dst, node))
 
 
-def _restore_attrs(path: str, node: Node) -> Client:
+def _restore_attrs(path: str, node: Node, by_fd: bool = False) -> Client:
+    """Times, owner, mode and xattrs as cp/mv restore them: on a directory by path
+    (fchownat with AT_SYMLINK_NOFOLLOW), on a copied file through its open descriptor
+    (fchown: when the destination was a symlink, its target gets them)."""
     yield Syscall("utimens", (path,))
-    yield Syscall("chown", (path,))
+    yield Syscall("fchown" if by_fd else "chown", (path,))
     if isinstance(node, (File, Dir)):
         result = yield Syscall("chmod", (path, node.mode))  # mv/cp set it as an ACL
         if not result.ok:
@@ -118,7 +121,7 @@ def _copy_node(src: str, dst: str, node: Node) -> Client:
         wrote = yield Syscall("write", (dst, node.content))
         if not wrote.ok:
             return wrote.errno
-    return (yield from _restore_attrs(dst, node))
+    return (yield from _restore_attrs(dst, node, by_fd=True))
 
 
 def _remove_tree(path: str) -> Client:
@@ -188,7 +191,8 @@ def _copy_tree(src: str, dst: str, node: Node) -> Client:
         return (yield from _copy_node(src, dst, node))
     if not isinstance(node, File):
         return errno.EINVAL
-    wrote = yield Syscall("write", (dst, node.content))  # open(O_WRONLY|O_TRUNC) + copy
+    # open(O_WRONLY|O_TRUNC) follows a symlink at dst: coreutils writes through it
+    wrote = yield Syscall("write", (dst, node.content))
     if not wrote.ok:
         return wrote.errno
-    return (yield from _restore_attrs(dst, node))
+    return (yield from _restore_attrs(dst, node, by_fd=True))

@@ -29,7 +29,7 @@ from models.tree import Dir, File, FsError, Node, Parts, Symlink, join, split
 #: System calls a client can make on the view. Read-only calls produce no steps.
 MUTATING_SYSCALLS = (
     "create", "write", "append", "truncate", "mkdir", "rmdir", "unlink", "rename", "link",
-    "symlink", "chmod", "setxattr", "removexattr", "fsync", "sync", "utimens", "chown",
+    "symlink", "chmod", "setxattr", "removexattr", "fsync", "sync", "utimens", "chown", "fchown",
 )
 READ_SYSCALLS = ("stat", "readdir", "read", "readlink", "listxattr")
 
@@ -42,7 +42,8 @@ PATH_ARGS: dict[str, tuple[tuple[int, bool], ...]] = {
     "unlink": ((0, False),), "rename": ((0, False), (1, False)),
     "link": ((0, False), (1, False)), "symlink": ((1, False),), "chmod": ((0, True),),
     "setxattr": ((0, True),), "removexattr": ((0, True),), "fsync": ((0, True),),
-    "sync": (), "utimens": ((0, True),), "chown": ((0, False),), "stat": ((0, False),),
+    "sync": (), "utimens": ((0, True),), "chown": ((0, False),), "fchown": ((0, True),),
+    "stat": ((0, False),),
     "readdir": ((0, True),), "read": ((0, True),), "readlink": ((0, False),),
     "listxattr": ((0, False),),
 }
@@ -381,7 +382,7 @@ class Driver:
             self.check_rename_vfs(root, parts, split(args[1]), call.flags)
             if parts != split(args[1]):
                 self.check_rename_target_empty(root, split(args[1]), call.flags)
-        else:  # chmod, setxattr, removexattr, fsync, utimens, chown
+        else:  # chmod, setxattr, removexattr, fsync, utimens, chown, fchown
             self.existing(root, parts)
 
     def _check_absent(self, root: Dir, parts: Parts) -> None:

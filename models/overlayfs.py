@@ -120,6 +120,7 @@ class OverlayFS(Driver):
     # -- layout ------------------------------------------------------------------------
 
     def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+        self._resolved = {}  # keyed by the upper tree only: valid for one set of lowers
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
         entries: dict[str, Node] = dict(zip(self.lower_names, layers, strict=True))
         entries["upper"] = upper if upper is not None else Dir()
@@ -294,6 +295,7 @@ class OverlayFS(Driver):
         return OK
 
     _sys_chown = _sys_utimens
+    _sys_fchown = _sys_utimens  # on an open file: the symlink was followed by open
 
     def _sys_setxattr(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
         self.check_view_syscall(log.root, call)

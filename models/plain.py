@@ -82,7 +82,7 @@ class Plain(Driver):
             log.do(Fsync(a[0]))
         elif name == "sync":
             log.do(Syncfs(""))
-        elif name in ("utimens", "chown"):
+        elif name in ("utimens", "chown", "fchown"):
             pass  # times and owners are not modelled
         else:
             raise ValueError(f"plain: unsupported syscall {name}")

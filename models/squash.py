@@ -36,7 +36,7 @@ from models.clients import syscall
 from models.driver import OK, Driver, Option, OptionError, Recovery, Session, Syscall, SysResult
 from models.layers import build_steps, flatten, stored_bytes
 from models.steps import Fsync, RemoveTree, Rename, StepLog, remove_subtree, replace_file
-from models.tree import Dir, ErrorEntry, File, FsError, Node, join, lookup
+from models.tree import Dir, ErrorEntry, File, FsError, Node, join, lookup, name_problem
 from models.union import union_view
 
 LAYERS = "layers"
@@ -50,8 +50,8 @@ def _images_option(value: Any) -> dict[str, tuple[int, ...]]:
         raise OptionError("option 'images' must name at least one image")
     out: dict[str, tuple[int, ...]] = {}
     for name, layers in value.items():
-        if not name or "/" in name or name.startswith("."):
-            raise OptionError(f"option 'images': {name!r} is not an image name")
+        if name_problem(name) or name.startswith("."):
+            raise OptionError(f"option 'images': {name[:60]!r} is not an image name")
         if not isinstance(layers, list) or not layers or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
         ):
@@ -102,8 +102,18 @@ class Squash(Driver):
             if bad:
                 return f"option 'images': {name} names layer {bad[0]}, but there are {len(layers)} layers"
         for op in ops:
-            if op.kind == "squash" and op.arg("image") is not None and op.arg("image") not in images:
-                return f"op {op.index}: no image {op.arg('image')!r} (images: {', '.join(images)})"
+            if op.kind != "squash":
+                continue
+            image = op.arg("image")
+            if image is not None and image not in images:
+                return f"op {op.index}: no image {image!r} (images: {', '.join(images)})"
+            below = op.arg("from_layer")
+            if below is None:
+                continue
+            counts = [len(images[image])] if image is not None else [len(v) for v in images.values()]
+            if below > max(counts) - 2:
+                return (f"op {op.index}: from_layer {below} leaves nothing to squash (the image has "
+                        f"{max(counts)} layer(s): from_layer is at most {max(counts) - 2})")
         return None
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:

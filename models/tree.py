@@ -276,6 +276,24 @@ class Dir(Node):
 # --- paths -------------------------------------------------------------------------
 
 Parts = tuple[str, ...]
+NAME_MAX = 255  # bytes of one name (Linux file systems)
+
+
+def name_problem(name: str) -> str | None:
+    """What makes `name` unusable as one directory entry on Linux, or None."""
+    if not name or name in (".", ".."):
+        return f"{name!r} is not a name"
+    if "/" in name:
+        return f"name {name[:60]!r} contains '/'"
+    if "\0" in name:
+        return f"name {name[:60]!r} contains a NUL byte"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"name {name[:60]!r} is not valid Unicode (a lone surrogate)"
+    if size > NAME_MAX:
+        return f"name {name[:40]!r}... is {size} bytes long (NAME_MAX is {NAME_MAX})"
+    return None
 
 
 def split(path: str) -> Parts:

@@ -15,7 +15,7 @@ import copy
 
 import pytest
 
-from checker import kernel, views
+from checker import kernel, sandbox, views
 from checker.realops import run_op
 from checker.spec import Op, parse_spec
 from checker.trace import build_trace
@@ -54,6 +54,7 @@ def _mismatch(model, real) -> str:
 def test_container_mounted_like_docker_matches_the_model(redirect_dir: str):
     ran = 0
     with kernel.workspace() as ws:
+        shim = sandbox.build_shim(ws.root)
         for seed in range(SEQUENCES):
             table = in_container(gen_workload(
                 RandomChooser(20_000 + seed), options={"redirect_dir": redirect_dir}, redirects=False
@@ -73,12 +74,12 @@ def test_container_mounted_like_docker_matches_the_model(redirect_dir: str):
                 real = kernel.read_view(target)
                 assert real.digest == first.digest, f"seed {seed} mount\n" + _mismatch(first, real)
                 for record in trace.ops:
-                    failed = run_op(target, container_relative(record.op))
+                    failed = run_op(target, container_relative(record.op), shim)
                     where = f"seed {seed}, op {record.index} `{record.text}` of {table}"
                     if record.op.kind in ("mv", "rm", "cp"):
                         assert (failed != 0) == (record.errno != 0), f"{where}: real {failed}, model {record.errno}"
                     else:
-                        assert failed == record.errno, f"{where}: errno real {failed}, model {record.errno}"
+                        assert failed == record.result, f"{where}: errno real {failed}, model {record.result}"
                     model = views.at(record.after, "containers/app")
                     real = kernel.read_view(target)
                     assert real.digest == model.digest, where + "\n" + _mismatch(model, real)

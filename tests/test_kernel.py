@@ -17,7 +17,7 @@ import errno
 
 import pytest
 
-from checker import kernel, views
+from checker import kernel, sandbox, views
 from checker.realops import run_op
 from checker.spec import parse_spec
 from checker.trace import build_trace
@@ -71,6 +71,7 @@ def test_merged_view_of_generated_states_matches_the_kernel():
 def test_generated_op_sequences_match_the_kernel(redirect_dir: str):
     ran = 0
     with kernel.workspace() as ws:
+        shim = sandbox.build_shim(ws.root)
         for seed in range(SEQUENCES):
             # Hand-made redirects can make the kernel answer ESTALE (two merged dirs
             # claiming one lower dir); here redirects come only from the ops themselves.
@@ -84,12 +85,12 @@ def test_generated_op_sequences_match_the_kernel(redirect_dir: str):
             ws.mount_overlay(lowers, upper, work, target, spec.options)
             try:
                 for record in trace.ops:
-                    failed = run_op(target, record.op)
+                    failed = run_op(target, record.op, shim)
                     where = f"seed {seed}, op {record.index} `{record.text}` of {table}"
                     if record.op.kind in ("mv", "rm", "cp"):
                         assert (failed != 0) == (record.errno != 0), f"{where}: real {failed}, model {record.errno}"
                     else:
-                        assert failed == record.errno, f"{where}: errno real {failed}, model {record.errno}"
+                        assert failed == record.result, f"{where}: errno real {failed}, model {record.result}"
                     real = kernel.read_view(target)
                     assert real.digest == record.after.digest, where + "\n" + _mismatch(record.after, real)
                     ran += 1
