@@ -12,9 +12,11 @@ flight, fsyncs that had returned).
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from checker.invariants import CrashContext, Finding, Invariant, selected
 from checker.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
@@ -97,10 +99,15 @@ class Context:
         size = block_size or spec.block_size
         return cls(spec, model, trace, selected(spec), model.constraints(trace, size), size)
 
-    @property
+    @cached_property
     def prefix_views(self) -> list[Dir]:
         ops = self.trace.ops
         return [ops[0].before] + [op.after for op in ops] if ops else []
+
+    @cached_property
+    def sync_ends(self) -> list[int]:
+        """The end step of each fsync/sync op, in op order."""
+        return [op.end_step for op in self.trace.ops if op.op.kind in SYNC_OPS]
 
     def recover(self, root: Dir) -> Recovery:
         """The driver's recovery, once per distinct tree."""
@@ -120,17 +127,15 @@ class Context:
             hit = self.recoveries[root.digest] = (rec, view)
         return hit
 
-    def returned_syncs(self, crash: CrashState) -> tuple[int, ...]:
-        """fsync/sync ops that had returned before the crash: a step issued after them
-        persisted (or the crash kept every step)."""
+    def returned_syncs(self, crash: CrashState) -> int:
+        """How many fsync/sync ops (the first ones, in op order) had returned before the
+        crash: a step issued after them persisted (or the crash kept every step)."""
         n = len(self.trace.steps)
-        everything = crash.crash_after_step == n and all(
+        if crash.crash_after_step == n and all(
             crash.amount(i, self.constraints.pieces[i]) == self.constraints.pieces[i] for i in range(n)
-        )
-        return tuple(
-            op.index for op in self.trace.ops
-            if op.op.kind in SYNC_OPS and (everything or crash.crash_after_step > op.end_step)
-        )
+        ):
+            return len(self.sync_ends)
+        return bisect.bisect_left(self.sync_ends, crash.crash_after_step)
 
     def evaluate(self, root: Dir, crash: CrashState) -> tuple[int, list[tuple[str, Finding]]]:
         op = self.persistence.op_in_flight(self.trace, crash, self.constraints) if self.trace.ops else 0

@@ -8,6 +8,8 @@ steps themselves.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,7 +43,7 @@ class CrashContext:
     recover: Callable[[Dir], Recovery]  # the driver's recovery (memoized by the explorer)
     prefix_views: list[Dir] = field(default_factory=list)  # views after 0, 1, ... ops
     generalized: bool = False  # the crash may keep any ideal of steps, not a prefix
-    returned_syncs: tuple[int, ...] = ()  # fsync/sync ops that returned before the crash
+    returned_syncs: int = 0  # how many fsync/sync ops (the first ones) returned before the crash
 
 
 class Invariant:
@@ -313,29 +315,100 @@ class Durability(Invariant):
         if ctx.view is None or not ctx.returned_syncs:
             return []
         lost: list[str] = []
-        for j in ctx.returned_syncs:
-            synced = ctx.prefix_views[j + 1]
-            later = ctx.prefix_views[j + 2 : ctx.op.index + 2]
-            op = ctx.trace.ops[j].op
-            paths = [op.arg("path")] if op.kind == "fsync" else list(views.files(synced))
-            for path in paths:
-                node = views.at(synced, path)
-                if node is None or any(
-                    (n := views.at(v, path)) is None or n.digest != node.digest for v in later
-                ):
-                    continue  # a later op changed it: either state may survive
-                now = views.at(ctx.view, path)
-                if now is None or now.digest != node.digest:
-                    lost.append(f"{path} ({ctx.trace.ops[j].text})")
+        for path, digest, j in durable_index(ctx.trace, ctx.prefix_views).expected(
+            ctx.op.index, ctx.returned_syncs
+        ):
+            now = views.at(ctx.view, path)
+            if now is None or now.digest != digest:
+                lost.append(f"{path} ({ctx.trace.ops[j].text})")
         if not lost:
             return []
+        lost.sort()
         return [
             Finding(
                 f"{len(lost)} file(s) made durable by a returned fsync/sync are missing or "
-                f"different after recovery: {_list(sorted(set(lost)))}",
-                tuple(sorted({p.split(' (')[0] for p in lost}))[:MAX_PATHS],
+                f"different after recovery: {_list(lost)}",
+                tuple(sorted(p.split(" (")[0] for p in lost))[:MAX_PATHS],
             )
         ]
+
+
+SYNC_OPS = ("fsync", "sync")
+EXPECTED_MEMO = 4096  # (op in flight, syncs returned) pairs remembered; a trace has about 2 per op
+
+
+@dataclass
+class DurableIndex:
+    """What returned fsyncs and syncs made durable, indexed so that a crash state costs
+    the paths it must check, not the number of ops (thousands of syncs stay linear).
+
+    A sync op j makes durable the node each path it covers has in the view after it
+    (fsync: its path; sync: every file). That holds for a crash during op i unless an op
+    in j+1..i changed the path; of several returned syncs covering a path, the latest
+    decides (a change after it is a change after the earlier ones too)."""
+
+    sync_ops: list[int]  # op indices of the fsync/sync ops, in order
+    covers: list[list[tuple[str, bytes]]]  # per sync op: (path, digest of its node then)
+    full: list[bool]  # the sync op covers every file of the view (sync, not fsync)
+    changes: dict[str, list[int]]  # path -> the ops that changed its node, in order
+    memo: dict[tuple[int, int], list[tuple[str, bytes, int]]] = field(default_factory=dict)
+
+    def next_change(self, path: str, after_op: int) -> float:
+        ops = self.changes.get(path, ())
+        k = bisect.bisect_right(ops, after_op)  # type: ignore[arg-type]
+        return ops[k] if k < len(ops) else math.inf
+
+    def expected(self, in_flight: int, returned: int) -> list[tuple[str, bytes, int]]:
+        """(path, digest, sync op) that must survive a crash during op `in_flight` after
+        the first `returned` sync ops returned."""
+        key = (in_flight, returned)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
+        decided: set[str] = set()
+        out: list[tuple[str, bytes, int]] = []
+        seen_full = False
+        for s in range(returned - 1, -1, -1):
+            if self.full[s] and seen_full:
+                continue  # its files are covered by a later sync, or changed since (gone)
+            j = self.sync_ops[s]
+            for path, digest in self.covers[s]:
+                if path in decided:
+                    continue
+                decided.add(path)
+                if self.next_change(path, j) > in_flight:
+                    out.append((path, digest, j))
+            seen_full = seen_full or self.full[s]
+        if len(self.memo) >= EXPECTED_MEMO:
+            self.memo.clear()
+        self.memo[key] = out
+        return out
+
+
+def durable_index(trace: Trace, prefix_views: list[Dir]) -> DurableIndex:
+    hit = trace.cache.get("durable")
+    if isinstance(hit, DurableIndex):
+        return hit
+    sync_ops, covers, full = [], [], []
+    wanted: set[str] = set()
+    for record in trace.ops:
+        op = record.op
+        if op.kind not in SYNC_OPS:
+            continue
+        after = prefix_views[record.index + 1]
+        paths = [op.arg("path")] if op.kind == "fsync" else list(views.files(after))
+        cover = [(p, n.digest) for p in paths if (n := views.at(after, p)) is not None]
+        sync_ops.append(record.index)
+        covers.append(cover)
+        full.append(op.kind == "sync")
+        wanted.update(p for p, _ in cover)
+    changes: dict[str, list[int]] = {}
+    for k in range(len(trace.ops)):
+        for path in views.changed(prefix_views[k], prefix_views[k + 1], wanted):
+            changes.setdefault(path, []).append(k)
+    index = DurableIndex(sync_ops, covers, full, changes)
+    trace.cache["durable"] = index
+    return index
 
 
 class Recoverable(Invariant):

@@ -437,20 +437,27 @@ class Persistence:
 
     def _sync_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
         """fsync(f): steps on f before it persist before it, and it before every later
-        step; syncfs: every earlier step before it, it before every later one."""
-        n = len(trace.steps)
+        step; syncfs: every earlier step before it, it before every later one.
+
+        Edges that others imply are left out, so that thousands of syncs keep the graph
+        linear: a later step needs only the latest fsync/syncfs (which needs the one
+        before it), and a step before the latest syncfs reaches a later barrier through
+        it. The crash states (the ideals) are the same."""
+        barrier: int | None = None  # the latest fsync/syncfs step
+        since_syncfs = 0  # steps before the latest syncfs are ordered before it
+        touching: dict[int, list[int]] = {}  # inode -> steps that touched it
         for j, step in enumerate(trace.steps):
+            if barrier is not None:
+                graph.add_edge(barrier, j)
             if isinstance(step, Syncfs):
-                covered = range(j)
+                graph.add_edges_from((i, j) for i in range(since_syncfs, j))
+                since_syncfs = barrier = j
             elif isinstance(step, Fsync) and facts.fsynced[j] is not None:
                 f = facts.fsynced[j]
-                covered = [i for i in range(j) if f in facts.touches[i]]
-            else:
-                continue
-            for i in covered:
-                graph.add_edge(i, j)
-            for k in range(j + 1, n):
-                graph.add_edge(j, k)
+                graph.add_edges_from((i, j) for i in touching.get(f, ()) if i >= since_syncfs)
+                barrier = j
+            for inode in facts.touches[j]:
+                touching.setdefault(inode, []).append(j)
 
     def _block_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts, block_size: int) -> None:
         """Data written to the same block of a file persists in order: the page cache

@@ -79,6 +79,7 @@ class Trace:
     step_call: list[int]
     states: list[Dir]  # states[k]: the backing tree after the first k steps
     ops: list[OpRecord]
+    cache: dict[str, object] = field(default_factory=dict)  # indexes the invariants derive
 
     def op_record(self, index: int) -> OpRecord:
         return self.ops[index]

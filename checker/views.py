@@ -47,6 +47,30 @@ def _diff(a: Node | None, b: Node | None, prefix: Parts, out: list[str], limit: 
     out.append(join(prefix) or "/")
 
 
+def changed(a: Node | None, b: Node | None, wanted: set[str]) -> list[str]:
+    """The paths of `wanted` whose node differs between two views (absent on one side
+    counts), found by descending only into subtrees whose digests differ."""
+    out: list[str] = []
+    prefixes = {p.rsplit("/", i)[0] for p in wanted for i in range(p.count("/") + 1)}
+    _changed(a, b, (), wanted, prefixes, out)
+    return out
+
+
+def _changed(a: Node | None, b: Node | None, prefix: Parts, wanted: set[str], prefixes: set[str],
+             out: list[str]) -> None:
+    if a is not None and b is not None and a.digest == b.digest:
+        return
+    path = join(prefix)
+    if path in wanted:
+        out.append(path)
+    ae = a.entries if isinstance(a, Dir) else {}
+    be = b.entries if isinstance(b, Dir) else {}
+    for name in {n for n, _ in ae.items() ^ be.items()}:
+        child = join(prefix + (name,))
+        if child in prefixes:
+            _changed(ae.get(name), be.get(name), prefix + (name,), wanted, prefixes, out)
+
+
 def files(view: Node, prefix: Parts = ()) -> dict[str, File]:
     """Every regular file in a view by path."""
     out: dict[str, File] = {}
