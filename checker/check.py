@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from checker.budget import Budget, BudgetExceeded, Meter, metered, size_text
 from checker.errors import UsageError
-from checker.explorer import UNLIMITED, Budget, Context, Violation, explore
+from checker.explorer import UNLIMITED, Context, Violation, clear_contexts, explore
+from checker.invariants import selected
 from checker.persistence import MODELS, CrashState, count_ideals, parse_persisted
 from checker.spec import Spec
 from checker.trace import Trace
@@ -75,7 +77,7 @@ class Result(Verdict):
     unique_states: int
     violations: list[Violation]
     seconds: float
-    trace: Trace
+    trace: Trace | None  # None when a budget ran out before the trace was built
     invariants: tuple[str, ...]
     only_crash: int | None = None
     engine: str = "enumerate"
@@ -84,19 +86,35 @@ class Result(Verdict):
     context: Context | None = None
     confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
     fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
+    counts: dict[tuple[int, str], int] | None = None  # (op, invariant) -> violating crash states
 
     @property
     def op_records(self) -> Sequence[Any]:
-        return self.trace.ops
+        return self.trace.ops if self.trace is not None else ()
+
+    @property
+    def omitted(self) -> int:
+        """Violations counted but not kept (explorer.MAX_KEPT per op and invariant)."""
+        return sum(self.counts.values()) - len(self.violations) if self.counts else 0
+
+    def count(self, op: int, invariant: str) -> int:
+        """How many crash states violate `invariant` in `op` (kept or not)."""
+        if self.counts and (op, invariant) in self.counts:
+            return self.counts[(op, invariant)]
+        return sum(1 for v in self.violations if v.op == op and v.invariant == invariant)
 
     @cached_property
     def accounting(self) -> dict[str, Any] | None:
         """The driver's figures for this workload (storage before and after a squash)."""
-        return self.trace.driver.accounting(self.trace)
+        return self.trace.driver.accounting(self.trace) if self.trace is not None else None
 
     def to_json(self) -> dict[str, object]:
         """The contract shape of DESIGN section 7 (no timings: output is reproducible)."""
         extra: dict[str, object] = {}
+        if self.verdict == "unknown" or self.bounded:
+            extra["reason"] = self.why
+        if self.omitted:
+            extra["violations_omitted"] = self.omitted
         if self.fix is not None:
             extra["fix"] = [f.to_json() for f in self.fix]
         if self.accounting is not None:
@@ -144,6 +162,30 @@ def check(
         raise UsageError(f"unknown persistence model {model!r} (known: {', '.join(MODELS)})")
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    with metered(budget) as meter:
+        try:
+            return _check(spec, model, crash_after, driver, engine, block_size, budget, persisted,
+                          progress, meter)
+        except BudgetExceeded as e:
+            why = str(e)
+        except MemoryError:
+            why = f"stopped at --max-memory {size_text(budget.max_memory or 0)}: an allocation failed"
+        except RecursionError:
+            why = "stopped: the trees nest too deeply for this checker (Python's recursion limit)"
+    clear_contexts()
+    return Result(
+        spec=spec, persistence=model, verdict="unknown", steps=0, crash_states=0, unique_states=0,
+        violations=[], seconds=time.perf_counter() - started, trace=None,
+        invariants=tuple(inv.name for inv in selected(spec)), only_crash=crash_after,
+        engine=engine, bounded=True, why=why,
+    )
+
+
+def _check(
+    spec: Spec, model: str, crash_after: int | None, driver: Driver | None, engine: str,
+    block_size: int | None, budget: Budget, persisted: str | None,
+    progress: Callable[[str], None] | None, meter: Meter,
+) -> Result:
     ctx = Context.build(spec, model, driver, block_size)
     n = len(ctx.trace.steps)
     only = None
@@ -155,13 +197,15 @@ def check(
             only = CrashState(crash_after, tuple(ctx.constraints.pieces[:crash_after]))
     if persisted is not None:
         only = _parse_persisted(spec, ctx, persisted)
-    chosen = choose_engine(ctx, engine, budget) if only is None else "enumerate"
+    chosen, limited, note = choose_engine(ctx, engine, budget) if only is None else ("enumerate", budget, "")
     if chosen == "symbolic":
         from checker.symbolic import solve
 
         found = solve(ctx, budget)
     else:
-        found = explore(ctx, only, budget, progress)
+        found = explore(ctx, only, limited, progress, meter)
+        if note and found.bounded and found.why.startswith("stopped at --max-states"):
+            found.why = note
     if found.violations:
         verdict = "violation"
     elif found.bounded:
@@ -176,7 +220,7 @@ def check(
         crash_states=found.crash_states,
         unique_states=found.unique_states,
         violations=found.violations,
-        seconds=time.perf_counter() - started,
+        seconds=meter.seconds(),
         trace=ctx.trace,
         invariants=tuple(inv.name for inv in ctx.invariants),
         only_crash=crash_after,
@@ -184,6 +228,7 @@ def check(
         bounded=found.bounded,
         why=found.why,
         context=ctx,
+        counts=found.counts,
     )
 
 
@@ -206,16 +251,25 @@ def _parse_persisted(spec: Spec, ctx: Context, text: str) -> CrashState:
 AUTO_LIMIT = 20_000  # crash states enumeration handles quickly; more go to the symbolic engine
 
 
-def choose_engine(ctx: Context, engine: str, budget: Budget) -> str:
+def choose_engine(ctx: Context, engine: str, budget: Budget) -> tuple[str, Budget, str]:
     """`auto`: enumerate unless there are more crash states than enumeration handles well
-    (or than the budget allows) and the symbolic engine supports this trace."""
-    if engine != "auto":
-        return engine
-    if ctx.persistence.name == "prefix":
-        return "enumerate"
+    (or than the budget allows); then the symbolic engine decides, or, where it cannot,
+    enumeration of the first AUTO_LIMIT crash states (an unfinished search is `unknown`).
+    Returns (engine, the budget to enumerate with, why that budget when auto set it)."""
+    if engine != "auto" or ctx.persistence.name == "prefix":
+        return engine if engine != "auto" else "enumerate", budget, ""
     limit = min(AUTO_LIMIT, budget.max_states or AUTO_LIMIT)
     if count_ideals(ctx.constraints, limit + 1) <= limit:
-        return "enumerate"
+        return "enumerate", budget, ""
     from checker.symbolic import unsupported
 
-    return "enumerate" if unsupported(ctx) else "symbolic"
+    reason = unsupported(ctx)
+    if reason is None:
+        return "symbolic", budget, ""
+    if budget.max_states is not None:
+        return "enumerate", budget, ""
+    note = (
+        f"stopped at {AUTO_LIMIT:,} crash states: there are more, and the symbolic engine cannot "
+        f"decide this spec ({reason}); --max-states N or --engine enumerate checks further"
+    )
+    return "enumerate", replace(budget, max_states=AUTO_LIMIT), note

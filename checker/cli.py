@@ -18,11 +18,11 @@ from typing import NoReturn
 
 from checker import explore as explore_mod
 from checker import kernel, report, workspace
+from checker.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
 from checker.check import ENGINES, Result, check
 from checker.confirm import confirm
 from checker.conform import conform
 from checker.errors import CrashcheckError, UsageError, one_line
-from checker.explorer import Budget
 from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.repair import suggest_fix
@@ -49,6 +49,13 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
     return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after N crash states; an unfinished search is `unknown`")
     run.add_argument("--timeout", type=_positive_float, metavar="S",
                      help="stop after S seconds per spec; an unfinished search is `unknown`")
+    run.add_argument("--max-memory", type=_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                     help=f"stop when memory reaches SIZE, e.g. 2G (default "
+                     f"{size_text(DEFAULT_MAX_MEMORY)}); an unfinished search is `unknown`")
     run.add_argument(
         "--confirm", action="store_true",
         help="mount each violating crash state on the Linux kernel and re-check it there",
@@ -108,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-ops", type=_positive, default=6, help="ops per --random workload (default 6)")
     ex.add_argument("--jobs", type=_positive, default=None, help="worker processes (default: cores)")
     ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ex.add_argument("--max-memory", type=_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                    help=f"memory of each process (default {size_text(DEFAULT_MAX_MEMORY)}); a workload "
+                    "that hits it is counted as unknown")
 
     conform_p = sub.add_parser(
         "conform", help="run a spec on the kernel and compare its steps with the model's"
@@ -156,20 +169,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         reason = kernel.overlay_unavailable_reason()
         if reason is not None:
             raise UsageError(f"run --confirm: {reason}")
+    budget = Budget(args.max_states, args.timeout, args.max_memory)
+    cap_address_space(args.max_memory)
     started = time.perf_counter()
     results: list[Result] = []
     progress = report.progress_printer()
     for spec in specs:
         result = check(
             spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
-            budget=Budget(args.max_states, args.timeout), persisted=args.persisted, progress=progress,
+            budget=budget, persisted=args.persisted, progress=progress,
         )
         progress("")
         if args.confirm:
             result.confirmations = confirm(result)
         fix_note = None
         if args.suggest_fix and result.violations and result.context is not None:
-            found = suggest_fix(result.context, Budget(args.max_states, args.timeout))
+            found = suggest_fix(result.context, budget)
             result.fix = found.fix
             fix_note = report.fix_lines(result, found)
         results.append(result)
@@ -252,6 +267,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     except OptionError as e:
         raise UsageError(f"explore: {e}") from None
     settings = explore_mod.Settings(args.driver, tuple(sorted(options.items())), args.persistence)
+    cap_address_space(args.max_memory)
     jobs = args.jobs or explore_mod.default_jobs()
     progress = report.progress_printer()
     items = explore_mod.random_items(args.random, args.seed, args.max_ops) if args.random else None

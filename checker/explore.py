@@ -114,6 +114,7 @@ class Outcome:
     driver_induced: list[tuple[str, int]]  # (invariant, op index)
     inherent: list[tuple[str, int]]
     crash_states: int
+    unknown: str = ""  # why a budget stopped the check of this workload ("" when it finished)
 
 
 def check_workload(settings: Settings, setup: str, ops: list[dict[str, Any]]) -> Outcome | None:
@@ -125,16 +126,18 @@ def check_workload(settings: Settings, setup: str, ops: list[dict[str, Any]]) ->
     except Exception as e:  # an op this setup cannot express is a bug of the generator
         raise UsageError(f"explore: generated an invalid workload: {e}") from None
     on_driver = check(driver_spec, budget=budget)
-    if any(op.errno for op in on_driver.trace.ops):
+    if any(op.errno for op in on_driver.op_records):
         return None
     on_plain = check(plain_spec, budget=budget)
     plain_bad = {(v.invariant, v.op) for v in on_plain.violations}
     found = sorted({(v.invariant, v.op) for v in on_driver.violations})
+    unknown = next((r.why for r in (on_driver, on_plain) if r.verdict == "unknown"), "")
     return Outcome(
         setup, ops,
         [f for f in found if f not in plain_bad],
         [f for f in found if f in plain_bad],
         on_driver.crash_states,
+        unknown,
     )
 
 
@@ -148,6 +151,7 @@ def _check_item(item: tuple[Settings, str, tuple[int, ...]]) -> Outcome | None:
 class Report:
     workloads: int = 0
     skipped: int = 0
+    unknown: int = 0  # workloads a budget stopped before they were decided
     crash_states: int = 0
     inherent: int = 0
     groups: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # (invariant, op kind)
@@ -159,6 +163,7 @@ class Report:
             self.skipped += 1
             return
         self.workloads += 1
+        self.unknown += bool(outcome.unknown)
         self.crash_states += outcome.crash_states
         self.inherent += len(outcome.inherent)
         for invariant, op in outcome.driver_induced:
@@ -171,6 +176,7 @@ class Report:
         return {
             "workloads": self.workloads,
             "skipped": self.skipped,
+            **({"unknown": self.unknown} if self.unknown else {}),
             "crash_states": self.crash_states,
             "driver_induced": [
                 {"invariant": inv, "op": kind, "spec": self.files.get((inv, kind)),

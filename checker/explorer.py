@@ -13,11 +13,12 @@ flight, fsyncs that had returned).
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
+from checker.budget import Budget, Meter
 from checker.invariants import CrashContext, Finding, Invariant, selected
 from checker.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
 from checker.spec import Spec
@@ -63,15 +64,15 @@ class CrashUnit:
     block_size: int = DEFAULT_BLOCK_SIZE
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Limits of one run; hitting one makes a verdict `unknown`, never `pass`."""
-
-    max_states: int | None = None
-    timeout: float | None = None  # seconds
+UNLIMITED = Budget()  # no state or time limit; memory within DEFAULT_MAX_MEMORY
+CACHE_ENTRIES = 4_096  # recoveries, views and findings remembered before a cache starts over
+MAX_KEPT = 10_000  # violations kept per (op, invariant); the rest are counted, not stored
 
 
-UNLIMITED = Budget()
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_ENTRIES:
+        cache.clear()  # depth-first order keeps neighbours close: a fresh cache refills fast
+    cache[key] = value
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Context:
     block_size: int = DEFAULT_BLOCK_SIZE
     recoveries: dict[bytes, tuple[Recovery, Dir | None]] = field(default_factory=dict)
     recover_memo: dict[bytes, Recovery] = field(default_factory=dict)
-    findings: dict[tuple[bytes, int, tuple[int, ...]], list[tuple[str, Finding]]] = field(
+    findings: dict[tuple[bytes, int, int], list[tuple[str, Finding]]] = field(
         default_factory=dict
     )
 
@@ -113,7 +114,8 @@ class Context:
         """The driver's recovery, once per distinct tree."""
         hit = self.recover_memo.get(root.digest)
         if hit is None:
-            hit = self.recover_memo[root.digest] = self.trace.driver.recover(root)
+            hit = self.trace.driver.recover(root)
+            _bounded_put(self.recover_memo, root.digest, hit)
         return hit
 
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
@@ -124,7 +126,8 @@ class Context:
             rec = self.recover(root)
             after = rec.root if rec.root is not None else rec.fallback
             view = self.trace.driver.view(after) if after is not None else None
-            hit = self.recoveries[root.digest] = (rec, view)
+            hit = (rec, view)
+            _bounded_put(self.recoveries, root.digest, hit)
         return hit
 
     def returned_syncs(self, crash: CrashState) -> int:
@@ -150,7 +153,7 @@ class Context:
             prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
         )
         out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]
-        self.findings[key] = out
+        _bounded_put(self.findings, key, out)
         return op, out
 
     def materialize(self, crash: CrashState) -> Dir:
@@ -167,6 +170,11 @@ def context_for(spec: Spec, persistence: str, block_size: int = DEFAULT_BLOCK_SI
         _CONTEXTS.clear()  # one spec at a time: keep memory flat over a long suite
         ctx = _CONTEXTS[key] = Context.build(spec, persistence, block_size=block_size)
     return ctx
+
+
+def clear_contexts() -> None:
+    """Forget the cached contexts (after a budget ran out: give the memory back)."""
+    _CONTEXTS.clear()
 
 
 def check_crash_state(unit: CrashUnit) -> list[Violation]:
@@ -195,6 +203,29 @@ class Exploration:
     violations: list[Violation]
     bounded: bool = False  # a budget stopped the search before every crash state was seen
     why: str = ""
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)  # (op, invariant) -> violations
+
+    @property
+    def omitted(self) -> int:
+        """Violations counted but not kept (beyond MAX_KEPT per op and invariant)."""
+        return sum(self.counts.values()) - len(self.violations) if self.counts else 0
+
+
+class Findings:
+    """The violations of a search: every one counted, MAX_KEPT per (op, invariant) kept
+    (the first ones in search order, so the choice is deterministic)."""
+
+    def __init__(self) -> None:
+        self.kept: list[Violation] = []
+        self.counts: dict[tuple[int, str], int] = {}
+
+    def add(self, found: list[Violation]) -> None:
+        for v in found:
+            key = (v.op, v.invariant)
+            n = self.counts.get(key, 0)
+            self.counts[key] = n + 1
+            if n < MAX_KEPT:
+                self.kept.append(v)
 
 
 def trace_level_violations(ctx: Context) -> list[Violation]:
@@ -209,18 +240,21 @@ def trace_level_violations(ctx: Context) -> list[Violation]:
 
 
 PROGRESS_EVERY = 2_000  # crash states between progress lines on a terminal
+POLL_STATES = 64  # crash states between two looks at the time and memory budget
 
 
 def explore(
     ctx: Context, only: CrashState | None = None, budget: Budget = UNLIMITED,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, meter: Meter | None = None,
 ) -> Exploration:
-    """Check every crash state (or just `only`) plus the trace-level invariants."""
-    violations = trace_level_violations(ctx)
-    seen: set[bytes] = set()
+    """Check every crash state (or just `only`) plus the trace-level invariants, until
+    the budget runs out."""
+    meter = meter or Meter(budget)
+    findings = Findings()
+    findings.add(trace_level_violations(ctx))
+    seen: set[int] = set()  # fingerprints of the distinct backing trees, 64 bits each
     count = 0
     bounded, why = False, ""
-    started = time.monotonic()
     if only is not None:
         states = iter([(only, ctx.materialize(only))])
     else:
@@ -229,15 +263,16 @@ def explore(
         if budget.max_states is not None and count >= budget.max_states:
             bounded, why = True, f"stopped at --max-states {budget.max_states}"
             break
-        if budget.timeout is not None and time.monotonic() - started > budget.timeout:
-            bounded, why = True, f"stopped at --timeout {budget.timeout:g}s after {count} crash states"
+        if count % POLL_STATES == 0 and (stop := meter.exceeded(count)) is not None:
+            bounded, why = True, stop
             break
         count += 1
-        seen.add(root.digest)
-        violations.extend(violations_at(ctx, crash, root))
+        seen.add(int.from_bytes(root.digest[:8], "little"))
+        findings.add(violations_at(ctx, crash, root))
         if progress is not None and count % PROGRESS_EVERY == 0:
-            rate = count / max(time.monotonic() - started, 1e-9)
+            rate = count / max(meter.seconds(), 1e-9)
             progress(f"{ctx.spec.file}: {count:,} crash states ({len(seen):,} unique), {rate:,.0f}/s, "
-                     f"{len(violations)} violations")
+                     f"{sum(findings.counts.values())} violations")
+    violations = findings.kept
     violations.sort(key=lambda v: (v.crash_after_step, v.persisted or "", v.op, v.invariant))
-    return Exploration(count, len(seen), violations, bounded, why)
+    return Exploration(count, len(seen), violations, bounded, why, findings.counts)

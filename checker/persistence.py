@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from checker.budget import checkpoint
 from checker.spec import DEFAULT_BLOCK_SIZE
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ def count_ideals(c: Constraints, limit: int) -> int:
             i += 1
             continue
         count += 1
+        checkpoint()
         if count >= limit:
             return count
         i = n - 1
@@ -266,6 +268,7 @@ def step_facts(trace: Trace) -> StepFacts:
     fsynced: list[int | None] = []
     written: list[dict[str, int]] = []
     for i, step in enumerate(trace.steps):
+        checkpoint()
         f: int | None = None
         if isinstance(step, Rename):
             s, d = split(step.src), split(step.dst)
@@ -339,8 +342,31 @@ def pieces_of(trace: Trace, block_size: int, tear: bool) -> list[int]:
     return out
 
 
-def apply_amount(root: Dir, step: Step, amount: int, pieces: int, block_size: int, device: Device) -> Dir:
-    """Apply all of a step, or the first `amount` blocks of a torn data step."""
+def copy_sources(trace: Trace) -> list[bytes | None]:
+    """For each copy step, the data it copies as the trace ran (None for other steps).
+    A copy reads its source when it runs; what the crash keeps of the source's own steps
+    does not change the data the copy wrote."""
+    hit = trace.cache.get("copy_sources")
+    if isinstance(hit, list):
+        return hit
+    out: list[bytes | None] = []
+    for i, step in enumerate(trace.steps):
+        if isinstance(step, CopyData):
+            src = lookup(trace.states[i], split(step.src))
+            out.append(src.content if isinstance(src, File) else b"")
+        else:
+            out.append(None)
+    trace.cache["copy_sources"] = out
+    return out
+
+
+def apply_amount(root: Dir, step: Step, amount: int, pieces: int, block_size: int, device: Device,
+                 source: bytes | None = None) -> Dir:
+    """Apply all of a step, or the first `amount` blocks of a torn data step; a copy
+    writes `source` (what it read when the trace ran) when given."""
+    if isinstance(step, CopyData) and source is not None:
+        data = source if amount >= pieces else source[: amount * block_size]
+        return Write(step.dst, data, 0, replace=True).apply(root, device)
     if amount >= pieces:
         return step.apply(root, device)
     if isinstance(step, Write):
@@ -391,6 +417,7 @@ class Persistence:
             yield CrashState(0, ()), trace.initial
             return
         device = trace.driver.device
+        sources = copy_sources(trace)
         amounts = [0] * n
         top = [0] * n  # the largest amount step i may have, given the steps before it
         roots: list[Dir] = [trace.initial] * (n + 1)
@@ -412,7 +439,8 @@ class Persistence:
             if i < 0:
                 return
             amounts[i] += 1
-            roots[i + 1] = apply_amount(roots[i], trace.steps[i], amounts[i], c.pieces[i], block_size, device)
+            roots[i + 1] = apply_amount(roots[i], trace.steps[i], amounts[i], c.pieces[i], block_size, device,
+                                        sources[i])
             last[i + 1] = i + 1
             i += 1
 
@@ -420,10 +448,12 @@ class Persistence:
         if crash.is_prefix:
             return trace.states[crash.crash_after_step]
         root = trace.initial
+        sources = copy_sources(trace)
         for i in range(crash.crash_after_step):
             k = crash.amount(i, c.pieces[i])
             if k:
-                root = apply_amount(root, trace.steps[i], k, c.pieces[i], block_size, trace.driver.device)
+                root = apply_amount(root, trace.steps[i], k, c.pieces[i], block_size, trace.driver.device,
+                                    sources[i])
         return root
 
     def op_in_flight(self, trace: Trace, crash: CrashState, c: Constraints) -> int:
@@ -517,6 +547,7 @@ class Weak(Persistence):
         at: dict[Parts, list[int]] = {}  # path -> namespace steps on exactly it
         under: dict[Parts, list[int]] = {}  # path -> namespace steps strictly below it
         for i, step in enumerate(trace.steps):
+            checkpoint()
             if not is_namespace(step):
                 continue
             for path in step.writes():

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from checker.explorer import UNLIMITED, Budget, Context, explore
+from checker.budget import Budget
+from checker.explorer import UNLIMITED, Context, explore
 from checker.persistence import CrashState, step_facts
 from checker.trace import OpRecord, SyscallRecord, Trace
 from models.steps import Fsync

@@ -58,7 +58,7 @@ def summary_line(r: Result) -> str:
     line = (
         f"{mark} {verdict:<9} {r.spec.file}: {r.spec.name}\n"
         f"     {r.spec.driver}/{r.persistence}: {r.steps} steps, {r.crash_states} crash states "
-        f"({r.unique_states} unique), {len(r.violations)} violations{inv}; "
+        f"({r.unique_states} unique), {len(r.violations) + r.omitted} violations{inv}; "
         f"expected {expected}; {r.seconds:.2f}s{scope}"
     )
     return line + "".join(f"\n     {text}" for text in accounting_lines(r.accounting))
@@ -122,9 +122,12 @@ def violation_report(r: Result, verbose: bool = False) -> list[str]:
         for invariant in invariants:
             group = [v for v in found if v.invariant == invariant]
             steps = sorted({v.crash_after_step for v in group})
+            total = r.count(op, invariant)
+            kept = "" if total == len(group) else f"; the first {len(group)} are kept, the rest counted"
+            more = "" if verbose else "; --verbose shows each"
             lines.append(
-                f"     {len(group)} crash states violate {invariant} in op {op} "
-                f"(last persisted step {_ranges(steps)})" + ("" if verbose else "; --verbose shows each")
+                f"     {total} crash states violate {invariant} in op {op} "
+                f"(last persisted step {_ranges(steps)}){kept}{more}"
             )
         lines.append("")
     return lines
@@ -363,4 +366,6 @@ def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled
         lines.append(f"    {invariant} in {kind}: {ops} (initial files in {outcome.setup})"
                      + (f" -> {where}" if where else ""))
     lines.append(f"  inherent (also on plain): {found.inherent} violation(s)")
+    if found.unknown:
+        lines.append(f"  unknown: {found.unknown} workload(s) stopped by a budget before a verdict")
     return "\n".join(lines)

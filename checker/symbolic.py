@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 
 import z3
 
-from checker.explorer import Budget, Context, Exploration, trace_level_violations, violations_at
+from checker.budget import Budget, checkpoint, z3_memory_megabytes
+from checker.explorer import Context, Exploration, trace_level_violations, violations_at
 from checker.invariants import kept_files
-from checker.persistence import CrashState, apply_amount
+from checker.persistence import CrashState, apply_amount, copy_sources
 from models.steps import (
     Chmod,
     CopyData,
@@ -292,6 +293,7 @@ class Encoding:
 
     def _run_steps(self) -> None:
         for i, step in enumerate(self.trace.steps):
+            checkpoint()
             self._step(i, step)
 
     def _set(self, p: Parts, cond: z3.BoolRef, node: SymNode) -> None:
@@ -363,14 +365,10 @@ class Encoding:
         node = self.nodes[path]
         m = self.c.pieces[i]
         bs = self.ctx.block_size
-        src_term = (
-            self.nodes[split(step.src)].data
-            if isinstance(step, CopyData) and split(step.src) in self.nodes
-            else None
-        )
-        if isinstance(step, CopyData) and src_term is None:
-            src_node = lookup(self.trace.initial, split(step.src))
-            src_term = Term.const(self.interner.id(src_node.content if isinstance(src_node, File) else b""))
+        src_term = None
+        if isinstance(step, CopyData):  # the data the copy read when the trace ran
+            source = copy_sources(self.trace)[i]
+            src_term = Term.const(self.interner.id(source or b""))
         result = node.data
         for k in range(1, m + 1):
             cond = self.amount[i] == k
@@ -752,6 +750,9 @@ def solve(ctx: Context, budget: Budget) -> Exploration:
     generalized = ctx.persistence.name != "prefix"
     formulas = inv.violation(supported, generalized)
     solver = z3.Solver()
+    megabytes = z3_memory_megabytes(budget)
+    if megabytes is not None:
+        z3.set_param("memory_max_size", megabytes)  # z3 answers unknown instead of aborting
     solver.add(*enc.facts)
     replays = 0
     # One invariant at a time, the cheapest formulas first: a violation of any decides.

@@ -12,6 +12,7 @@ import errno as errno_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from checker.budget import checkpoint
 from checker.errors import CrashcheckError
 from checker.spec import Op, Spec
 from models import clients, drivers
@@ -179,6 +180,7 @@ def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
         try:
             call = next(gen)
             while True:
+                checkpoint()
                 if len(records) >= MAX_SYSCALLS_PER_OP:
                     raise CrashcheckError(f"op {op.index} ({op.text}) made too many system calls")
                 start = len(log.steps)
