@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -16,6 +16,7 @@ from checker.persistence import MODELS, CrashState, count_ideals, parse_persiste
 from checker.spec import Spec
 from checker.trace import Trace
 from models.driver import Driver
+from models.tree import FsError
 
 
 class Verdict:
@@ -108,8 +109,9 @@ class Result(Verdict):
         """The driver's figures for this workload (storage before and after a squash)."""
         return self.trace.driver.accounting(self.trace) if self.trace is not None else None
 
-    def to_json(self) -> dict[str, object]:
-        """The contract shape of DESIGN section 7 (no timings: output is reproducible)."""
+    def to_json(self, violations: bool = True) -> dict[str, object]:
+        """The contract shape of DESIGN section 7 (no timings: output is reproducible);
+        without `violations`, the list is left for `violations_json` to stream."""
         extra: dict[str, object] = {}
         if self.verdict == "unknown" or self.bounded:
             extra["reason"] = self.why
@@ -134,17 +136,19 @@ class Result(Verdict):
             "bounded": self.bounded,
             "invariants": list(self.invariants),
             "ops": self.ops_json(),
-            "violations": [self._violation_json(i, v) for i, v in enumerate(self.violations)],
+            "violations": list(self.violations_json()) if violations else VIOLATIONS_STREAMED,
         } | extra
 
-    def _violation_json(self, i: int, v: Violation) -> dict[str, object]:
-        doc = v.to_json()
-        if self.confirmations is not None:
-            doc["confirmation"] = self.confirmations[i].to_json()
-        return doc
+    def violations_json(self) -> Iterator[dict[str, object]]:
+        for i, v in enumerate(self.violations):
+            doc = v.to_json()
+            if self.confirmations is not None:
+                doc["confirmation"] = self.confirmations[i].to_json()
+            yield doc
 
 
 ENGINES = ("auto", "enumerate", "symbolic")
+VIOLATIONS_STREAMED = "\0violations\0"  # stands for the list in a document written piece by piece
 
 
 def check(
@@ -172,6 +176,8 @@ def check(
             why = f"stopped at --max-memory {size_text(budget.max_memory or 0)}: an allocation failed"
         except RecursionError:
             why = "stopped: the trees nest too deeply for this checker (Python's recursion limit)"
+        except FsError as e:  # a step that cannot be replayed in a crash state: a model gap
+            why = f"internal error: a step cannot be replayed in a crash state ({e}); please report this spec"
     clear_contexts()
     return Result(
         spec=spec, persistence=model, verdict="unknown", steps=0, crash_states=0, unique_states=0,

@@ -26,7 +26,7 @@ from checker.errors import CrashcheckError, UsageError, one_line
 from checker.persistence import MODELS
 from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.repair import suggest_fix
-from checker.spec import load_spec
+from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, load_spec
 from models import DriverLoadError
 from models.driver import OptionError
 
@@ -48,6 +48,15 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def _block_size(text: str) -> int:
+    value = _positive(text)
+    if not (MIN_BLOCK_SIZE <= value <= MAX_BLOCK_SIZE and value & (value - 1) == 0):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
+        )
     return value
 
 
@@ -86,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--engine", choices=ENGINES, default="auto",
                      help="enumerate crash states, decide with z3 (symbolic), or pick (auto)")
-    run.add_argument("--block-size", type=_positive, metavar="BYTES",
+    run.add_argument("--block-size", type=_block_size, metavar="BYTES",
                      help="data writes can be torn at this size (default: the spec's, else 4096)")
     run.add_argument("--max-states", type=_positive, metavar="N",
                      help="stop after N crash states; an unfinished search is `unknown`")
@@ -174,11 +183,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results: list[Result] = []
     progress = report.progress_printer()
+    failed: list[str] = []  # specs this run could not check (reported, the others go on)
     for spec in specs:
-        result = check(
-            spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
-            budget=budget, persisted=args.persisted, progress=progress,
-        )
+        try:
+            result = check(
+                spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
+                budget=budget, persisted=args.persisted, progress=progress,
+            )
+        except CrashcheckError as e:
+            progress("")
+            failed.append(str(e))
+            print(one_line(f"crashcheck: error: {e}"), file=sys.stderr, flush=True)
+            continue
         progress("")
         if args.confirm:
             result.confirmations = confirm(result)
@@ -200,9 +216,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if result.violations and not args.quiet:
                 print("\n".join(report.violation_report(result, args.verbose)))
     if args.json:
-        sys.stdout.write(report.to_json(results))
+        report.write_json(results, sys.stdout)
     else:
         print(report.totals_line(results, time.perf_counter() - started))
+    if failed:
+        return 2  # each said why in its own line
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -335,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crashcheck: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # outside a check (each check turns its own into `unknown`)
+        print("crashcheck: error: out of memory outside a check (raise --max-memory)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ import multiprocessing
 import os
 import random
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checker.budget import Budget
 from checker.check import check
 from checker.errors import UsageError
-from checker.explorer import Budget
 from checker.spec import parse_spec
 from models import drivers
 
@@ -257,6 +258,10 @@ def random_items(count: int, seed: int, max_ops: int) -> list[tuple[str, tuple[i
 
 def shrink(settings: Settings, outcome: Outcome, key: tuple[str, str]) -> Outcome:
     """The smallest workload (hypothesis' shrinking) that still shows `key`."""
+    # hypothesis keeps caches in a storage directory (./.hypothesis by default): never
+    # write into the user's working directory
+    storage = os.path.join(tempfile.gettempdir(), "crashcheck-hypothesis")
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", storage)
     from hypothesis import HealthCheck, find
     from hypothesis import settings as hsettings
     from hypothesis import strategies as st

@@ -7,9 +7,10 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TextIO
 
 from checker import views
-from checker.check import Result, Verdict
+from checker.check import VIOLATIONS_STREAMED, Result, Verdict
 from checker.conform import OpConformance
 from checker.explore import Report as ExploreReport
 from checker.explore import Settings
@@ -27,6 +28,29 @@ STEP_WINDOW = 8  # steps shown on each side of the crash point in a long op
 def to_json(results: Iterable[Result]) -> str:
     doc = {"version": 1, "specs": [r.to_json() for r in results]}
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+def write_json(results: list[Result], out: TextIO) -> None:
+    """`to_json(results)` written piece by piece: byte for byte the same document, but a
+    violation at a time, so a long list never has to fit in memory twice."""
+    out.write('{\n  "version": 1,\n  "specs": [')
+    for n, r in enumerate(results):
+        out.write(",\n" if n else "\n")
+        head = _indent(json.dumps(r.to_json(violations=False), indent=2), 4)
+        marker = f'"violations": {json.dumps(VIOLATIONS_STREAMED)}'
+        before, after = head.split(marker)
+        out.write(before + '"violations": [')
+        first = True
+        for doc in r.violations_json():
+            out.write(("\n" if first else ",\n") + _indent(json.dumps(doc, indent=2), 8))
+            first = False
+        out.write(("]" if first else "\n      ]") + after)
+    out.write("\n  ]\n}\n" if results else "]\n}\n")
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line for line in text.split("\n"))
 
 
 def confirmation_line(r: Result) -> str | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import z3
 
 from checker.budget import Budget, checkpoint, z3_memory_megabytes
-from checker.explorer import Context, Exploration, trace_level_violations, violations_at
+from checker.explorer import Context, Exploration, Violation, trace_level_violations, violations_at
 from checker.invariants import kept_files
 from checker.persistence import CrashState, apply_amount, copy_sources
 from models.steps import (
@@ -141,7 +141,7 @@ class SymNode:
 
 
 def node_ite(cond: z3.BoolRef, a: SymNode, b: SymNode) -> SymNode:
-    names = set(a.xattrs) | set(b.xattrs)
+    names = sorted(set(a.xattrs) | set(b.xattrs))  # sorted: formulas never depend on hash order
     return SymNode(
         ite(cond, a.kind, b.kind),
         ite(cond, a.data, b.data),
@@ -256,7 +256,7 @@ class Encoding:
         self.paths = universe(ctx)
         self.index = PathIndex(self.paths)
         self.nodes: dict[Parts, SymNode] = {
-            p: const_node(lookup(self.trace.initial, p), self.interner) for p in self.paths
+            p: const_node(lookup(self.trace.initial, p), self.interner) for p in sorted(self.paths)
         }
         self._run_steps()
 
@@ -611,7 +611,7 @@ class Invariants:
             conds.append(got.node.data.expr == w.data.expr)
         if isinstance(want, (File, Dir)):
             conds.append(got.node.mode.expr == w.mode.expr)
-        names = set(w.xattrs) | {k for k in got.node.xattrs}
+        names = sorted(set(w.xattrs) | set(got.node.xattrs))
         for name in names:
             conds.append(got.node.xattr(name).expr == w.xattr(name).expr)
         return z3.And(*conds)
@@ -676,7 +676,7 @@ class Invariants:
                 lost = []
                 for old, new, b, a in kept_files(op):
                     whole = {self.enc.interner.id(b.content), self.enc.interner.id(a.content)}
-                    lost.append(z3.And(*[z3.Not(self._file_in(split(p), whole)) for p in {old, new}]))
+                    lost.append(z3.And(*[z3.Not(self._file_in(split(p), whole)) for p in sorted({old, new})]))
                 if lost:
                     terms.append(z3.And(inflight[j], z3.Not(before_after[j]), z3.Or(*lost)))
             out["no-loss"] = z3.Or(*terms) if terms else z3.BoolVal(False)
@@ -708,7 +708,7 @@ class Invariants:
                 from checker import views as view_helpers
 
                 files = list(view_helpers.files(synced))
-            for k in range(j, len(ops)):
+            for k in range(len(ops)):  # k < j too: a sync op without steps returns with the op before it
                 later = views[j + 2 : k + 2]
                 bad = []
                 for path in files:
@@ -755,9 +755,14 @@ def solve(ctx: Context, budget: Budget) -> Exploration:
         z3.set_param("memory_max_size", megabytes)  # z3 answers unknown instead of aborting
     solver.add(*enc.facts)
     replays = 0
-    # One invariant at a time, the cheapest formulas first: a violation of any decides.
+    replayed: set[CrashState] = set()
+    violated = {v.invariant for v in violations}
+    # One invariant at a time, the cheapest formulas first; a replay reports every
+    # invariant its crash state violates, so each invariant is decided once.
     order = sorted(formulas, key=lambda name: COST.get(name, 9))
     for name in order:
+        if name in violated:
+            continue
         solver.push()
         solver.add(formulas[name])
         while True:
@@ -765,26 +770,35 @@ def solve(ctx: Context, budget: Budget) -> Exploration:
                 left = budget.timeout - (time.monotonic() - started)
                 if left <= 0:
                     why = f"stopped at --timeout {budget.timeout:g}s"
-                    return Exploration(replays, replays, violations, True, why)
+                    return _found(replays, violations, True, why)
                 solver.set("timeout", max(1, int(left * 1000)))
             answer = solver.check()
             if answer == z3.unsat:
                 break
             if answer == z3.unknown:
                 why = f"the solver gave up ({solver.reason_unknown()})"
-                return Exploration(replays, replays, violations, True, why)
+                return _found(replays, violations, True, why)
             crash = crash_from_model(ctx, enc, solver.model())
             replays += 1
-            found = violations_at(ctx, crash)
-            if found:
+            if crash not in replayed:
+                replayed.add(crash)
+                found = violations_at(ctx, crash)
                 violations.extend(found)
-                return Exploration(replays, replays, violations)
+                violated |= {v.invariant for v in found}
+            if name in violated:
+                break
             if replays >= MAX_REPLAYS:
                 why = f"{replays} solver models did not replay as violations"
-                return Exploration(replays, replays, violations, True, why)
+                return _found(replays, violations, True, why)
             solver.add(z3.Or(*[_differs(enc, i, a) for i, a in enumerate(_amounts(ctx, crash))]))
         solver.pop()
-    return Exploration(replays, replays, violations)
+    return _found(replays, violations)
+
+
+def _found(replays: int, violations: list[Violation], bounded: bool = False, why: str = "") -> Exploration:
+    """The replayed violations in the enumerator's order."""
+    violations.sort(key=lambda v: (v.crash_after_step, v.persisted or "", v.op, v.invariant))
+    return Exploration(replays, replays, violations, bounded, why)
 
 
 COST = {"atomicity": 0, "no-dual-existence": 1, "durability": 2, "no-loss": 3}

@@ -144,3 +144,21 @@ def test_violation_messages_name_the_directories():
     dual = next(v for v in r.violations if v.invariant == "no-dual-existence")
     assert dual.paths == ("DirA", "DirX")
     assert "both DirA and DirX exist" in dual.message
+
+
+def test_one_driver_instance_checks_two_specs_like_fresh_instances():
+    """A memo of the first mount (path lookups keyed by the upper tree alone) must not
+    answer for the second: the second spec's `create d/x` gave EEXIST and no steps."""
+    from models.overlayfs import OverlayFS
+
+    first = make_spec('name = "a"\ndriver = "overlayfs"\n[[layers]]\n"d/x" = "lower"\n'
+                      '[[ops]]\nop = "unlink"\npath = "d/x"\n')
+    second = make_spec('name = "b"\ndriver = "overlayfs"\n[[layers]]\n"d/y" = "lower"\n'
+                       '[[ops]]\nop = "create"\npath = "d/x"\n')
+    shared = OverlayFS(first.options)
+    for spec in (first, second):
+        reused = check(spec, driver=shared)
+        fresh = check(spec)
+        assert [str(s) for s in reused.trace.steps] == [str(s) for s in fresh.trace.steps]
+        assert [op.errno for op in reused.trace.ops] == [0]
+    assert len(check(second, driver=shared).trace.steps) == 7

@@ -140,3 +140,62 @@ def test_whole_suite_json_is_byte_identical_across_processes_and_hash_seeds():
     assert outputs[0] == outputs[1]
     drivers = {spec["driver"] for spec in json.loads(outputs[0])["specs"]}
     assert drivers == {"aufs", "devicemapper", "docker-overlay2", "overlayfs", "plain", "squash"}
+
+
+# --- nothing silent ---------------------------------------------------------------------------
+
+
+MOTD = '''
+name = "a write outside the container"
+driver = "docker-overlay2"
+[[ops]]
+op = "pull"
+[[ops]]
+op = "run"
+[[ops]]
+op = "write"
+path = "etc/motd"
+data = "hello"
+{declared}
+'''
+
+
+def test_a_failed_op_is_said_in_the_text_and_the_json(tmp_path: Path):
+    spec = tmp_path / "motd.toml"
+    spec.write_text(MOTD.format(declared=""))
+    text = run("run", "-q", "--persistence", "prefix", str(spec))
+    assert ("     warning: op 2 `write etc/motd 'hello'` failed with EPERM, so it changed nothing "
+            "(add expect_error = \"EPERM\" to the op if that is what you meant)") in text.stdout.splitlines()
+    doc = json.loads(run("run", "--json", str(spec)).stdout)
+    assert doc["specs"][0]["ops"] == [
+        {"op": 0, "op_text": "pull", "result": 0},
+        {"op": 1, "op_text": "run", "result": 0},
+        {"op": 2, "op_text": "write etc/motd 'hello'", "result": "EPERM"},
+    ]
+
+
+def test_expect_error_declares_a_failure_and_a_mismatch_fails_the_spec(tmp_path: Path):
+    spec = tmp_path / "motd.toml"
+    spec.write_text(MOTD.format(declared='expect_error = "EPERM"'))
+    declared = run("run", "-q", str(spec))
+    assert "warning" not in declared.stdout
+    [op] = [o for o in json.loads(run("run", "--json", str(spec)).stdout)["specs"][0]["ops"] if o["op"] == 2]
+    assert op == {"op": 2, "op_text": "write etc/motd 'hello'", "result": "EPERM", "expect_error": "EPERM"}
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(MOTD.format(declared='expect_error = "ENOENT"'))
+    proc = run("run", "-q", str(wrong))
+    assert "     op 2 `write etc/motd 'hello'` failed with EPERM, but the spec expects ENOENT" in proc.stdout
+    ok = tmp_path / "ok.toml"
+    ok.write_text('name = "x"\ndriver = "plain"\n[[ops]]\nop = "mkdir"\npath = "d"\nexpect_error = "EEXIST"\n')
+    proc = run("run", "-q", str(ok))
+    assert proc.returncode == 1 and "`mkdir d` succeeded, but the spec expects EEXIST" in proc.stdout
+
+
+def test_explore_random_writes_nothing_into_the_working_directory(tmp_path: Path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run("explore", "--random", "60", "--seed", "3", "--max-ops", "3", "--option", "redirect_dir=off",
+               "--jobs", "1", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "driver-induced: 2 group(s)" in proc.stdout  # so hypothesis shrank something
+    assert list(work.iterdir()) == []

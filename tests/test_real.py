@@ -116,3 +116,41 @@ def test_not_root_is_a_one_line_error():
     assert proc.stderr.strip() == (
         "crashcheck: error: real --impl kernel: real overlayfs checks need root (mount(2) and trusted.* xattrs)"
     )
+
+
+def test_confirm_without_root_is_a_one_line_error():
+    runuser = shutil.which("runuser")
+    if os.geteuid() != 0 or runuser is None:
+        pytest.skip("needs root to drop to an unprivileged user (runuser)")
+    import sysconfig
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{sysconfig.get_paths()['purelib']}", HOME="/tmp")
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    proc = subprocess.run([runuser, "-u", "nobody", "--", python, "-m", "checker", "run", "--confirm",
+                           str(ROOT / OFF)], cwd="/tmp", capture_output=True, text=True, env=env, timeout=120)
+    if "crashcheck: error" not in proc.stderr:
+        pytest.skip(f"the unprivileged user cannot run this checkout: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "crashcheck: error: run --confirm: real overlayfs checks need root (mount(2) and trusted.* xattrs)"
+    )
+
+
+def test_traced_calls_hold_no_times_or_addresses():
+    from checker.real import _stable
+
+    call = ('utimensat(AT_FDCWD, "DirX", [{tv_sec=1796038610, tv_nsec=548764779} /* 2026-11-30T11:36:50'
+            '.548764779+0000 */, {tv_sec=1796038610, tv_nsec=548514496} /* 2026-11-30T11:36:50.548514496+0000 */]'
+            ', AT_SYMLINK_NOFOLLOW)')
+    assert _stable(call) == 'utimensat(AT_FDCWD, "DirX", [{...}, {...}], AT_SYMLINK_NOFOLLOW)'
+    assert _stable("mmap(0x7f3a2b1c0000, 4096)") == "mmap(0x..., 4096)"
+
+
+@kernel_only
+def test_real_json_is_reproducible():
+    """`mv`'s fallback restores times (utimensat): they used to land in the JSON."""
+    first = cli("real", "--impl", "kernel", "--json", OFF)
+    second = cli("real", "--impl", "kernel", "--json", OFF)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert "tv_sec=1" not in first.stdout and "utimensat" in first.stdout
