@@ -97,7 +97,8 @@ def test_missing_tools_are_one_line_errors(tmp_path: Path):
     ]
 
 
-def test_not_root_is_a_one_line_error():
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """`crashcheck ARGS` run by an unprivileged user (skips where that cannot be done)."""
     runuser = shutil.which("runuser") or shutil.which("setpriv")
     if os.geteuid() != 0 or runuser is None:
         pytest.skip("needs root to drop to an unprivileged user (runuser)")
@@ -108,32 +109,26 @@ def test_not_root_is_a_one_line_error():
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{sysconfig.get_paths()['purelib']}", HOME="/tmp")
     # An interpreter the unprivileged user can run (a venv under /root may not be).
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    proc = subprocess.run(cmd + [python, "-m", "checker", "real", "--impl", "kernel", str(ROOT / OFF)],
-                          cwd="/tmp", capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(cmd + [python, "-m", "checker", *args], cwd="/tmp", capture_output=True, text=True,
+                          env=env, timeout=120)
     if "crashcheck: error" not in proc.stderr:
         pytest.skip(f"the unprivileged user cannot run this checkout: {proc.stderr.strip()[-200:]}")
+    return proc
+
+
+NEED_ROOT = "real overlayfs checks need root (mount(2) and trusted.* xattrs)"
+
+
+def test_not_root_is_a_one_line_error():
+    proc = as_nobody("real", "--impl", "kernel", str(ROOT / OFF))
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (
-        "crashcheck: error: real --impl kernel: real overlayfs checks need root (mount(2) and trusted.* xattrs)"
-    )
+    assert proc.stderr.strip() == f"crashcheck: error: real --impl kernel: {NEED_ROOT}"
 
 
 def test_confirm_without_root_is_a_one_line_error():
-    runuser = shutil.which("runuser")
-    if os.geteuid() != 0 or runuser is None:
-        pytest.skip("needs root to drop to an unprivileged user (runuser)")
-    import sysconfig
-
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{sysconfig.get_paths()['purelib']}", HOME="/tmp")
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    proc = subprocess.run([runuser, "-u", "nobody", "--", python, "-m", "checker", "run", "--confirm",
-                           str(ROOT / OFF)], cwd="/tmp", capture_output=True, text=True, env=env, timeout=120)
-    if "crashcheck: error" not in proc.stderr:
-        pytest.skip(f"the unprivileged user cannot run this checkout: {proc.stderr.strip()[-200:]}")
+    proc = as_nobody("run", "--confirm", str(ROOT / OFF))
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (
-        "crashcheck: error: run --confirm: real overlayfs checks need root (mount(2) and trusted.* xattrs)"
-    )
+    assert proc.stderr.strip() == f"crashcheck: error: run --confirm: {NEED_ROOT}"
 
 
 def test_traced_calls_hold_no_times_or_addresses():
