@@ -110,6 +110,13 @@ class Context:
         """The end step of each fsync/sync op, in op order."""
         return [op.end_step for op in self.trace.ops if op.op.kind in SYNC_OPS]
 
+    def drop_caches(self) -> None:
+        """Forget the recoveries, views and findings of the crash states (a finished run
+        needs none of them)."""
+        self.recoveries.clear()
+        self.recover_memo.clear()
+        self.findings.clear()
+
     def recover(self, root: Dir) -> Recovery:
         """The driver's recovery, once per distinct tree."""
         hit = self.recover_memo.get(root.digest)

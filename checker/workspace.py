@@ -129,8 +129,9 @@ def mounts_under(root: Path) -> list[Path]:
 
 
 def processes_using(root: Path) -> list[int]:
-    """Processes (other than this one) that name `root`: in their command line (a FUSE
-    daemon's dirs, a tracer's log), or as their cwd or root directory (a confined client)."""
+    """Processes (other than this one) that name `root` in their command line (a FUSE
+    daemon's dirs, a tracer's log) or are chrooted below it (a confined client). A shell
+    that merely has its cwd there is not one of ours, and is left alone."""
     top = str(root)
     me = os.getpid()
     out = []
@@ -142,11 +143,10 @@ def processes_using(root: Path) -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
         except OSError:
             continue
-        places = []
-        for link in ("cwd", "root"):
-            with suppress(OSError):
-                places.append(os.readlink(f"/proc/{pid}/{link}"))
-        if top in cmdline or any(p == top or p.startswith(top + "/") for p in places):
+        chroot = ""
+        with suppress(OSError):
+            chroot = os.readlink(f"/proc/{pid}/root")
+        if top in cmdline or chroot == top or chroot.startswith(top + "/"):
             out.append(pid)
     return sorted(out)
 

@@ -64,6 +64,7 @@ from models.tree import (
     split,
     walk,
 )
+from models.union import MERGE_MEMO
 
 RW: Parts = ("rw",)
 WH = ".wh."
@@ -188,6 +189,8 @@ class Aufs(Driver):
                 else:
                     entries[name] = node
         merged = Dir(entries, top.mode, top.xattrs)
+        if len(self._memo) >= MERGE_MEMO:
+            self._memo.clear()
         self._memo[key] = merged
         return merged
 

@@ -29,6 +29,7 @@ ORIGIN = OVL_PREFIX + "origin"
 IMPURE = OVL_PREFIX + "impure"
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched for a merged base
+MERGE_MEMO = 50_000  # merged directories and leaves remembered before a memo starts over
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,8 @@ class Union:
         merged = self._merge_delta(entry, key)
         if merged is None:
             merged = self._merge_full(entry)
+        if len(self._memo) >= MERGE_MEMO:
+            self._memo.clear()  # merges patch the latest ones: a fresh memo refills at once
         self._memo[key] = merged
         return merged
 
@@ -283,6 +286,8 @@ class Union:
             shown = Symlink(node.target, visible_xattrs(node.xattrs))
         else:
             shown = node
+        if len(self._leaf) >= MERGE_MEMO:
+            self._leaf.clear()
         self._leaf[node.digest] = shown
         return shown
 
