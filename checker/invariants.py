@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from checker.trace import OpRecord, Trace
 
 MAX_PATHS = 12  # paths listed per finding; enough to act on, short enough to read
+CLOSEST_SPAN = 64  # prefix views compared to name the closest one in an atomicity finding
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,14 @@ class Atomicity(Invariant):
         if ctx.view is None or _matches_before_or_after(ctx):
             return []
         if ctx.generalized:
-            digests = [v.digest for v in ctx.prefix_views]
-            if ctx.view.digest in digests:
+            if ctx.view.digest in prefix_digests(ctx.trace, ctx.prefix_views):
                 return []
-            closest = min(range(len(ctx.prefix_views)),
-                          key=lambda k: len(views.diff(ctx.prefix_views[k], ctx.view, limit=MAX_PATHS)))
+            # the views around the op in flight (all of them in a workload of up to
+            # CLOSEST_SPAN ops): a message per crash state must not cost every op
+            count = len(ctx.prefix_views)
+            start = min(max(0, ctx.op.index + 1 - CLOSEST_SPAN // 2), max(0, count - CLOSEST_SPAN))
+            near = range(start, min(count, start + CLOSEST_SPAN))
+            closest = min(near, key=lambda k: len(views.diff(ctx.prefix_views[k], ctx.view, limit=MAX_PATHS)))
             differs = views.diff(ctx.prefix_views[closest], ctx.view, limit=MAX_PATHS)
             return [
                 Finding(
@@ -103,6 +107,14 @@ class Atomicity(Invariant):
                 tuple(sorted(set(from_before) | set(from_after)))[:MAX_PATHS],
             )
         ]
+
+
+def prefix_digests(trace: Trace, prefix_views: list[Dir]) -> frozenset[bytes]:
+    """The digests of the views after 0, 1, ... ops (computed once per trace)."""
+    hit = trace.cache.get("prefix_digests")
+    if not isinstance(hit, frozenset):
+        hit = trace.cache["prefix_digests"] = frozenset(v.digest for v in prefix_views)
+    return hit
 
 
 def _moves(op: OpRecord) -> tuple[str, str] | None:
