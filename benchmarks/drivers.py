@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from checker.check import check  # noqa: E402
-from checker.explorer import _CONTEXTS  # noqa: E402
+from checker.engine.check import check  # noqa: E402
+from checker.engine.explorer import _CONTEXTS  # noqa: E402
 from checker.spec import load_spec  # noqa: E402
 
 

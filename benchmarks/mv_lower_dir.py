@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checker.explorer import Context, explore  # noqa: E402
+from checker.engine.explorer import Context, explore  # noqa: E402
 from checker.spec import parse_spec  # noqa: E402
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checker.check import check  # noqa: E402
-from checker.real import real_check, unavailable_reason  # noqa: E402
+from checker.engine.check import check  # noqa: E402
+from checker.real.crash import real_check, unavailable_reason  # noqa: E402
 from checker.spec import load_spec  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parent.parent / "specs/overlayfs/mv-lower-dir-redirect-off.toml"

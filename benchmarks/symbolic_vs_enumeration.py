@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checker.check import check  # noqa: E402
-from checker.explorer import Budget  # noqa: E402
+from checker.engine.check import check  # noqa: E402
+from checker.engine.explorer import Budget  # noqa: E402
 from checker.spec import parse_spec  # noqa: E402
 
 

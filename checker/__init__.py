@@ -8,10 +8,10 @@ in private-by-convention modules of this package.
     result.verdict, result.violations
 """
 
-from checker.check import Result, check
+from checker.engine.check import Result, check
+from checker.engine.explorer import CrashUnit, Violation, check_crash_state
+from checker.engine.invariants import INVARIANTS, Invariant
 from checker.errors import CrashcheckError, SpecError
-from checker.explorer import CrashUnit, Violation, check_crash_state
-from checker.invariants import INVARIANTS, Invariant
 from checker.spec import Spec, load_spec
 
 __all__ = [

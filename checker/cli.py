@@ -16,17 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from checker import explore as explore_mod
-from checker import kernel, report, workspace
-from checker.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
-from checker.check import ENGINES, Result, check
-from checker.confirm import confirm
-from checker.conform import conform
+from checker import report
+from checker.engine.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
+from checker.engine.check import ENGINES, Result, check
+from checker.engine.persistence import MODELS
 from checker.errors import CrashcheckError, UsageError, one_line
-from checker.persistence import MODELS
-from checker.real import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
-from checker.repair import suggest_fix
+from checker.real import kernel, workspace
+from checker.real.confirm import confirm
+from checker.real.conform import conform
+from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, load_spec
+from checker.symbolic.repair import suggest_fix
+from checker.workloads import explore as explore_mod
 from models import DriverLoadError
 from models.driver import OptionError
 

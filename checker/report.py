@@ -9,16 +9,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
-from checker import views
-from checker.check import VIOLATIONS_STREAMED, Result, Verdict
-from checker.conform import OpConformance
-from checker.explore import Report as ExploreReport
-from checker.explore import Settings
-from checker.explorer import Violation
-from checker.persistence import CrashState
-from checker.real import RealResult, RealViolation
-from checker.repair import FixResult
+from checker.engine import views
+from checker.engine.check import VIOLATIONS_STREAMED, Result, Verdict
+from checker.engine.explorer import Violation
+from checker.engine.persistence import CrashState
+from checker.real.conform import OpConformance
+from checker.real.crash import RealResult, RealViolation
 from checker.spec import Spec
+from checker.symbolic.repair import FixResult
+from checker.workloads.explore import Report as ExploreReport
+from checker.workloads.explore import Settings
 from models.driver import Recovery
 from models.tree import Dir
 

@@ -35,7 +35,7 @@ from models.tree import (
 )
 from models.union import OPAQUE, REDIRECT
 
-PERSISTENCE_MODELS = ("prefix", "ordered-metadata", "weak")  # checker.persistence.MODELS
+PERSISTENCE_MODELS = ("prefix", "ordered-metadata", "weak")  # checker.engine.persistence.MODELS
 VERDICTS = ("pass", "violation", "unknown")
 TOP_KEYS = (
     "name", "description", "driver", "persistence", "block_size", "check", "options", "layers",
@@ -579,7 +579,7 @@ def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> An
 def _parse_check(data: dict[str, Any], file: str, spec: Spec) -> tuple[str, ...] | None:
     """The `check` list: known invariants, each of which checks something in this spec
     (an invariant that cannot apply would pass vacuously, so naming one is an error)."""
-    from checker.invariants import INVARIANTS
+    from checker.engine.invariants import INVARIANTS
 
     if "check" not in data:
         return None
@@ -608,7 +608,7 @@ def _parse_check(data: dict[str, Any], file: str, spec: Spec) -> tuple[str, ...]
 
 
 def _parse_expect(data: dict[str, Any], file: str, spec: Spec) -> Expect | None:
-    from checker.invariants import INVARIANTS, selected
+    from checker.engine.invariants import INVARIANTS, selected
 
     if "expect" not in data:
         return None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 
 from checker import check, load_spec
-from checker.explorer import context_for
-from checker.persistence import CrashState
-from checker.trace import build_trace
+from checker.engine.explorer import context_for
+from checker.engine.persistence import CrashState
+from checker.engine.trace import build_trace
 from models.tree import ErrorEntry
 from tests.conftest import ROOT, make_spec, suite_counts
 

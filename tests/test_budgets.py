@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from checker import check, load_spec
-from checker.budget import Budget, BudgetExceeded, Meter, checkpoint, metered, parse_size
-from checker.check import AUTO_LIMIT
-from checker.explorer import MAX_KEPT
+from checker.engine.budget import Budget, BudgetExceeded, Meter, checkpoint, metered, parse_size
+from checker.engine.check import AUTO_LIMIT
+from checker.engine.explorer import MAX_KEPT
 from tests.conftest import ROOT, make_spec
 
 MIB = 1 << 20

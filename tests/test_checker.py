@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 
 from checker import CrashUnit, check, check_crash_state, load_spec
-from checker.persistence import CrashState
+from checker.engine.persistence import CrashState
 from models.driver import Recovery
 from models.overlayfs import OverlayFS
 from models.plain import Plain

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from checker import check, kernel, load_spec
-from checker.confirm import confirm
+from checker import check, load_spec
+from checker.real import kernel
+from checker.real.confirm import confirm
 from models.driver import Recovery
 from models.overlayfs import OverlayFS
 from models.tree import Dir, Whiteout, replace, walk

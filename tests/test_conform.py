@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from checker import kernel, load_spec
-from checker.conform import conform, normalize
+from checker import load_spec
+from checker.real import kernel
+from checker.real.conform import conform, normalize
 from models.overlayfs import OverlayFS
 from models.steps import MknodWhiteout
 from tests.conftest import ROOT

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 from checker import check, load_spec
-from checker.explorer import context_for
-from checker.persistence import CrashState
-from checker.trace import build_trace
+from checker.engine.explorer import context_for
+from checker.engine.persistence import CrashState
+from checker.engine.trace import build_trace
 from models.devicemapper import DeviceMapper
 from models.thinfs import Image, Inode, decode, encode
 from models.thinpool import devices, mapping

@@ -15,10 +15,11 @@ import copy
 
 import pytest
 
-from checker import kernel, sandbox, views
-from checker.realops import run_op
+from checker.engine import views
+from checker.engine.trace import build_trace
+from checker.real import kernel, sandbox
+from checker.real.ops import run_op
 from checker.spec import Op, parse_spec
-from checker.trace import build_trace
 from models.tree import lookup, split
 from tests.strategies import RandomChooser, gen_workload
 

@@ -4,9 +4,9 @@ each of its invariants caught on a variant that breaks it."""
 from __future__ import annotations
 
 from checker import check, load_spec
-from checker.explorer import context_for
-from checker.persistence import CrashState, parse_persisted
-from checker.trace import build_trace
+from checker.engine.explorer import context_for
+from checker.engine.persistence import CrashState, parse_persisted
+from checker.engine.trace import build_trace
 from models.docker_overlay2 import DockerOverlay2
 from models.tree import ErrorEntry, File, Symlink, lookup, split
 from tests.conftest import ROOT, make_spec, suite_counts

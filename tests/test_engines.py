@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from checker import check, load_spec
-from checker.budget import Budget
-from checker.explorer import Context
-from checker.symbolic import unsupported
+from checker.engine.budget import Budget
+from checker.engine.explorer import Context
+from checker.symbolic.encoding import unsupported
 from tests.conftest import ROOT, make_spec
 
 MODELS = ("prefix", "ordered-metadata", "weak")

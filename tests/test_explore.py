@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from checker.explore import Settings, explore, op_space, random_items, shrink
+from checker.workloads.explore import Settings, explore, op_space, random_items, shrink
 from tests.conftest import ROOT
 
 

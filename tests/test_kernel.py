@@ -17,10 +17,11 @@ import errno
 
 import pytest
 
-from checker import kernel, sandbox, views
-from checker.realops import run_op
+from checker.engine import views
+from checker.engine.trace import build_trace
+from checker.real import kernel, sandbox
+from checker.real.ops import run_op
 from checker.spec import parse_spec
-from checker.trace import build_trace
 from models.overlayfs import OverlayFS
 from tests.strategies import RandomChooser, gen_workload
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from checker.trace import build_trace
+from checker.engine.trace import build_trace
 from tests.conftest import make_spec
 
 HEAD = 'name = "t"\ndriver = "overlayfs"\n'

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checker import views
+from checker.engine import views
 from models.overlayfs import OverlayFS
 from models.tree import Dir, File, Whiteout
 from tests.conftest import make_spec
@@ -152,7 +152,7 @@ op = "mv"
 src = "d"
 dst = "e"
 """)
-    from checker.trace import build_trace
+    from checker.engine.trace import build_trace
 
     trace = build_trace(spec)
     for state in trace.states:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import networkx as nx
 
 from checker import check
-from checker.persistence import MODELS, Constraints, CrashState, count_ideals, parse_persisted
-from checker.trace import build_trace
+from checker.engine.persistence import MODELS, Constraints, CrashState, count_ideals, parse_persisted
+from checker.engine.trace import build_trace
 from models.tree import lookup
 from tests.conftest import make_spec
 
@@ -96,7 +96,7 @@ def test_crash_state_tokens_round_trip():
 
 
 def test_budget_makes_an_unfinished_search_unknown_never_pass():
-    from checker.explorer import Budget
+    from checker.engine.explorer import Budget
     nested = "".join(f'[[ops]]\nop = "mkdir"\npath = "{"/".join(["d"] * k)}"\n' for k in range(1, 13))
     spec = make_spec('name = "t"\ndriver = "plain"\npersistence = "weak"\n' + nested)
     full = check(spec)
@@ -111,8 +111,8 @@ def test_budget_makes_an_unfinished_search_unknown_never_pass():
 
 def test_fix_suggestion_is_minimal_and_the_fixed_trace_passes():
     from checker import load_spec
-    from checker.explorer import Budget, Context
-    from checker.repair import FsyncFix, recheck, suggest_fix
+    from checker.engine.explorer import Budget, Context
+    from checker.symbolic.repair import FsyncFix, recheck, suggest_fix
     from tests.conftest import ROOT
 
     for path, persistence, fix in [
@@ -131,8 +131,8 @@ def test_fix_suggestion_is_minimal_and_the_fixed_trace_passes():
 
 def test_fix_suggestion_separates_what_no_fsync_can_remove():
     from checker import load_spec
-    from checker.explorer import Budget, Context
-    from checker.repair import recheck, suggest_fix
+    from checker.engine.explorer import Budget, Context
+    from checker.symbolic.repair import recheck, suggest_fix
     from tests.conftest import ROOT
 
     spec = load_spec(ROOT / "specs/overlayfs/mv-lower-dir-redirect-off.toml")

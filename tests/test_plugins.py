@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from checker import check
-from checker.trace import build_trace
+from checker.engine.trace import build_trace
 from tests.conftest import ROOT, make_spec
 
 EXAMPLE = ROOT / "examples/crashcheck-unlink-first"

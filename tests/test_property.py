@@ -13,9 +13,9 @@ import errno
 
 from hypothesis import HealthCheck, assume, given, settings
 
-from checker import views
+from checker.engine import views
+from checker.engine.trace import build_trace
 from checker.spec import parse_spec
-from checker.trace import build_trace
 from models.tree import Dir, Whiteout, split
 from models.union import Union
 from tests.strategies import workload

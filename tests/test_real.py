@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from checker import load_spec
-from checker.real import real_check, unavailable_reason
+from checker.real.crash import real_check, unavailable_reason
 from tests.conftest import ROOT
 
 OFF = "specs/overlayfs/mv-lower-dir-redirect-off.toml"
@@ -132,7 +132,7 @@ def test_confirm_without_root_is_a_one_line_error():
 
 
 def test_traced_calls_hold_no_times_or_addresses():
-    from checker.real import _stable
+    from checker.real.crash import _stable
 
     call = ('utimensat(AT_FDCWD, "DirX", [{tv_sec=1796038610, tv_nsec=548764779} /* 2026-11-30T11:36:50'
             '.548764779+0000 */, {tv_sec=1796038610, tv_nsec=548514496} /* 2026-11-30T11:36:50.548514496+0000 */]'

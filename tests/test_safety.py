@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from checker import check
-from checker.confirm import confirm
-from checker.conform import conform
-from checker.real import real_check, unavailable_reason
-from checker.workspace import PREFIX, mounts_under, processes_using
+from checker.real.confirm import confirm
+from checker.real.conform import conform
+from checker.real.crash import real_check, unavailable_reason
+from checker.real.workspace import PREFIX, mounts_under, processes_using
 from tests.conftest import ROOT, make_spec
 
 KERNEL = unavailable_reason("kernel")

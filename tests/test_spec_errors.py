@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checker import cli
-from checker.invariants import INVARIANTS
+from checker.engine.invariants import INVARIANTS
 from models import BUILTIN_DRIVERS
 from tests.conftest import ROOT
 

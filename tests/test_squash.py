@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checker import check, load_spec
+from checker.engine.trace import build_trace
 from checker.spec import parse_spec
-from checker.trace import build_trace
 from tests.conftest import ROOT, make_spec, suite_counts
 from tests.strategies import LOWER_KINDS, MIDDLE_KINDS, DrawChooser, gen_layer
 

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from checker import check
-from checker.budget import Budget
-from checker.explorer import Context, explore
+from checker.engine.budget import Budget
+from checker.engine.explorer import Context, explore
 from checker.spec import parse_spec
-from checker.symbolic import solve, unsupported
+from checker.symbolic.encoding import solve, unsupported
 from tests.strategies import workload
 
 EXAMPLES = 500

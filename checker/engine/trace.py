@@ -12,7 +12,7 @@ import errno as errno_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from checker.budget import checkpoint
+from checker.engine.budget import checkpoint
 from checker.errors import CrashcheckError
 from checker.spec import Op, Spec
 from models import clients, drivers

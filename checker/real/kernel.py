@@ -1,7 +1,7 @@
 """The real thing: materialize model states on disk, mount the kernel's overlayfs, read
 real trees back in the model's vocabulary.
 
-Everything happens under one private workspace (`checker.workspace`): every mount is
+Everything happens under one private workspace (`checker.real.workspace`): every mount is
 undone and every process ended when it closes, on errors, signals, and after a SIGKILL
 by the next run.
 """
@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from checker.errors import CrashcheckError
-from checker.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, overlay_option, workspace
+from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, overlay_option, workspace
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
     "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
@@ -125,7 +125,7 @@ def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -
     return tuple(sorted(out))
 
 
-# --- workspaces and mounts: checker.workspace --------------------------------------------------
+# --- workspaces and mounts: checker.real.workspace --------------------------------------------------
 
 
 def materialize_overlay(

@@ -1,9 +1,9 @@
 """Conformance (`crashcheck conform SPEC`): do the model's steps match what the kernel
 really does on the upper file system?
 
-The workload runs, confined to the mount (`checker.sandbox`), on a real overlayfs
+The workload runs, confined to the mount (`checker.real.sandbox`), on a real overlayfs
 mount whose upper and work dirs live on a private tmpfs watched with fanotify
-(`checker.fanotify`). The namespace changes the kernel makes for each op (mkdir,
+(`checker.real.fanotify`). The namespace changes the kernel makes for each op (mkdir,
 create, rename, unlink, rmdir on upper and work) are compared with the ones the
 model's steps make, as multisets (fanotify may merge queued events, and a real
 `rm -rf` visits entries in readdir order, not in name order), with work-dir temp names
@@ -20,12 +20,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from checker import kernel, sandbox
+from checker.engine.trace import build_trace
 from checker.errors import CrashcheckError
-from checker.fanotify import FanotifyUnavailable, FsWatcher
-from checker.realops import agrees, run_op
+from checker.real import kernel, sandbox
+from checker.real.fanotify import FanotifyUnavailable, FsWatcher
+from checker.real.ops import agrees, run_op
 from checker.spec import Spec
-from checker.trace import build_trace
 from models.driver import Driver
 from models.steps import (
     Create,

@@ -27,12 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from checker.budget import checkpoint
+from checker.engine.budget import checkpoint
 from checker.spec import DEFAULT_BLOCK_SIZE
 
 if TYPE_CHECKING:
     import networkx as nx
-from checker.trace import Trace
+from checker.engine.trace import Trace
 from models.steps import (
     CopyData,
     Device,

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checker.budget import Budget
-from checker.check import check
+from checker.engine.budget import Budget
+from checker.engine.check import check
 from checker.errors import UsageError
 from checker.spec import parse_spec
 from models import drivers

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checker import kernel, views
-from checker.check import Result
-from checker.explorer import Violation
-from checker.invariants import INVARIANTS, CrashContext
+from checker.engine import views
+from checker.engine.check import Result
+from checker.engine.explorer import Violation
+from checker.engine.invariants import INVARIANTS, CrashContext
+from checker.real import kernel
 from models.driver import Recovery
 from models.tree import Dir
 

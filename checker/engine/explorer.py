@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from checker.budget import Budget, Meter
-from checker.invariants import CrashContext, Finding, Invariant, selected
-from checker.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
+from checker.engine.budget import Budget, Meter
+from checker.engine.invariants import CrashContext, Finding, Invariant, selected
+from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
+from checker.engine.trace import Trace, build_trace
 from checker.spec import Spec
-from checker.trace import Trace, build_trace
 from models.driver import Driver, Recovery
 from models.tree import Dir
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 
 import z3
 
-from checker.budget import Budget, checkpoint, z3_memory_megabytes
-from checker.explorer import Context, Exploration, Violation, trace_level_violations, violations_at
-from checker.invariants import kept_files
-from checker.persistence import CrashState, apply_amount, copy_sources
+from checker.engine.budget import Budget, checkpoint, z3_memory_megabytes
+from checker.engine.explorer import Context, Exploration, Violation, trace_level_violations, violations_at
+from checker.engine.invariants import kept_files
+from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.steps import (
     Chmod,
     CopyData,
@@ -705,7 +705,7 @@ class Invariants:
             synced = views[j + 1]
             files = [op.op.arg("path")] if op.op.kind == "fsync" else []
             if op.op.kind == "sync":
-                from checker import views as view_helpers
+                from checker.engine import views as view_helpers
 
                 files = list(view_helpers.files(synced))
             for k in range(len(ops)):  # k < j too: a sync op without steps returns with the op before it

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from checker import views
+from checker.engine import views
 from models.driver import Driver, Recovery
 from models.tree import Dir, File, join, lookup, split
 
 if TYPE_CHECKING:
+    from checker.engine.trace import OpRecord, Trace
     from checker.spec import Spec
-    from checker.trace import OpRecord, Trace
 
 MAX_PATHS = 12  # paths listed per finding; enough to act on, short enough to read
 CLOSEST_SPAN = 64  # prefix views compared to name the closest one in an atomicity finding

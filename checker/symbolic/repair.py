@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from checker.budget import Budget
-from checker.explorer import UNLIMITED, Context, explore
-from checker.persistence import CrashState, step_facts
-from checker.trace import OpRecord, SyscallRecord, Trace
+from checker.engine.budget import Budget
+from checker.engine.explorer import UNLIMITED, Context, explore
+from checker.engine.persistence import CrashState, step_facts
+from checker.engine.trace import OpRecord, SyscallRecord, Trace
 from models.steps import Fsync
 
 MAX_ROUNDS = 200  # counterexamples before the search gives up

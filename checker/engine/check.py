@@ -8,13 +8,13 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from checker.budget import Budget, BudgetExceeded, Meter, metered, size_text
+from checker.engine.budget import Budget, BudgetExceeded, Meter, metered, size_text
+from checker.engine.explorer import UNLIMITED, Context, Violation, clear_contexts, explore
+from checker.engine.invariants import selected
+from checker.engine.persistence import MODELS, CrashState, count_ideals, parse_persisted
+from checker.engine.trace import Trace
 from checker.errors import UsageError
-from checker.explorer import UNLIMITED, Context, Violation, clear_contexts, explore
-from checker.invariants import selected
-from checker.persistence import MODELS, CrashState, count_ideals, parse_persisted
 from checker.spec import Spec
-from checker.trace import Trace
 from models.driver import Driver
 from models.tree import FsError
 
@@ -45,7 +45,7 @@ class Verdict:
 
     @property
     def op_records(self) -> Sequence[Any]:
-        """The ops as the model ran them (`checker.trace.OpRecord`), if known."""
+        """The ops as the model ran them (`checker.engine.trace.OpRecord`), if known."""
         return ()
 
     @property
@@ -85,8 +85,8 @@ class Result(Verdict):
     bounded: bool = False
     why: str = ""
     context: Context | None = None
-    confirmations: list[Any] | None = None  # one checker.confirm.Confirmation per violation
-    fix: list[Any] | None = None  # fsync insertions (checker.repair.Fsync) that remove every violation
+    confirmations: list[Any] | None = None  # one checker.real.confirm.Confirmation per violation
+    fix: list[Any] | None = None  # fsync insertions (symbolic.repair.Fsync) removing every violation
     counts: dict[tuple[int, str], int] | None = None  # (op, invariant) -> violating crash states
 
     @property
@@ -205,7 +205,7 @@ def _check(
         only = _parse_persisted(spec, ctx, persisted)
     chosen, limited, note = choose_engine(ctx, engine, budget) if only is None else ("enumerate", budget, "")
     if chosen == "symbolic":
-        from checker.symbolic import solve
+        from checker.symbolic.encoding import solve
 
         found = solve(ctx, budget)
     else:
@@ -268,7 +268,7 @@ def choose_engine(ctx: Context, engine: str, budget: Budget) -> tuple[str, Budge
     limit = min(AUTO_LIMIT, budget.max_states or AUTO_LIMIT)
     if count_ideals(ctx.constraints, limit + 1) <= limit:
         return "enumerate", budget, ""
-    from checker.symbolic import unsupported
+    from checker.symbolic.encoding import unsupported
 
     reason = unsupported(ctx)
     if reason is None:

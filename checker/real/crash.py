@@ -32,14 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checker import kernel, sandbox
-from checker.check import Verdict
+from checker.engine.check import Verdict
+from checker.engine.invariants import INVARIANTS, CrashContext, Finding, selected
+from checker.engine.trace import OpRecord, Trace, build_trace
 from checker.errors import CrashcheckError
-from checker.invariants import INVARIANTS, CrashContext, Finding, selected
-from checker.realops import CLIENT_FAILED, CLIENT_TIMEOUT, INSIDE, agrees, client_argv, raw_calls, result_name
+from checker.real import kernel, sandbox
+from checker.real.ops import (
+    CLIENT_FAILED,
+    CLIENT_TIMEOUT,
+    INSIDE,
+    agrees,
+    client_argv,
+    raw_calls,
+    result_name,
+)
+from checker.real.workspace import Workspace, workspace
 from checker.spec import Spec
-from checker.trace import OpRecord, Trace, build_trace
-from checker.workspace import Workspace, workspace
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -84,7 +92,7 @@ def unavailable_reason(impl: str) -> str | None:
 
 @dataclass
 class Lab:
-    """The workspace of a real run (`checker.workspace`: every mount, process and file of
+    """The workspace of a real run (`checker.real.workspace`: every mount, process and file of
     the run lives under it and goes with it) and the confinement shim of its clients."""
 
     ws: Workspace

@@ -1,6 +1,6 @@
 """Running spec ops on a real mount: system calls from Python, client programs as the
 real coreutils binaries (`mv -T`, `rm -rf`, `cp -a -T`), every one of them confined to
-the mount (`checker.sandbox`): paths resolve inside it as inside a container."""
+the mount (`checker.real.sandbox`): paths resolve inside it as inside a container."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from checker import sandbox
+from checker.real import sandbox
 from checker.spec import Op
 
 CLIENT_TIMEOUT = 60  # seconds for one real mv/rm/cp

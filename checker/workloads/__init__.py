@@ -1,0 +1,2 @@
+"""Workload generation: every small workload over a fixed name space, or random samples
+shrunk with hypothesis (`explore`)."""
