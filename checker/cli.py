@@ -28,7 +28,7 @@ from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavaila
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, load_spec
 from checker.symbolic.repair import suggest_fix
 from checker.workloads import explore as explore_mod
-from models import DriverLoadError
+from models import DEFAULT_DRIVER, DriverLoadError
 from models.driver import OptionError
 
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
     ex = sub.add_parser("explore", help="generate small workloads and find driver-induced violations")
     ex.add_argument("--depth", type=_positive, default=1, help="ops per workload (default 1)")
-    ex.add_argument("--driver", default="overlayfs", help="driver to explore (default overlayfs)")
+    ex.add_argument("--driver", default=DEFAULT_DRIVER, help=f"driver to explore (default {DEFAULT_DRIVER})")
     ex.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a driver option, e.g. redirect_dir=off (repeatable)")
     ex.add_argument("--persistence", choices=sorted(MODELS), default="prefix")

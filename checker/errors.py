@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from models.errors import CrashcheckError  # the one root, shared with the models
 
-class CrashcheckError(Exception):
-    """Root of every error crashcheck reports to the user."""
+__all__ = ["CrashcheckError", "SpecError", "UsageError", "one_line"]
 
 
 class SpecError(CrashcheckError):

@@ -221,8 +221,9 @@ def _steps_around(r: Result, first: int, end: int, crash: CrashState) -> list[st
     last_call = (-1, -1)
     for i in range(lo, hi):
         call = trace.call_of_step(i)
-        if (trace.step_op[i], trace.step_call[i]) != last_call:
-            last_call = (trace.step_op[i], trace.step_call[i])
+        record = trace.records[i]
+        if (record.op, record.call) != last_call:
+            last_call = (record.op, record.call)
             lines.append(f"          {call.call}  = {call.result}")
         amount = crash.amount(i, pieces[i])
         mark = "*" if amount == pieces[i] and amount else ("~" if amount else " ")

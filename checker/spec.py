@@ -20,6 +20,7 @@ from typing import Any
 from checker.errors import SpecError
 from models import DriverLoadError, driver_named, drivers
 from models.driver import OptionError
+from models.syscalls import RenameFlags
 from models.tree import (
     DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,
@@ -571,8 +572,11 @@ def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> An
     if name in ("path", "src", "dst"):
         check_path(raw, file, key)
     _text(raw, file, key, MAX_PATH_BYTES, nul=False)
-    if name == "flags" and raw not in ("", "noreplace", "exchange", "whiteout"):
-        raise SpecError(file, "must be one of '', 'noreplace', 'exchange', 'whiteout'", key)
+    if name == "flags":
+        known = [f.value for f in RenameFlags]
+        if raw not in known:
+            raise SpecError(file, f"must be one of {', '.join(repr(k) for k in known)}", key)
+        return RenameFlags(raw)
     return raw
 
 

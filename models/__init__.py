@@ -20,11 +20,14 @@ from models.aufs import Aufs
 from models.devicemapper import DeviceMapper
 from models.docker_overlay2 import DockerOverlay2
 from models.driver import Driver
+from models.errors import CrashcheckError
 from models.overlayfs import OverlayFS
 from models.plain import Plain
 from models.squash import Squash
 
 ENTRY_POINT_GROUP = "crashcheck.drivers"
+DEFAULT_DRIVER = OverlayFS.name  # what `crashcheck explore` explores unless told
+REFERENCE_DRIVER = Plain.name  # the baseline a violation is compared with: one atomic step per call
 
 BUILTIN_DRIVERS: dict[str, type[Driver]] = {
     OverlayFS.name: OverlayFS,
@@ -36,7 +39,7 @@ BUILTIN_DRIVERS: dict[str, type[Driver]] = {
 }
 
 
-class DriverLoadError(Exception):
+class DriverLoadError(CrashcheckError):
     """A plug-in driver could not be loaded; the message names it and why."""
 
 
@@ -81,4 +84,7 @@ def driver_named(name: str) -> type[Driver]:
     raise KeyError(name)
 
 
-__all__ = ["BUILTIN_DRIVERS", "Driver", "DriverLoadError", "driver_named", "drivers"]
+__all__ = [
+    "BUILTIN_DRIVERS", "DEFAULT_DRIVER", "REFERENCE_DRIVER", "Driver", "DriverLoadError", "driver_named",
+    "drivers",
+]

@@ -29,8 +29,11 @@ stay hidden.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
+from typing import Any
 
-from models.driver import OK, Driver, Option, Session, Syscall, SysResult
+from models import syscalls as sc
+from models.driver import Driver, Mount, Option, handles
 from models.steps import (
     Chmod,
     CopyData,
@@ -48,9 +51,8 @@ from models.steps import (
     Unlink,
     Write,
 )
+from models.syscalls import RenameFlags
 from models.tree import (
-    DEFAULT_DIR_MODE,
-    DEFAULT_FILE_MODE,
     Dir,
     ErrorEntry,
     File,
@@ -99,23 +101,13 @@ def to_branch(tree: Dir) -> Dir:
     return convert(tree)
 
 
-class Aufs(Driver):
-    name = "aufs"
-    description = "aufs: .wh. whiteout files, copy-up through temp names, no journal"
-    layered = True
-    OPTIONS = {
-        "dirren": Option((bool,), False, "rename directories (recording the old name) instead of EXDEV"),
-    }
-
-    def __init__(self, options: dict | None = None) -> None:
-        super().__init__(options)
-        self.lower_names: list[str] = []
-        self._memo: dict[tuple[bytes, ...], Node] = {}
+class AufsMount(Mount):
+    """One aufs mount: the branches, and the merge memo of this run."""
 
     # -- layout and view ---------------------------------------------------------------
 
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
-        self._memo = {}  # no memo of another mount's layers survives
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
+        self._memo: dict[tuple[bytes, ...], Node] = {}
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
         entries: dict[str, Node] = {
             n: to_branch(layer) for n, layer in zip(self.lower_names, layers, strict=True)
@@ -222,24 +214,19 @@ class Aufs(Driver):
 
     # -- system calls ------------------------------------------------------------------
 
-    def start(self, root: Dir) -> Session:
-        return Session(root)
+    def perform(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        if not isinstance(call, sc.Rename):
+            self.check_call(log.root, call)  # aufs_rename checks in its own order
+        return super().perform(call, log)
 
-    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        if call.name == "rename":
-            self._rename(session, log, split(call.args[0]), split(call.args[1]), call.flags)
-            return OK
-        self.check_view_syscall(log.root, call)
-        handler = getattr(self, "_sys_" + call.name, None)
-        if handler is None:
-            raise ValueError(f"aufs: unsupported syscall {call.name}")
-        handler(session, log, call)
-        return OK
+    @handles(sc.Rename)
+    def rename(self, call: sc.Rename, log: StepLog) -> None:
+        self._rename(log, split(call.src), split(call.dst), call.flags)
 
-    def _temp(self, s: Session, parts: Parts) -> str:
-        return join(RW + parts[:-1] + (f".wh..wh.{parts[-1]}.{s.next('temp'):04x}",))
+    def _temp(self, parts: Parts) -> str:
+        return join(RW + parts[:-1] + (f".wh..wh.{parts[-1]}.{self.next('temp'):04x}",))
 
-    def copy_up(self, s: Session, log: StepLog, parts: Parts) -> None:
+    def copy_up(self, log: StepLog, parts: Parts) -> None:
         """Copy `parts` and its missing ancestors to rw (ancestors first)."""
         for depth in range(1, len(parts) + 1):
             here = parts[:depth]
@@ -255,9 +242,9 @@ class Aufs(Driver):
                 for k, v in node.xattrs:
                     log.do(SetXattr(target, k, v))
                 continue
-            temp = self._temp(s, here)
+            temp = self._temp(here)
             if isinstance(node, File):
-                log.do(Create(temp, node.mode, ino=s.next("ino", 1000)))
+                log.do(Create(temp, node.mode, ino=self.next("ino", 1000)))
                 if node.content:
                     src = self.lower_names[len(self.lower_names) - frames[0][0]]
                     log.do(CopyData(join((src,) + here), temp))
@@ -275,93 +262,102 @@ class Aufs(Driver):
         if lookup(log.root, wh) is not None:
             log.do(Unlink(join(wh)))
 
-    def _add(self, s: Session, log: StepLog, parts: Parts, make: object, is_dir: bool = False) -> None:
+    def _add(self, log: StepLog, parts: Parts, make: object, is_dir: bool = False) -> None:
         """Create an entry on rw (copying the parent up), then the opaque marker for a
         directory over a whiteout, then remove the whiteout (the add_simple epilogue)."""
-        self.copy_up(s, log, parts[:-1])
+        self.copy_up(log, parts[:-1])
         over_whiteout = lookup(log.root, RW + parts[:-1] + (whiteout_name(parts[-1]),)) is not None
         log.do(make)  # type: ignore[arg-type]
         if is_dir and over_whiteout:
-            log.do(Create(join(RW + parts + (OPAQUE,)), WH_MODE, ino=s.next("ino", 1000)))
+            log.do(Create(join(RW + parts + (OPAQUE,)), WH_MODE, ino=self.next("ino", 1000)))
         self._drop_whiteout(log, parts)
 
-    def _sys_create(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        mode = call.args[1] if len(call.args) > 1 else DEFAULT_FILE_MODE
-        self._add(s, log, parts, Create(join(RW + parts), mode, ino=s.next("ino", 1000)))
+    @handles(sc.Create)
+    def create(self, call: sc.Create, log: StepLog) -> None:
+        parts = split(call.path)
+        self._add(log, parts, Create(join(RW + parts), call.mode, ino=self.next("ino", 1000)))
 
-    def _sys_mkdir(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        mode = call.args[1] if len(call.args) > 1 else DEFAULT_DIR_MODE
-        self._add(s, log, parts, Mkdir(join(RW + parts), mode), is_dir=True)
+    @handles(sc.Mkdir)
+    def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
+        parts = split(call.path)
+        self._add(log, parts, Mkdir(join(RW + parts), call.mode), is_dir=True)
 
-    def _sys_symlink(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[1])
-        self._add(s, log, parts, MakeSymlink(call.args[0], join(RW + parts)))
+    @handles(sc.Symlink)
+    def symlink(self, call: sc.Symlink, log: StepLog) -> None:
+        parts = split(call.path)
+        self._add(log, parts, MakeSymlink(call.target, join(RW + parts)))
 
-    def _sys_link(self, s: Session, log: StepLog, call: Syscall) -> None:
-        old, new = split(call.args[0]), split(call.args[1])
-        self.copy_up(s, log, old)
-        self._add(s, log, new, Link(join(RW + old), join(RW + new), ino=s.next("ino", 1000)))
+    @handles(sc.Link)
+    def link(self, call: sc.Link, log: StepLog) -> None:
+        old, new = split(call.src), split(call.dst)
+        self.copy_up(log, old)
+        self._add(log, new, Link(join(RW + old), join(RW + new), ino=self.next("ino", 1000)))
 
-    def _sys_write(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Write(join(RW + parts), call.args[1], 0, replace=True))
+    @handles(sc.Write)
+    def write(self, call: sc.Write, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Write(join(RW + parts), call.data, 0, replace=True))
 
-    def _sys_append(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
+    @handles(sc.Append)
+    def append(self, call: sc.Append, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
         node = lookup(log.root, RW + parts)
         assert isinstance(node, File)
-        log.do(Write(join(RW + parts), call.args[1], len(node.content)))
+        log.do(Write(join(RW + parts), call.data, len(node.content)))
 
-    def _sys_truncate(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Truncate(join(RW + parts), call.args[1]))
+    @handles(sc.Truncate)
+    def truncate(self, call: sc.Truncate, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Truncate(join(RW + parts), call.size))
 
-    def _sys_chmod(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Chmod(join(RW + parts), call.args[1]))
+    @handles(sc.Chmod)
+    def chmod(self, call: sc.Chmod, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Chmod(join(RW + parts), call.mode))
 
-    def _sys_setxattr(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(SetXattr(join(RW + parts), call.args[1], call.args[2]))
+    @handles(sc.SetXattr)
+    def setxattr(self, call: sc.SetXattr, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(SetXattr(join(RW + parts), call.xattr, call.value))
 
-    def _sys_utimens(self, s: Session, log: StepLog, call: Syscall) -> None:
-        self.copy_up(s, log, split(call.args[0]))
+    @handles(sc.Utimens, sc.Chown, sc.FChown)
+    def times_and_owner(self, call: sc.Utimens | sc.Chown | sc.FChown, log: StepLog) -> None:
+        self.copy_up(log, split(call.path))
 
-    _sys_chown = _sys_utimens
-    _sys_fchown = _sys_utimens  # on an open file: the symlink was followed by open
-
-    def _sys_fsync(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
+    @handles(sc.Fsync)
+    def fsync(self, call: sc.Fsync, log: StepLog) -> None:
+        parts = split(call.path)
         if self._in_rw(log.root, parts) is not None:
             log.do(Fsync(join(RW + parts)))
 
-    def _sys_sync(self, s: Session, log: StepLog, call: Syscall) -> None:
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
         log.do(Syncfs("rw"))
 
-    def _sys_unlink(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
+    @handles(sc.Unlink)
+    def unlink(self, call: sc.Unlink, log: StepLog) -> None:
+        parts = split(call.path)
         below = self._lower_positive(log.root, parts)
-        self.copy_up(s, log, parts[:-1])
+        self.copy_up(log, parts[:-1])
         if below:
             self._whiteout(log, parts)  # first the whiteout...
         if self._in_rw(log.root, parts) is not None:
             log.do(Unlink(join(RW + parts)))  # ...then the file: EIO in between
 
-    def _sys_rmdir(self, s: Session, log: StepLog, call: Syscall) -> None:
-        parts = split(call.args[0])
+    @handles(sc.Rmdir)
+    def rmdir(self, call: sc.Rmdir, log: StepLog) -> None:
+        parts = split(call.path)
         below = self._lower_positive(log.root, parts)
-        self.copy_up(s, log, parts[:-1])
+        self.copy_up(log, parts[:-1])
         node = self._in_rw(log.root, parts)
         temp = None
         if isinstance(node, Dir):
-            temp = self._temp(s, parts)
+            temp = self._temp(parts)
             log.do(Rename(join(RW + parts), temp))  # au_whtmp_ren
         if below:
             self._whiteout(log, parts)
@@ -374,8 +370,8 @@ class Aufs(Driver):
                 log.do(Rmdir(join(sub)) if isinstance(child, Dir) else Unlink(join(sub)))
             log.do(Rmdir(temp))
 
-    def _rename(self, s: Session, log: StepLog, old: Parts, new: Parts, flags: str) -> None:
-        self.check_rename_vfs(log.root, old, new, flags)
+    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags) -> None:
+        self.check_rename(log.root, old, new, flags)
         if old == new:
             return
         src = self.view_lookup(log.root, old)
@@ -383,8 +379,8 @@ class Aufs(Driver):
             raise FsError(errno.EXDEV, join(old))
         self.check_rename_target_empty(log.root, new, flags)
         below = self._lower_positive(log.root, old)
-        self.copy_up(s, log, old)
-        self.copy_up(s, log, new[:-1])
+        self.copy_up(log, old)
+        self.copy_up(log, new[:-1])
         dst = self._in_rw(log.root, new)
         if isinstance(dst, Dir):
             log.do(Rmdir(join(RW + new))) if not dst.entries else None
@@ -392,8 +388,18 @@ class Aufs(Driver):
         if isinstance(src, Dir) and below:
             info = join(RW + new + (HINFO,))
             if lookup(log.root, split(info)) is None:
-                log.do(Create(info, WH_MODE, ino=s.next("ino", 1000)))
+                log.do(Create(info, WH_MODE, ino=self.next("ino", 1000)))
                 log.do(Write(info, old[-1].encode(), 0, replace=True))
         if below:
             self._whiteout(log, old)  # the source shows again until this whiteout exists
         self._drop_whiteout(log, new)
+
+
+class Aufs(Driver):
+    name = "aufs"
+    description = "aufs: .wh. whiteout files, copy-up through temp names, no journal"
+    layered = True
+    OPTIONS = {
+        "dirren": Option((bool,), False, "rename directories (recording the old name) instead of EXDEV"),
+    }
+    MOUNT = AufsMount

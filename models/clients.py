@@ -18,9 +18,11 @@ coreutils copies part of the tree first and then reports the loop.
 from __future__ import annotations
 
 import errno
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
-from models.driver import Syscall, SysResult
+from models import syscalls as sc
+from models.syscalls import RenameFlags, Syscall, SysResult
 from models.tree import Dir, File, Node, Symlink
 
 Client = Generator[Syscall, SysResult, int]
@@ -37,10 +39,10 @@ def syscall(call: Syscall) -> Client:
 
 def create(path: str, data: bytes | None, mode: int = 0o644) -> Client:
     """open(O_CREAT|O_EXCL) then, with data, one write(2): two system calls."""
-    result = yield Syscall("create", (path, mode))
+    result = yield sc.Create(path, mode)
     if not result.ok or data is None:
         return result.errno
-    result = yield Syscall("write", (path, data))
+    result = yield sc.Write(path, data)
     return result.errno
 
 
@@ -52,9 +54,9 @@ def mv(src: str, dst: str) -> Client:
     """`mv -T src dst`."""
     if src == dst:
         return errno.EINVAL  # "'src' and 'dst' are the same file", before any call
-    result = yield Syscall("rename", (src, dst), flags="noreplace")
+    result = yield sc.Rename(src, dst, RenameFlags.NOREPLACE)
     if result.errno == errno.EEXIST:
-        result = yield Syscall("rename", (src, dst))
+        result = yield sc.Rename(src, dst)
     if result.errno != errno.EXDEV:
         return result.errno
     failed = yield from _move_fallback(src, dst)
@@ -65,20 +67,20 @@ def mv(src: str, dst: str) -> Client:
 
 def _move_fallback(src: str, dst: str) -> Client:
     """copy.c after EXDEV: recreate `src` at `dst`, moving what can be moved."""
-    st = yield Syscall("stat", (src,))
+    st = yield sc.Stat(src)
     if not st.ok:
         return st.errno
     node: Node = st.value
     if isinstance(node, Dir):
-        yield Syscall("rmdir", (dst,))  # "remove any existing destination": ENOENT
-        made = yield Syscall("mkdir", (dst, COPY_DIR_MODE))
+        yield sc.Rmdir(dst)  # "remove any existing destination": ENOENT
+        made = yield sc.Mkdir(dst, COPY_DIR_MODE)
         if not made.ok:
             return made.errno
-        listing = yield Syscall("readdir", (src,))
+        listing = yield sc.Readdir(src)
         first_error = 0
         for name in listing.value:  # copy.c goes on after an entry fails
             s, d = _join(src, name), _join(dst, name)
-            moved = yield Syscall("rename", (s, d), flags="noreplace")
+            moved = yield sc.Rename(s, d, RenameFlags.NOREPLACE)
             failed = moved.errno
             if moved.errno == errno.EXDEV:
                 failed = yield from _move_fallback(s, d)
@@ -92,33 +94,33 @@ def _restore_attrs(path: str, node: Node, by_fd: bool = False) -> Client:
     """Times, owner, mode and xattrs as cp/mv restore them: on a directory by path
     (fchownat with AT_SYMLINK_NOFOLLOW), on a copied file through its open descriptor
     (fchown: when the destination was a symlink, its target gets them)."""
-    yield Syscall("utimens", (path,))
-    yield Syscall("fchown" if by_fd else "chown", (path,))
+    yield sc.Utimens(path)
+    yield (sc.FChown(path) if by_fd else sc.Chown(path))
     if isinstance(node, (File, Dir)):
-        result = yield Syscall("chmod", (path, node.mode))  # mv/cp set it as an ACL
+        result = yield sc.Chmod(path, node.mode)  # mv/cp set it as an ACL
         if not result.ok:
             return result.errno
     for name, value in node.xattrs:
-        yield Syscall("setxattr", (path, name, value))
+        yield sc.SetXattr(path, name, value)
     return 0
 
 
 def _copy_node(src: str, dst: str, node: Node) -> Client:
     """Copy one non-directory: a file's data, or a symlink's target."""
     if isinstance(node, Symlink):
-        made = yield Syscall("symlink", (node.target, dst))
+        made = yield sc.Symlink(node.target, dst)
         if not made.ok:
             return made.errno
-        yield Syscall("chown", (dst,))
-        yield Syscall("utimens", (dst,))
+        yield sc.Chown(dst)
+        yield sc.Utimens(dst)
         return 0
     if not isinstance(node, File):
         return errno.EINVAL
-    made = yield Syscall("create", (dst, COPY_FILE_MODE))
+    made = yield sc.Create(dst, COPY_FILE_MODE)
     if not made.ok:
         return made.errno
     if node.content:
-        wrote = yield Syscall("write", (dst, node.content))
+        wrote = yield sc.Write(dst, node.content)
         if not wrote.ok:
             return wrote.errno
     return (yield from _restore_attrs(dst, node, by_fd=True))
@@ -126,18 +128,18 @@ def _copy_node(src: str, dst: str, node: Node) -> Client:
 
 def _remove_tree(path: str) -> Client:
     """Depth-first removal, as `rm -rf` and mv's final clean-up do it."""
-    st = yield Syscall("stat", (path,))
+    st = yield sc.Stat(path)
     if not st.ok:
         return 0 if st.errno in (errno.ENOENT, errno.ENOTDIR) else st.errno  # as rm -f
     first_error = 0
     if isinstance(st.value, Dir):
-        listing = yield Syscall("readdir", (path,))
+        listing = yield sc.Readdir(path)
         for name in listing.value:  # an entry that cannot go does not stop the others
             failed = yield from _remove_tree(_join(path, name))
             first_error = first_error or failed
-        result = yield Syscall("rmdir", (path,))
+        result = yield sc.Rmdir(path)
     else:
-        result = yield Syscall("unlink", (path,))
+        result = yield sc.Unlink(path)
     return first_error or result.errno
 
 
@@ -150,7 +152,7 @@ def cp(src: str, dst: str) -> Client:
     """`cp -a -T src dst`: copy the tree, then restore mode, times and xattrs. An existing
     directory at `dst` is copied into; an existing file is overwritten (O_TRUNC); an
     existing entry is unlinked before a symlink is made, as coreutils does."""
-    st = yield Syscall("stat", (src,))
+    st = yield sc.Stat(src)
     if not st.ok:
         return st.errno
     if dst == src or dst.startswith(src + "/"):
@@ -159,21 +161,21 @@ def cp(src: str, dst: str) -> Client:
 
 
 def _copy_tree(src: str, dst: str, node: Node) -> Client:
-    there = yield Syscall("stat", (dst,))
+    there = yield sc.Stat(dst)
     existing: Node | None = there.value if there.ok else None
     if isinstance(node, Dir):
         if existing is None:
-            made = yield Syscall("mkdir", (dst, COPY_DIR_MODE))
+            made = yield sc.Mkdir(dst, COPY_DIR_MODE)
             if not made.ok:
                 return made.errno
         elif not isinstance(existing, Dir):
             return errno.ENOTDIR  # "cannot overwrite non-directory with directory"
-        listing = yield Syscall("readdir", (src,))
+        listing = yield sc.Readdir(src)
         if not listing.ok:
             return listing.errno
         first_error = 0
         for name in listing.value:  # like coreutils, report an entry's error and go on
-            child = yield Syscall("stat", (_join(src, name),))
+            child = yield sc.Stat(_join(src, name))
             failed = child.errno or (
                 yield from _copy_tree(_join(src, name), _join(dst, name), child.value)
             )
@@ -185,14 +187,41 @@ def _copy_tree(src: str, dst: str, node: Node) -> Client:
     if existing is None:
         return (yield from _copy_node(src, dst, node))
     if isinstance(node, Symlink):
-        gone = yield Syscall("unlink", (dst,))
+        gone = yield sc.Unlink(dst)
         if not gone.ok:
             return gone.errno
         return (yield from _copy_node(src, dst, node))
     if not isinstance(node, File):
         return errno.EINVAL
     # open(O_WRONLY|O_TRUNC) follows a symlink at dst: coreutils writes through it
-    wrote = yield Syscall("write", (dst, node.content))
+    wrote = yield sc.Write(dst, node.content)
     if not wrote.ok:
         return wrote.errno
     return (yield from _restore_attrs(dst, node, by_fd=True))
+
+
+def _text(a: dict[str, Any], key: str) -> bytes:
+    return str(a[key]).encode()
+
+
+#: The client program of each file-system op of the spec format (DESIGN section 6).
+OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
+    "create": lambda a: create(a["path"], None if a.get("data") is None else _text(a, "data"),
+                               a.get("mode", 0o644)),
+    "write": lambda a: syscall(sc.Write(a["path"], _text(a, "data"))),
+    "append": lambda a: syscall(sc.Append(a["path"], _text(a, "data"))),
+    "truncate": lambda a: syscall(sc.Truncate(a["path"], a["size"])),
+    "mkdir": lambda a: syscall(sc.Mkdir(a["path"], a.get("mode", 0o755))),
+    "rmdir": lambda a: syscall(sc.Rmdir(a["path"])),
+    "unlink": lambda a: syscall(sc.Unlink(a["path"])),
+    "fsync": lambda a: syscall(sc.Fsync(a["path"])),
+    "rename": lambda a: syscall(sc.Rename(a["src"], a["dst"])),
+    "link": lambda a: syscall(sc.Link(a["src"], a["dst"])),
+    "symlink": lambda a: syscall(sc.Symlink(a["target"], a["path"])),
+    "chmod": lambda a: syscall(sc.Chmod(a["path"], a["mode"])),
+    "setxattr": lambda a: syscall(sc.SetXattr(a["path"], a["name"], _text(a, "value"))),
+    "sync": lambda a: syscall(sc.Sync()),
+    "mv": lambda a: mv(a["src"], a["dst"]),
+    "rm": lambda a: rm(a["path"]),
+    "cp": lambda a: cp(a["src"], a["dst"]),
+}

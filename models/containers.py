@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from models.driver import PATH_ARGS, Syscall
+from models.syscalls import Syscall
 from models.tree import FsError, join, split
 
 CONTAINERS_VIEW = "containers"
@@ -21,20 +21,20 @@ IMAGES_VIEW = "images"
 def route(call: Syscall) -> tuple[str, Syscall]:
     """(container, call with container-relative paths). Images are read-only (EROFS);
     a call naming two containers crosses mounts (EXDEV)."""
-    args = list(call.args)
     container = None
-    for index, _ in PATH_ARGS.get(call.name, ()):
-        parts = split(args[index])
+    relative: dict[str, str] = {}
+    for field, path, _ in call.paths():
+        parts = split(path)
         if len(parts) < 2 or parts[0] != CONTAINERS_VIEW:
             code = errno.EROFS if parts[:1] == (IMAGES_VIEW,) else errno.EPERM
-            raise FsError(code, args[index])
+            raise FsError(code, path)
         if container is not None and parts[1] != container:
-            raise FsError(errno.EXDEV, args[index])
+            raise FsError(errno.EXDEV, path)
         container = parts[1]
-        args[index] = join(parts[2:])
+        relative[field] = join(parts[2:])
     if container is None:
-        raise FsError(errno.EINVAL, call.name)
-    return container, Syscall(call.name, tuple(args), call.flags)
+        raise FsError(errno.EINVAL, call.NAME)
+    return container, call.with_paths(relative)
 
 
 def view_scope(op: Any, default_image: str, default_container: str) -> tuple[str, ...]:

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from models import syscalls as sc
 from models.clients import syscall
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
-from models.driver import Driver, Option, OptionError, Recovery, Session, Syscall, SysResult, fail
-from models.plain import Plain
+from models.driver import Driver, Mount, Option, OptionError, Recovery, handles
+from models.plain import Plain, PlainMount
 from models.steps import Step, StepLog, Unlink, replace_file
 from models.thinfs import FS_BLOCK, META_BLOCK, CorruptFs, Image, decode, encode, mkfs, plan, tree_of
 from models.thinpool import (
@@ -90,78 +92,58 @@ def _read(root: Dir, path: str) -> dict[str, str]:
     return out
 
 
-class DeviceMapper(Driver):
-    name = "devicemapper"
-    description = "Docker's devicemapper driver: thin devices on a dm-thin pool, a file system in each"
-    layered = False
-    OPTIONS = {
-        "block_size": Option((int,), 64 * 1024, "the pool's data block size in bytes", normalize=_block_size),
-        "discard": Option(
-            (bool,), False,
-            "discard freed blocks (file system) and whole devices before deleting them; "
-            "false models loop-lvm, where freed blocks never return to the pool",
-        ),
-        "flush_data_before_commit": Option(
-            (bool,), True,
-            "flush the data device before committing metadata (false: the fixed kernel "
-            "bug that committed a mapping before its copied data)",
-        ),
-    }
-    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
-    EXTRA_OPS = {
-        "run": ((), ("container",)),
-        "rm-container": ((), ("container",)),
-    }
+@dataclass
+class PoolWrites:
+    """Pool blocks freed since the last commit: not reused until it (the committed state
+    must stay intact)."""
 
-    @classmethod
-    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
-                       ops: Sequence[Any]) -> str | None:
-        if upper is not None and any(op.kind == "run" for op in ops):
-            return "[upper] is the initial container's layer, but the workload runs its own container"
-        return None
+    freed: set[int] = field(default_factory=set)
 
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self.slots = self.options["block_size"] // FS_BLOCK
-        self.initial_container = True
-        self.top = 0  # the device of the image's top layer
-        self._counters: dict[str, int] = {}
+
+@dataclass(frozen=True)
+class RunContainer(sc.Syscall):
+    """`docker run`: a snapshot of the image's top layer for the container."""
+
+    container: str
+    NAME: ClassVar[str] = "run"
+
+
+@dataclass(frozen=True)
+class RemoveContainer(sc.Syscall):
+    """`docker rm`: the container's device goes."""
+
+    container: str
+    NAME: ClassVar[str] = "rm-container"
+
+
+class DeviceMapperMount(Mount):
+    """The pool and Docker's device set of one run."""
 
     # -- layout --------------------------------------------------------------------------
 
-    def plan(self, ops: Sequence[Any]) -> None:
-        self.initial_container = not any(op.kind == "run" for op in ops)
-
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         """The pool before the workload, made with the driver's own steps: the base
         device with an empty file system, a snapshot per layer with the layer applied,
         and container `app` unless the workload runs its own, all committed."""
+        self.slots = self.options["block_size"] // FS_BLOCK
+        self.pool = PoolWrites()
+        self.container_fs: dict[str, PlainMount] = {}  # a running container's file system
         docker = Dir({"devicemapper": Dir({"metadata": Dir()})})
         log = StepLog(Dir({"pool": Dir({"data": Dir()}), "docker": docker}))
-        s = Session(log.root)
-        self.start_session(s)
+        s = self.pool
         self.create_device(s, log, "base", None)
         self.write_fs(s, log, 0, None, mkfs())
         below = 0
         for i in range(len(layers)):
             below = self.create_device(s, log, f"layer{i}", below)
             self.apply_tree(s, log, below, union_view(list(reversed(layers[: i + 1]))))
-        self.top = below
-        if self.initial_container:
+        self.top = below  # the device of the image's top layer
+        if not any(op.kind == "run" for op in ops):
             dev = self.create_device(s, log, f"ctr-{DEFAULT_CONTAINER}", self.top)
             if upper is not None:
                 self.apply_tree(s, log, dev, union_view(list(reversed(layers)), upper))
-        self._counters = dict(s.counters)
+        self.pool = PoolWrites()
         return log.root
-
-    def start(self, root: Dir) -> Session:
-        s = Session(root)
-        s.counters.update(self._counters)
-        self.start_session(s)
-        return s
-
-    def start_session(self, s: Session) -> None:
-        s.cache["freed"] = set()  # pool blocks freed since the last commit: not reused yet
 
     # -- reading devices -----------------------------------------------------------------
 
@@ -203,27 +185,28 @@ class DeviceMapper(Driver):
 
     # -- system calls --------------------------------------------------------------------
 
-    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
-        if kind not in self.EXTRA_OPS:
-            return None
-        return syscall(Syscall(kind, (args.get("container") or DEFAULT_CONTAINER,)))
-
-    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+    def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        """The pool's own ops by their handlers; a file op goes to its container."""
         try:
-            if call.name == "run":
-                self.run(session, log, call.args[0])
-                return SysResult()
-            if call.name == "rm-container":
-                self.rm_container(session, log, call.args[0])
-                return SysResult()
-            if call.name == "sync":
-                self.commit(session, log)  # every op ends committed: nothing is dirty
-                return SysResult()
-            return self.fs_call(session, log, call)
+            if type(call) in self.HANDLERS:
+                return self.perform(call, log)
+            return self.fs_call(self.pool, log, call)
         except FsError as e:
-            return fail(e.errno)
+            return sc.fail(e.errno)
 
-    def fs_call(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(RunContainer)
+    def run_container(self, call: RunContainer, log: StepLog) -> None:
+        self.run(self.pool, log, call.container)
+
+    @handles(RemoveContainer)
+    def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
+        self.rm_container(self.pool, log, call.container)
+
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
+        self.commit(self.pool, log)  # every op ends committed: nothing is dirty
+
+    def fs_call(self, s: PoolWrites, log: StepLog, call: sc.Syscall) -> sc.SysResult:
         """A system call on a container's file system: plain semantics on its tree,
         then the transaction that writes the change to the device."""
         container, inner = route(call)
@@ -233,17 +216,18 @@ class DeviceMapper(Driver):
         tree = self.fs_tree(log.root, dev)
         if not isinstance(tree, Dir):
             raise FsError(errno.EIO, f"{CONTAINERS_VIEW}/{container}")
-        fs = s.cache.setdefault(("fs", container), Plain())
-        fs_session = s.cache.setdefault(("fs-session", container), Session(tree))
+        fs = self.container_fs.get(container)
+        if fs is None:
+            fs = self.container_fs[container] = Plain().mount([])
         scratch = StepLog(tree)
-        result: SysResult = fs.execute(fs_session, inner, scratch)
+        result = fs.execute(inner, scratch)
         if scratch.root is not tree:
             self.apply_tree(s, log, dev, scratch.root, old_tree=tree)
         return result
 
     # -- the file system on a device -----------------------------------------------------
 
-    def apply_tree(self, s: Session, log: StepLog, dev: int, new_tree: Dir,
+    def apply_tree(self, s: PoolWrites, log: StepLog, dev: int, new_tree: Dir,
                    old_tree: Dir | None = None) -> None:
         """One file-system transaction that makes device `dev` hold `new_tree`."""
         old_image = self.fs_image(log.root, dev)
@@ -256,7 +240,7 @@ class DeviceMapper(Driver):
             return
         self.write_fs(s, log, dev, tx.data, tx.image, freed=tx.freed)
 
-    def write_fs(self, s: Session, log: StepLog, dev: int, data: dict[int, bytes] | None, image: Image,
+    def write_fs(self, s: PoolWrites, log: StepLog, dev: int, data: dict[int, bytes] | None, image: Image,
                  freed: set[int] | None = None) -> None:
         if data:
             self.write_blocks(s, log, dev, data)
@@ -271,7 +255,7 @@ class DeviceMapper(Driver):
                     self.do(s, log, DiscardBlock(dev, v))
         self.commit(s, log, flush=True)  # FUA of the commit record
 
-    def write_blocks(self, s: Session, log: StepLog, dev: int, data: dict[int, bytes]) -> None:
+    def write_blocks(self, s: PoolWrites, log: StepLog, dev: int, data: dict[int, bytes]) -> None:
         """File-system block writes as dm-thin performs them, one pool block at a time."""
         by_vblock: dict[int, dict[int, bytes]] = {}
         for k, chunk in data.items():
@@ -295,21 +279,21 @@ class DeviceMapper(Driver):
     def shared(self, root: Dir, p: int) -> bool:
         return refcounts(root).get(p, 0) > 1
 
-    def alloc(self, s: Session, root: Dir) -> int:
+    def alloc(self, s: PoolWrites, root: Dir) -> int:
         """The lowest free pool block (blocks freed since the last commit stay taken,
         so the committed state stays intact)."""
-        taken = allocated(root) | s.cache["freed"]
+        taken = allocated(root) | s.freed
         p = 0
         while p in taken:
             p += 1
         return p
 
-    def do(self, s: Session, log: StepLog, step: Step) -> None:
+    def do(self, s: PoolWrites, log: StepLog, step: Step) -> None:
         before = allocated(log.root)
         log.do(step)
-        s.cache["freed"] |= before - allocated(log.root)
+        s.freed |= before - allocated(log.root)
 
-    def commit(self, s: Session, log: StepLog, flush: bool = False) -> None:
+    def commit(self, s: PoolWrites, log: StepLog, flush: bool = False) -> None:
         """A flush or FUA reaching the pool: commit the metadata if it changed; with
         `flush`, a flush of the data device even when there is nothing to commit."""
         metadata = encode_metadata(log.root)
@@ -322,13 +306,13 @@ class DeviceMapper(Driver):
             log.do(CommitMetadata(metadata=metadata))
         else:
             log.do(CommitMetadataUnflushed(metadata))
-        s.cache["freed"] = set()
+        s.freed = set()
 
     # -- Docker's device set -------------------------------------------------------------
 
-    def create_device(self, s: Session, log: StepLog, device_hash: str, origin: int | None) -> int:
+    def create_device(self, s: PoolWrites, log: StepLog, device_hash: str, origin: int | None) -> int:
         """`createRegisterDevice` / `createRegisterSnapDevice` in one transaction."""
-        dev = s.next("device", 0)
+        dev = self.next("device", 0)
         old = transaction_id(log.root)
         new = old + 1
         self.write_meta_file(log, TRANSACTION_FILE,
@@ -347,12 +331,12 @@ class DeviceMapper(Driver):
             n += 1
         log.do_all(replace_file(f"{META}/.tmp{n}", path, text.encode(), 0o600))
 
-    def run(self, s: Session, log: StepLog, container: str) -> None:
+    def run(self, s: PoolWrites, log: StepLog, container: str) -> None:
         if lookup(log.root, split(f"{META}/ctr-{container}")) is not None:
             raise FsError(errno.EEXIST, container)
         self.create_device(s, log, f"ctr-{container}", self.top)
 
-    def rm_container(self, s: Session, log: StepLog, container: str) -> None:
+    def rm_container(self, s: PoolWrites, log: StepLog, container: str) -> None:
         """`deleteDevice`: blkdiscard with `discard`, then the delete transaction."""
         device_hash = f"ctr-{container}"
         dev = self.device_of(log.root, device_hash)
@@ -370,8 +354,7 @@ class DeviceMapper(Driver):
         log.do(Unlink(f"{META}/{device_hash}"))
         log.do(SetTransactionId(old, old + 1))
         self.commit(s, log)
-        for key in ("fs", "fs-session"):
-            s.cache.pop((key, container), None)
+        self.container_fs.pop(container, None)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -384,8 +367,7 @@ class DeviceMapper(Driver):
         if open_id <= pool_id:
             return Recovery(root)
         log = StepLog(root)
-        s = Session(root)
-        self.start_session(s)
+        s = PoolWrites()
         dev = int(pending.get("device_id", "-1"))
         if dev in devices(root):
             self.do(s, log, DeleteThin(dev))
@@ -453,3 +435,41 @@ class DeviceMapper(Driver):
         ]
 
 
+class DeviceMapper(Driver):
+    name = "devicemapper"
+    description = "Docker's devicemapper driver: thin devices on a dm-thin pool, a file system in each"
+    layered = False
+    OPTIONS = {
+        "block_size": Option((int,), 64 * 1024, "the pool's data block size in bytes", normalize=_block_size),
+        "discard": Option(
+            (bool,), False,
+            "discard freed blocks (file system) and whole devices before deleting them; "
+            "false models loop-lvm, where freed blocks never return to the pool",
+        ),
+        "flush_data_before_commit": Option(
+            (bool,), True,
+            "flush the data device before committing metadata (false: the fixed kernel "
+            "bug that committed a mapping before its copied data)",
+        ),
+    }
+    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
+    EXTRA_OPS = {
+        "run": ((), ("container",)),
+        "rm-container": ((), ("container",)),
+    }
+
+    @classmethod
+    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
+                       ops: Sequence[Any]) -> str | None:
+        if upper is not None and any(op.kind == "run" for op in ops):
+            return "[upper] is the initial container's layer, but the workload runs its own container"
+        return None
+    MOUNT = DeviceMapperMount
+
+    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
+        container = args.get("container") or DEFAULT_CONTAINER
+        if kind == "run":
+            return syscall(RunContainer(container))
+        if kind == "rm-container":
+            return syscall(RemoveContainer(container))
+        return None

@@ -50,14 +50,16 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
+from typing import Any, ClassVar
 
+from models import syscalls as sc
 from models.clients import syscall
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
-from models.driver import Driver, Option, Recovery, Session, Syscall, SysResult, fail
+from models.driver import Driver, Mount, Option, Recovery, handles
 from models.layers import build_steps, stored_bytes
-from models.overlayfs import OverlayFS
+from models.overlayfs import OverlayFS, OverlayMount
 from models.relocate import RelocatedLog
 from models.steps import (
     Create,
@@ -86,7 +88,6 @@ IMAGEDB = "image/overlay2/imagedb/content/sha256"
 REMOVING = "-removing"
 DEFAULT_IMAGE = "image"
 DEFAULT_CONTAINER = "app"
-DOCKER_OPS = ("pull", "run", "commit", "rm-container", "rmi")
 #: the part of moby's setupInitLayer that is modelled: files every container gets
 INIT_LAYER = Dir({
     ".dockerenv": File(b"", 0o755),
@@ -108,77 +109,62 @@ def diff_id(diff: Node) -> str:
     return "sha256:" + diff.digest.hex()
 
 
-class DockerOverlay2(Driver):
-    name = "docker-overlay2"
-    description = "Docker's overlay2 layer store under /var/lib/docker, with containers on overlayfs"
-    layered = False
-    OPTIONS = {
-        "link_files": Option(
-            (str,), "write",
-            "how `link` and `lower` are written: write (no fsync, as moby long did) or "
-            "atomic (temp file, fsync, rename)", choices=("write", "atomic"),
-        ),
-        "sync_before_register": Option(
-            (bool,), False,
-            "syncfs the extracted layer before committing its layerdb entry (moby does not)",
-        ),
-        "redirect_dir": OverlayFS.OPTIONS["redirect_dir"],
-    }
-    EXTRA_OPS = {
-        "pull": ((), ("image",)),
-        "run": ((), ("container", "image")),
-        "commit": (("image",), ("container",)),
-        "rm-container": ((), ("container",)),
-        "rmi": ((), ("image",)),
-    }
-    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
+@dataclass(frozen=True)
+class Pull(sc.Syscall):
+    image: str
+    NAME: ClassVar[str] = "pull"
 
-    @classmethod
-    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
-                       ops: Sequence[Any]) -> str | None:
-        if upper is not None and not _container_exists_initially(ops):
-            return ("[upper] is the initial container's layer, but the workload pulls the image "
-                    "or runs its own container")
-        return None
 
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self.image_layers: list[Dir] = []
-        self.initially_pulled = True
-        self.initial_container = True
-        self._unions: dict[tuple[bytes, ...], Union] = {}
-        self._counters: dict[str, int] = {}
+@dataclass(frozen=True)
+class RunContainer(sc.Syscall):
+    container: str
+    image: str
+    NAME: ClassVar[str] = "run"
+
+
+@dataclass(frozen=True)
+class CommitContainer(sc.Syscall):
+    container: str
+    image: str
+    NAME: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True)
+class RemoveContainer(sc.Syscall):
+    container: str
+    NAME: ClassVar[str] = "rm-container"
+
+
+@dataclass(frozen=True)
+class RemoveImage(sc.Syscall):
+    image: str
+    NAME: ClassVar[str] = "rmi"
+
+
+class DockerMount(Mount):
+    """/var/lib/docker of one run: the layer store, and each running container's mount."""
 
     # -- layout --------------------------------------------------------------------------
 
-    def plan(self, ops: Sequence[Any]) -> None:
-        self.initially_pulled = not any(op.kind == "pull" for op in ops)
-        self.initial_container = _container_exists_initially(ops)
-
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         """The store before the workload: the image registered unless the workload pulls
         it, and container `app` created unless the workload runs its own (built with
         the very steps of `pull` and `run`, applied before the trace starts)."""
         self.image_layers = list(layers) or [Dir()]  # no [[layers]]: one empty layer
+        self._unions: dict[tuple[bytes, ...], Union] = {}
+        self.containers: dict[str, tuple[OverlayMount, dict[str, str]]] = {}  # running: mount, places
         empty = Dir()
         for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB):
             empty = ensure_dirs(empty, split(path))
         log = StepLog(empty)
-        session = Session(empty)
-        if self.initially_pulled:
-            self.pull(session, log, DEFAULT_IMAGE)
-            if self.initial_container:
-                self.run(session, log, DEFAULT_CONTAINER, DEFAULT_IMAGE)
+        if not any(op.kind == "pull" for op in ops):
+            self.pull(log, DEFAULT_IMAGE)
+            if _container_exists_initially(ops):
+                self.run(log, DEFAULT_CONTAINER, DEFAULT_IMAGE)
                 if upper is not None:
                     mid = _read(log.root, f"{MOUNTS}/{DEFAULT_CONTAINER}/mount-id")
                     log.do_all(build_steps(upper, f"{OVERLAY}/{mid}/diff"))
-        self._counters = dict(session.counters)
         return log.root
-
-    def start(self, root: Dir) -> Session:
-        s = Session(root)
-        s.counters.update(self._counters)
-        return s
 
     # -- views ---------------------------------------------------------------------------
 
@@ -203,13 +189,13 @@ class DockerOverlay2(Driver):
         return self._merged(list(reversed(diffs)), None)
 
     def container_view(self, root: Dir, name: str) -> Node:
-        found = self._container_layers(root, name)
+        found = self.container_layers(root, name)
         if isinstance(found, ErrorEntry):
             return found
         upper, lowers = found
         return self._merged([lower for _, lower in lowers], upper)
 
-    def _container_layers(self, root: Dir, name: str) -> tuple[Dir, list[tuple[str, Dir]]] | ErrorEntry:
+    def container_layers(self, root: Dir, name: str) -> tuple[Dir, list[tuple[str, Dir]]] | ErrorEntry:
         """The container layer's diff and its lower diffs (path, node), top first, as
         the mount resolves them: `lower` lists `l/` links, each a symlink to a diff."""
         mid = _read(root, f"{MOUNTS}/{name}/mount-id")
@@ -261,72 +247,74 @@ class DockerOverlay2(Driver):
 
     # -- system calls --------------------------------------------------------------------
 
-    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
-        if kind not in DOCKER_OPS:
-            return None
-        image, container = args.get("image"), args.get("container")
-        if kind == "commit":
-            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER, image)))
-        if kind == "run":
-            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE)))
-        if kind == "rm-container":
-            return syscall(Syscall(kind, (container or DEFAULT_CONTAINER,)))
-        return syscall(Syscall(kind, (image or DEFAULT_IMAGE,)))
-
-    def execute(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
+    def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        """The daemon's ops by their handlers; a file op goes to its container's mount."""
         try:
-            if call.name in DOCKER_OPS:
-                getattr(self, call.name.replace("-", "_"))(session, log, *call.args)
-                return SysResult()
-            if call.name == "sync":
-                log.do(Syncfs(""))
-                return SysResult()
+            if type(call) in self.HANDLERS:
+                return self.perform(call, log)
             container, inner_call = route(call)
-            inner = self._inner(session, log.root, container)
-            places = session.cache[("places", container)]
-            return inner.execute(session.cache[("session", container)], inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
+            inner, places = self.container_mount(log.root, container)
+            return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
         except FsError as e:
-            return fail(e.errno)
+            return sc.fail(e.errno)
 
-    def _inner(self, s: Session, root: Dir, container: str) -> OverlayFS:
+    @handles(Pull)
+    def pull_image(self, call: Pull, log: StepLog) -> None:
+        self.pull(log, call.image)
+
+    @handles(RunContainer)
+    def run_container(self, call: RunContainer, log: StepLog) -> None:
+        self.run(log, call.container, call.image)
+
+    @handles(CommitContainer)
+    def commit_container(self, call: CommitContainer, log: StepLog) -> None:
+        self.commit(log, call.container, call.image)
+
+    @handles(RemoveContainer)
+    def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
+        self.rm_container(log, call.container)
+
+    @handles(RemoveImage)
+    def remove_image(self, call: RemoveImage, log: StepLog) -> None:
+        self.rmi(log, call.image)
+
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
+        log.do(Syncfs(""))
+
+    def container_mount(self, root: Dir, container: str) -> tuple[OverlayMount, dict[str, str]]:
         """The overlayfs mount of a running container, set up on first use."""
-        inner = s.cache.get(("overlay", container))
-        if inner is not None:
-            return inner  # type: ignore[no-any-return]
-        found = self._container_layers(root, container)
+        running = self.containers.get(container)
+        if running is not None:
+            return running
+        found = self.container_layers(root, container)
         if isinstance(found, ErrorEntry):
             raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")
         mid = _read(root, f"{MOUNTS}/{container}/mount-id")
         _, lowers = found
-        inner = OverlayFS({"redirect_dir": self.options["redirect_dir"]})
-        inner.lower_names = [f"lower{i}" for i in range(len(lowers))]
-        # Lower frames carry their real paths: steps that read them (copy-up) need no
-        # relocation, and the origin xattrs name the real lower file.
-        inner._union = Union([(node, split(path)) for path, node in lowers])
+        inner = OverlayMount.of_layers(OverlayFS({"redirect_dir": self.options["redirect_dir"]}), lowers)
         places = {"upper": f"{OVERLAY}/{mid}/diff", "work": f"{OVERLAY}/{mid}/work"}
-        s.cache[("overlay", container)] = inner
-        s.cache[("places", container)] = places
-        s.cache[("session", container)] = inner.start(root)
-        return inner
+        self.containers[container] = (inner, places)
+        return inner, places
 
     # -- the layer store -----------------------------------------------------------------
 
-    def pull(self, s: Session, log: StepLog, image: str) -> None:
+    def pull(self, log: StepLog, image: str) -> None:
         if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
             raise FsError(errno.EEXIST, image)
         chains: list[str] = []
         parent: str | None = None
         for layer in self.image_layers:
-            parent = self.register(s, log, layer, parent)
+            parent = self.register(log, layer, parent)
             chains.append(parent)
         self.write_image(log, image, chains)
 
-    def register(self, s: Session, log: StepLog, layer: Dir, parent: str | None) -> str:
+    def register(self, log: StepLog, layer: Dir, parent: str | None) -> str:
         """`layerStore.Register`: graph driver dir, extraction, layerdb commit."""
         parent_cache = _read(log.root, f"{LAYERS}/{parent}/cache-id") if parent else None
-        cache = f"layer{s.next('layer', 0)}"
-        self.create_layer(s, log, cache, parent_cache)
-        write_set = f"{TMP}/write-set-{s.next('write-set')}"
+        cache = f"layer{self.next('layer', 0)}"
+        self.create_layer(log, cache, parent_cache)
+        write_set = f"{TMP}/write-set-{self.next('write-set')}"
         log.do(Mkdir(write_set))
         diff = f"{OVERLAY}/{cache}/diff"
         log.do_all(build_steps(layer, diff))
@@ -352,12 +340,12 @@ class DockerOverlay2(Driver):
         log.do(Rename(write_set, f"{LAYERS}/{chain}"))
         return chain
 
-    def create_layer(self, s: Session, log: StepLog, cache: str, parent_cache: str | None) -> None:
+    def create_layer(self, log: StepLog, cache: str, parent_cache: str | None) -> None:
         """`overlay2.Driver.create`."""
         home = f"{OVERLAY}/{cache}"
         log.do(Mkdir(home, 0o710))
         log.do(Mkdir(f"{home}/diff"))
-        link = f"L{s.next('link', 0)}"
+        link = f"L{self.next('link', 0)}"
         log.do(MakeSymlink(f"../{cache}/diff", f"{LINKS}/{link}"))
         self.write_small_file(log, f"{home}/link", link)
         if parent_cache is None:
@@ -394,7 +382,7 @@ class DockerOverlay2(Driver):
         if lookup(log.root, split(f"{OVERLAY}/{cache}")) is not None:
             log.do(RemoveTree(f"{OVERLAY}/{cache}"))
 
-    def run(self, s: Session, log: StepLog, container: str, image: str) -> None:
+    def run(self, log: StepLog, container: str, image: str) -> None:
         """`CreateRWLayer` and the container's start (mount)."""
         if lookup(log.root, split(f"{MOUNTS}/{container}")) is not None:
             raise FsError(errno.EEXIST, container)
@@ -404,9 +392,9 @@ class DockerOverlay2(Driver):
         if not top_cache:
             raise FsError(errno.ENOENT, image)
         mid = f"ctr-{container}"
-        self.create_layer(s, log, f"{mid}-init", top_cache)
+        self.create_layer(log, f"{mid}-init", top_cache)
         log.do_all(build_steps(INIT_LAYER, f"{OVERLAY}/{mid}-init/diff"))
-        self.create_layer(s, log, mid, f"{mid}-init")
+        self.create_layer(log, mid, f"{mid}-init")
         meta = f"{MOUNTS}/{container}"
         log.do(Mkdir(meta))
         for name, value in (("mount-id", mid), ("init-id", f"{mid}-init"), ("parent", "sha256:" + top)):
@@ -415,7 +403,7 @@ class DockerOverlay2(Driver):
         log.do(Mkdir(f"{OVERLAY}/{mid}/merged", 0o700))
         log.do(Mkdir(f"{OVERLAY}/{mid}/work/work", 0))
 
-    def commit(self, s: Session, log: StepLog, container: str, image: str) -> None:
+    def commit(self, log: StepLog, container: str, image: str) -> None:
         """`docker commit`: the container layer's diff becomes a layer of a new image."""
         if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
             raise FsError(errno.EEXIST, image)
@@ -426,10 +414,10 @@ class DockerOverlay2(Driver):
             raise FsError(errno.ENOENT, container)
         images = (self._image_chains(log.root, name) for name in _names(log.root, IMAGEDB))
         base = [chains for chains in images if chains and chains[-1] == parent]
-        chain = self.register(s, log, _exported(diff), parent)
+        chain = self.register(log, _exported(diff), parent)
         self.write_image(log, image, (base[0] if base else [parent]) + [chain])
 
-    def rm_container(self, s: Session, log: StepLog, container: str) -> None:
+    def rm_container(self, log: StepLog, container: str) -> None:
         """`ReleaseRWLayer`: container layer, init layer, then the mount metadata."""
         meta = f"{MOUNTS}/{container}"
         if lookup(log.root, split(meta)) is None:
@@ -439,10 +427,9 @@ class DockerOverlay2(Driver):
             if cache:
                 self.remove_layer(log, cache)
         log.do(RemoveTree(meta))
-        for key in ("overlay", "places", "session"):
-            s.cache.pop((key, container), None)
+        self.containers.pop(container, None)
 
-    def rmi(self, s: Session, log: StepLog, image: str) -> None:
+    def rmi(self, log: StepLog, image: str) -> None:
         """The image config first, then each layer only it used, top down."""
         chains = self._image_chains(log.root, image)
         if lookup(log.root, split(f"{IMAGEDB}/{image}")) is None:
@@ -456,7 +443,7 @@ class DockerOverlay2(Driver):
         for chain in reversed(chains):
             if chain in others:
                 break
-            gone = f"{LAYERS}/{chain}-{s.next('removing')}{REMOVING}"
+            gone = f"{LAYERS}/{chain}-{self.next('removing')}{REMOVING}"
             log.do(Rename(f"{LAYERS}/{chain}", gone))
             cache = _read(log.root, f"{gone}/cache-id")
             if cache:
@@ -504,7 +491,7 @@ class DockerOverlay2(Driver):
                     out.append((f"{meta}/{key}", f"{key} of container {name} is missing or empty"))
                 else:
                     out.extend(self._dir_problems(root, cache, needs_lower=True))
-            found = self._container_layers(root, name)
+            found = self.container_layers(root, name)
             if isinstance(found, ErrorEntry) and not any(p.startswith(meta) for p, _ in out):
                 out.append((meta, f"container {name} cannot be mounted: {found.reason}"))
         for image in _names(root, IMAGEDB):
@@ -624,3 +611,52 @@ def _exported(diff: Dir) -> Dir:
         entries[name] = node
     xattrs = tuple((k, v) for k, v in diff.xattrs if not k.startswith(OVL_PREFIX) or k == OPAQUE)
     return Dir(entries, diff.mode, xattrs)
+
+
+class DockerOverlay2(Driver):
+    name = "docker-overlay2"
+    description = "Docker's overlay2 layer store under /var/lib/docker, with containers on overlayfs"
+    layered = False
+    OPTIONS = {
+        "link_files": Option(
+            (str,), "write",
+            "how `link` and `lower` are written: write (no fsync, as moby long did) or "
+            "atomic (temp file, fsync, rename)", choices=("write", "atomic"),
+        ),
+        "sync_before_register": Option(
+            (bool,), False,
+            "syncfs the extracted layer before committing its layerdb entry (moby does not)",
+        ),
+        "redirect_dir": OverlayFS.OPTIONS["redirect_dir"],
+    }
+    EXTRA_OPS = {
+        "pull": ((), ("image",)),
+        "run": ((), ("container", "image")),
+        "commit": (("image",), ("container",)),
+        "rm-container": ((), ("container",)),
+        "rmi": ((), ("image",)),
+    }
+    WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
+
+    @classmethod
+    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
+                       ops: Sequence[Any]) -> str | None:
+        if upper is not None and not _container_exists_initially(ops):
+            return ("[upper] is the initial container's layer, but the workload pulls the image "
+                    "or runs its own container")
+        return None
+    MOUNT = DockerMount
+
+    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
+        image, container = args.get("image"), args.get("container")
+        if kind == "pull":
+            return syscall(Pull(image or DEFAULT_IMAGE))
+        if kind == "run":
+            return syscall(RunContainer(container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE))
+        if kind == "commit":
+            return syscall(CommitContainer(container or DEFAULT_CONTAINER, image))
+        if kind == "rm-container":
+            return syscall(RemoveContainer(container or DEFAULT_CONTAINER))
+        if kind == "rmi":
+            return syscall(RemoveImage(image or DEFAULT_IMAGE))
+        return None

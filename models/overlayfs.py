@@ -29,8 +29,11 @@ Each system call becomes the steps the kernel performs on the upper file system:
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
+from typing import Any
 
-from models.driver import OK, Driver, Option, Recovery, Session, Syscall, SysResult, fail
+from models import syscalls as sc
+from models.driver import Driver, Mount, Option, Recovery, handles
 from models.steps import (
     Chmod,
     CopyData,
@@ -53,9 +56,8 @@ from models.steps import (
     Write,
     remove_subtree,
 )
+from models.syscalls import RenameFlags
 from models.tree import (
-    DEFAULT_DIR_MODE,
-    DEFAULT_FILE_MODE,
     Dir,
     File,
     FsError,
@@ -72,7 +74,10 @@ from models.union import IMPURE, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Un
 
 UPPER: Parts = ("upper",)
 WORK: Parts = ("work", "work")
-VOLATILE_DIRTY: Parts = WORK + ("incompat", "volatile", "dirty")
+VOLATILE_REMEDY = (
+    "the volatile mount did not end cleanly, so upper may be inconsistent: discard upper and "
+    "work and recreate the container layer; every change since the mount is lost"
+)
 Y = b"y"
 EMPTY_WORKDIR = Dir(mode=0)  # what the kernel leaves in work/work after a mount
 RESOLVE_MEMO = 200_000  # memoized path lookups kept before the memo starts over
@@ -86,57 +91,55 @@ def _redirect_dir(value: object) -> str:
     return str(value)
 
 
-class OverlayFS(Driver):
-    name = "overlayfs"
-    description = "Linux overlayfs: lower layers, one upper file system with upper/ and work/"
-    layered = True
-    OPTIONS = {
-        "redirect_dir": Option(
-            (bool, str), "off",
-            "on: rename of merged/lower directories sets a redirect xattr; off/follow: "
-            "such renames fail with EXDEV (redirects already present are followed)",
-            choices=("on", "off", "follow"), normalize=_redirect_dir,
-        ),
-        "volatile": Option(
-            (bool,), False,
-            "skip every fsync/syncfs; a crash leaves work/work/incompat/volatile/dirty and "
-            "the next mount refuses",
-        ),
-        "copy_up_fsync": Option(
-            (bool,), True,
-            "fsync copied-up data before linking it into upper (false models kernels before 4.9)",
-        ),
-    }
+class OverlayMount(Mount):
+    """One overlayfs mount: the union of the lower layers, the lookup memo, the temp-name
+    counter and the work dir's shared whiteout. Implements `UnionView` (the symbolic
+    engine) and `KernelTwin` (confirm, conform, real)."""
 
-    def __init__(self, options: dict | None = None) -> None:
-        super().__init__(options)
-        self.redirect_on = self.options["redirect_dir"] == "on"
-        self.should_sync = not self.options["volatile"]
-        self.lower_names: list[str] = []
-        self._union: Union | None = None
-        self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
-        self._mounted: Dir | None = None  # the backing store as the mount left it
-
-    # -- layout ------------------------------------------------------------------------
-
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
-        self._resolved = {}  # keyed by the upper tree only: valid for one set of lowers
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
+        self._start(Union([(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))]))
         entries: dict[str, Node] = dict(zip(self.lower_names, layers, strict=True))
         entries["upper"] = upper if upper is not None else Dir()
         entries["work"] = Dir()
-        self._union = Union(
-            [(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))]
-        )
         recovered = self._mount_workdir(Dir(entries))
         assert recovered.root is not None
-        self._mounted = recovered.root
+        self._mounted = recovered.root  # the backing store as the mount left it
         return recovered.root
+
+    @classmethod
+    def of_layers(cls, driver: Driver, lowers: list[tuple[str, Dir]]) -> OverlayMount:
+        """A mount whose lower layers live elsewhere in a bigger store (Docker's
+        overlay2): (path, tree) top first; steps that read them use those real paths, and
+        origin xattrs name the real lower files. The caller relocates upper and work."""
+        mount = driver.mount([])
+        assert isinstance(mount, cls)
+        mount.lower_names = [f"lower{i}" for i in range(len(lowers))]
+        mount._start(Union([(node, split(path)) for path, node in lowers]))
+        return mount
+
+    def _start(self, union: Union) -> None:
+        self._union = union
+        self.redirect_on = self.options["redirect_dir"] == "on"
+        self.should_sync = not self.options["volatile"]
+        self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
+        self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
 
     @property
     def union(self) -> Union:
-        assert self._union is not None, "mount() first"
         return self._union
+
+    @property
+    def upper_path(self) -> Parts:
+        return UPPER
+
+    def kernel_mount_options(self) -> list[str]:
+        """The kernel mount options of this model's options (models.capabilities.KernelTwin)."""
+        redirect = self.options["redirect_dir"]
+        return [f"redirect_dir={redirect}"] + (["volatile"] if self.options["volatile"] else [])
+
+    def refusal_remedy(self) -> str:
+        return VOLATILE_REMEDY if self.options["volatile"] else ""
 
     def device(self, parts: Parts) -> str:
         top = parts[0] if parts else ""
@@ -172,17 +175,17 @@ class OverlayFS(Driver):
         _, entry = self.resolve(root, parts)
         return self.union.view(entry) if entry.exists else None
 
-    def read_syscall(self, root: Dir, call: Syscall) -> SysResult:
-        if call.name == "readdir":
+    def read(self, root: Dir, call: sc.Syscall) -> sc.SysResult:
+        if isinstance(call, sc.Readdir):  # a listing shows what the union shows
             try:
-                node = self.existing(root, split(call.args[0]))
+                node = self.existing(root, split(call.path))
             except FsError as e:
-                return fail(e.errno)
+                return sc.fail(e.errno)
             if not isinstance(node, Dir):
-                return fail(errno.ENOTDIR)
-            _, entry = self.resolve(root, split(call.args[0]))
-            return SysResult(0, self.union.listing(entry))
-        return super().read_syscall(root, call)
+                return sc.fail(errno.ENOTDIR)
+            _, entry = self.resolve(root, split(call.path))
+            return sc.SysResult(0, self.union.listing(entry))
+        return super().read(root, call)
 
     # -- recovery (mount) --------------------------------------------------------------
 
@@ -199,9 +202,7 @@ class OverlayFS(Driver):
                         None,
                         refusal=f"overlay with incompat feature '{feature}' cannot be mounted "
                         f"(work/work/incompat/{feature} is not empty)",
-                        remedy="the volatile mount did not end cleanly, so upper may be "
-                        "inconsistent: discard upper and work and recreate the container "
-                        "layer; every change since the mount is lost" if feature == "volatile" else
+                        remedy=VOLATILE_REMEDY if feature == "volatile" else
                         f"remove work/work/incompat/{feature} only if upper is known intact",
                         fallback=self._mounted if feature == "volatile" else None,
                     )
@@ -220,125 +221,102 @@ class OverlayFS(Driver):
 
     # -- system calls ------------------------------------------------------------------
 
-    def start(self, root: Dir) -> Session:
-        return Session(root)
+    def perform(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        if not isinstance(call, sc.Rename | sc.Sync):
+            self.check_call(log.root, call)  # ovl_rename checks in its own order
+        return super().perform(call, log)
 
-    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        handler = getattr(self, "_sys_" + call.name, None)
-        if handler is None:
-            raise ValueError(f"overlayfs: unsupported syscall {call.name}")
-        result: SysResult = handler(session, log, call)
-        return result
+    @handles(sc.Create)
+    def create(self, call: sc.Create, log: StepLog) -> None:
+        self._create_object(log, split(call.path), "file", mode=call.mode)
 
-    def _sys_create(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        mode = call.args[1] if len(call.args) > 1 else DEFAULT_FILE_MODE
-        self._create_object(s, log, split(call.args[0]), "file", mode=mode)
-        return OK
+    @handles(sc.Mkdir)
+    def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
+        self._create_object(log, split(call.path), "dir", mode=call.mode)
 
-    def _sys_mkdir(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        mode = call.args[1] if len(call.args) > 1 else DEFAULT_DIR_MODE
-        self._create_object(s, log, split(call.args[0]), "dir", mode=mode)
-        return OK
+    @handles(sc.Symlink)
+    def symlink(self, call: sc.Symlink, log: StepLog) -> None:
+        self._create_object(log, split(call.path), "symlink", target=call.target)
 
-    def _sys_symlink(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        self._create_object(s, log, split(call.args[1]), "symlink", target=call.args[0])
-        return OK
-
-    def _sys_link(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(sc.Link)
+    def link(self, call: sc.Link, log: StepLog) -> None:
         """`ovl_link`: copy up the source and the new parent, then link in upper."""
-        self.check_view_syscall(log.root, call)
-        old, new = split(call.args[0]), split(call.args[1])
-        self.copy_up(s, log, old)
-        self.copy_up(s, log, new[:-1])
+        old, new = split(call.src), split(call.dst)
+        self.copy_up(log, old)
+        self.copy_up(log, new[:-1])
         _, entry = self.resolve(log.root, old)
-        self._create_object(s, log, new, "link", hardlink=UPPER + old, origin=self._has_origin(entry))
-        return OK
+        self._create_object(log, new, "link", hardlink=UPPER + old, origin=self._has_origin(entry))
 
-    def _sys_write(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Write(join(UPPER + parts), call.args[1], 0, replace=True))
-        return OK
+    @handles(sc.Write)
+    def write(self, call: sc.Write, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Write(join(UPPER + parts), call.data, 0, replace=True))
 
-    def _sys_append(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
+    @handles(sc.Append)
+    def append(self, call: sc.Append, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
         node = lookup(log.root, UPPER + parts)
         assert isinstance(node, File)
-        log.do(Write(join(UPPER + parts), call.args[1], len(node.content)))
-        return OK
+        log.do(Write(join(UPPER + parts), call.data, len(node.content)))
 
-    def _sys_truncate(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Truncate(join(UPPER + parts), call.args[1]))
-        return OK
+    @handles(sc.Truncate)
+    def truncate(self, call: sc.Truncate, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Truncate(join(UPPER + parts), call.size))
 
-    def _sys_chmod(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(sc.Chmod)
+    def chmod(self, call: sc.Chmod, log: StepLog) -> None:
         """`ovl_setattr`: copy up, then change the upper inode."""
-        self.check_view_syscall(log.root, call)
-        parts = split(call.args[0])
-        self.copy_up(s, log, parts)
-        log.do(Chmod(join(UPPER + parts), call.args[1]))
-        return OK
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Chmod(join(UPPER + parts), call.mode))
 
-    def _sys_utimens(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(sc.Utimens, sc.Chown, sc.FChown)
+    def times_and_owner(self, call: sc.Utimens | sc.Chown | sc.FChown, log: StepLog) -> None:
         # Times and owners are not modelled, but the copy-up they cause is.
-        self.check_view_syscall(log.root, call)
-        self.copy_up(s, log, split(call.args[0]))
-        return OK
+        self.copy_up(log, split(call.path))
 
-    _sys_chown = _sys_utimens
-    _sys_fchown = _sys_utimens  # on an open file: the symlink was followed by open
+    @handles(sc.SetXattr)
+    def setxattr(self, call: sc.SetXattr, log: StepLog) -> sc.SysResult:
+        if call.xattr.startswith(OVL_PREFIX):
+            return sc.fail(errno.EOPNOTSUPP)  # overlay refuses its own private xattrs
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(SetXattr(join(UPPER + parts), call.xattr, call.value))
+        return sc.OK
 
-    def _sys_setxattr(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        path, name, value = call.args
-        if name.startswith(OVL_PREFIX):
-            return fail(errno.EOPNOTSUPP)  # overlay refuses its own private xattrs
-        parts = split(path)
-        self.copy_up(s, log, parts)
-        log.do(SetXattr(join(UPPER + parts), name, value))
-        return OK
-
-    def _sys_fsync(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(sc.Fsync)
+    def fsync(self, call: sc.Fsync, log: StepLog) -> None:
         """`ovl_fsync`: fsync the real upper file; nothing for a lower file or volatile."""
-        self.check_view_syscall(log.root, call)
-        _, entry = self.resolve(log.root, split(call.args[0]))
+        _, entry = self.resolve(log.root, split(call.path))
         if entry.upper is not None and self.should_sync:
             log.do(Fsync(join(entry.upper.path)))
-        return OK
 
-    def _sys_sync(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
         if self.should_sync:
             log.do(Syncfs("upper"))
-        return OK
 
-    def _sys_unlink(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        self._remove(s, log, split(call.args[0]), is_dir=False)
-        return OK
+    @handles(sc.Unlink)
+    def unlink(self, call: sc.Unlink, log: StepLog) -> None:
+        self._remove(log, split(call.path), is_dir=False)
 
-    def _sys_rmdir(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        self._remove(s, log, split(call.args[0]), is_dir=True)
-        return OK
+    @handles(sc.Rmdir)
+    def rmdir(self, call: sc.Rmdir, log: StepLog) -> None:
+        self._remove(log, split(call.path), is_dir=True)
 
-    def _sys_rename(self, s: Session, log: StepLog, call: Syscall) -> SysResult:
-        self._rename(s, log, split(call.args[0]), split(call.args[1]), call.flags)
-        return OK
+    @handles(sc.Rename)
+    def rename(self, call: sc.Rename, log: StepLog) -> None:
+        self._rename(log, split(call.src), split(call.dst), call.flags)
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _temp(self, s: Session) -> str:
-        """`ovl_lookup_temp`: a fresh `#<hex>` name in the work dir."""
-        return join(WORK + (f"#{s.next('temp'):x}",))
+    def temp_name(self) -> str:
+        """`ovl_lookup_temp`: a fresh `#<hex>` name in the work dir (for variants too)."""
+        return join(WORK + (f"#{self.next('temp'):x}",))
 
     def _set_impure(self, log: StepLog, upper_dir: Parts) -> None:
         """`ovl_set_impure`: mark an upper dir that may hold non-pure entries (once)."""
@@ -356,7 +334,7 @@ class OverlayFS(Driver):
 
     # -- copy-up -----------------------------------------------------------------------
 
-    def copy_up(self, s: Session, log: StepLog, parts: Parts) -> None:
+    def copy_up(self, log: StepLog, parts: Parts) -> None:
         """`ovl_copy_up_flags`: copy up `parts`, topmost missing ancestor first."""
         while True:
             _, entry = self.resolve(log.root, parts)
@@ -365,17 +343,17 @@ class OverlayFS(Driver):
             for i in range(1, len(parts) + 1):
                 _, anc = self.resolve(log.root, parts[:i])
                 if anc.upper is None:
-                    self._copy_up_one(s, log, anc)
+                    self._copy_up_one(log, anc)
                     break
 
-    def _copy_up_one(self, s: Session, log: StepLog, entry: Entry) -> None:
+    def _copy_up_one(self, log: StepLog, entry: Entry) -> None:
         lower = entry.stack[0]
         node = lower.node
         dest = join(UPPER + entry.path)
         self._set_impure(log, UPPER + entry.path[:-1])
-        temp = self._temp(s)
+        temp = self.temp_name()
         if isinstance(node, File):
-            log.do(Tmpfile(temp, node.mode, ino=s.next("ino", 1000)))
+            log.do(Tmpfile(temp, node.mode, ino=self.next("ino", 1000)))
             if node.content:
                 log.do(CopyData(join(lower.path), temp))
         elif isinstance(node, Dir):
@@ -400,42 +378,42 @@ class OverlayFS(Driver):
     # -- create ------------------------------------------------------------------------
 
     def _create_object(
-        self, s: Session, log: StepLog, parts: Parts, kind: str, *, mode: int = 0,
+        self, log: StepLog, parts: Parts, kind: str, *, mode: int = 0,
         target: str = "", hardlink: Parts = (), origin: bool = False,
     ) -> None:
         """`ovl_create_or_link`: copy up the parent, then create in upper."""
-        self.copy_up(s, log, parts[:-1])
+        self.copy_up(log, parts[:-1])
         parent, entry = self.resolve(log.root, parts)
         if origin:
             self._set_impure(log, UPPER + parts[:-1])
         if entry.whiteout:
-            self._create_over_whiteout(s, log, parts, kind, mode, target, hardlink)
+            self._create_over_whiteout(log, parts, kind, mode, target, hardlink)
             return
         dest = join(UPPER + parts)
-        log.do(self._make(kind, dest, mode, target, hardlink, s))
+        log.do(self._make(kind, dest, mode, target, hardlink))
         if kind == "dir" and parent.is_merge and not self._allow_offline_changes():
             log.do(SetXattr(dest, OPAQUE, Y))  # "just an optimization"
 
-    def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts, s: Session) -> Step:
+    def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts) -> Step:
         if kind == "file":
-            return Create(path, mode, ino=s.next("ino", 1000))
+            return Create(path, mode, ino=self.next("ino", 1000))
         if kind == "dir":
             return Mkdir(path, mode)
         if kind == "symlink":
             return MakeSymlink(target, path)
-        return Link(join(hardlink), path, ino=s.next("ino", 1000))
+        return Link(join(hardlink), path, ino=self.next("ino", 1000))
 
     def _create_over_whiteout(
-        self, s: Session, log: StepLog, parts: Parts, kind: str, mode: int, target: str,
+        self, log: StepLog, parts: Parts, kind: str, mode: int, target: str,
         hardlink: Parts,
     ) -> None:
         """`ovl_create_over_whiteout`: build in work, then rename over the whiteout."""
         dest = join(UPPER + parts)
-        temp = self._temp(s)
-        log.do(self._make(kind, temp, mode, target, hardlink, s))
+        temp = self.temp_name()
+        log.do(self._make(kind, temp, mode, target, hardlink))
         if kind == "dir":
             log.do(SetXattr(temp, OPAQUE, Y))
-            log.do(Rename(temp, dest, "exchange"))
+            log.do(Rename(temp, dest, RenameFlags.EXCHANGE))
             log.do(Unlink(temp))  # the whiteout, now in work
         else:
             log.do(Rename(temp, dest))
@@ -456,14 +434,16 @@ class OverlayFS(Driver):
                     return not isinstance(child, Whiteout)
         return False
 
-    def _whiteout(self, s: Session, log: StepLog) -> str:
-        """`ovl_whiteout`: one whiteout per mount is made and then shared by hard links."""
-        cached = s.cache.get("whiteout")
+    def whiteout(self, log: StepLog) -> str:
+        """`ovl_whiteout`: a whiteout in the work dir, ready to be renamed over a name;
+        one per mount is made and then shared by hard links (an extension point: kernels
+        before 5.8 made a fresh one each time)."""
+        cached = self._whiteout_source
         if cached is None or lookup(log.root, split(cached)) is None:
-            cached = self._temp(s)
+            cached = self.temp_name()
             log.do(MknodWhiteout(cached))
-            s.cache["whiteout"] = cached
-        link = self._temp(s)
+            self._whiteout_source = cached
+        link = self.temp_name()
         log.do(Link(cached, link))
         return link
 
@@ -472,17 +452,17 @@ class OverlayFS(Driver):
         node = lookup(log.root, split(path))
         log.do(Rmdir(path) if isinstance(node, Dir) else Unlink(path))
 
-    def _clear_empty(self, s: Session, log: StepLog, entry: Entry, whiteouts: list[str]) -> None:
+    def _clear_empty(self, log: StepLog, entry: Entry, whiteouts: list[str]) -> None:
         """`ovl_clear_empty`: swap a dir holding only whiteouts for an empty opaque one."""
         up = entry.upper
         assert up is not None and isinstance(up.node, Dir)
-        temp = self._temp(s)
+        temp = self.temp_name()
         log.do(Mkdir(temp, up.node.mode))
         for name, value in up.node.xattrs:
             if not name.startswith(OVL_PREFIX):
                 log.do(SetXattr(temp, name, value))
         log.do(SetXattr(temp, OPAQUE, Y))
-        log.do(Rename(temp, join(up.path), "exchange"))
+        log.do(Rename(temp, join(up.path), RenameFlags.EXCHANGE))
         for name in whiteouts:
             log.do(Unlink(join(split(temp) + (name,))))
         log.do(Rmdir(temp))
@@ -491,31 +471,32 @@ class OverlayFS(Driver):
         """`ovl_pure_upper`: no lower entry and no reason to expect whiteouts inside."""
         return not entry.lowers and not self.union.may_hold_whiteouts(entry)
 
-    def _remove(self, s: Session, log: StepLog, parts: Parts, is_dir: bool) -> None:
+    def _remove(self, log: StepLog, parts: Parts, is_dir: bool) -> None:
         """`ovl_do_remove`."""
         parent, entry = self.resolve(log.root, parts)
         lower_positive = self._lower_positive(parent, entry)
         whiteouts: list[str] = []
         if is_dir and (lower_positive or not self._pure_upper(entry)):
             whiteouts = self.union.upper_whiteouts(entry)  # ovl_check_empty_dir's list
-        self.copy_up(s, log, parts[:-1])
+        self.copy_up(log, parts[:-1])
         parent, entry = self.resolve(log.root, parts)
         upper_path = join(UPPER + parts)
         if whiteouts:
-            self._clear_empty(s, log, entry, whiteouts)
+            self._clear_empty(log, entry, whiteouts)
         if not lower_positive:
             node = lookup(log.root, UPPER + parts)
             if is_dir and isinstance(node, Dir) and node.entries:
                 raise FsError(errno.ENOTEMPTY, join(parts))  # vfs_rmdir of a pure upper dir
             log.do(Rmdir(upper_path) if is_dir else Unlink(upper_path))
             return
-        self._cleanup_and_whiteout(s, log, upper_path)
+        self.cleanup_and_whiteout(log, upper_path)
 
-    def _cleanup_and_whiteout(self, s: Session, log: StepLog, upper_path: str) -> None:
-        """`ovl_cleanup_and_whiteout`: rename a fresh whiteout over the name."""
-        whiteout = self._whiteout(s, log)
+    def cleanup_and_whiteout(self, log: StepLog, upper_path: str) -> None:
+        """`ovl_cleanup_and_whiteout`: rename a fresh whiteout over the upper entry at
+        `upper_path` (an extension point: a variant may do it in other steps)."""
+        whiteout = self.whiteout(log)
         if isinstance(lookup(log.root, split(upper_path)), Dir):
-            log.do(Rename(whiteout, upper_path, "exchange"))
+            log.do(Rename(whiteout, upper_path, RenameFlags.EXCHANGE))
             self._cleanup(log, whiteout)
         else:
             log.do(Rename(whiteout, upper_path))
@@ -526,12 +507,12 @@ class OverlayFS(Driver):
         """`ovl_can_move`: merged or lower directories move only with redirect_dir=on."""
         return self.redirect_on or not entry.is_dir or not entry.merge_or_lower
 
-    def _rename(self, s: Session, log: StepLog, old: Parts, new: Parts, flags: str) -> None:
+    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags) -> None:
         """`ovl_rename`."""
-        self.check_rename_vfs(log.root, old, new, flags)
+        self.check_rename(log.root, old, new, flags)
         if old == new:
             return
-        overwrite = flags != "exchange"
+        overwrite = flags is not RenameFlags.EXCHANGE
         _, o = self.resolve(log.root, old)
         _, n = self.resolve(log.root, new)
         if not self._can_move(o) or (not overwrite and not self._can_move(n)):
@@ -546,28 +527,28 @@ class OverlayFS(Driver):
             if overwrite and new_is_dir and not self._pure_upper(n) else []
         )
 
-        real_flags = ""
+        real_flags = RenameFlags.NONE
         cleanup_whiteout = False
         if overwrite:
             old_parent, _ = self.resolve(log.root, old)
             if self._lower_positive(old_parent, o):
-                real_flags = "exchange" if n.whiteout else "whiteout"
+                real_flags = RenameFlags.EXCHANGE if n.whiteout else RenameFlags.WHITEOUT
             elif is_dir and n.whiteout:
-                real_flags = "exchange"
+                real_flags = RenameFlags.EXCHANGE
                 cleanup_whiteout = True
         else:
-            real_flags = "exchange"
+            real_flags = RenameFlags.EXCHANGE
 
-        self.copy_up(s, log, old)
-        self.copy_up(s, log, new[:-1])
+        self.copy_up(log, old)
+        self.copy_up(log, new[:-1])
         if not overwrite:
-            self.copy_up(s, log, new)
+            self.copy_up(log, new)
         _, o = self.resolve(log.root, old)
         n_parent, n = self.resolve(log.root, new)
         o_parent, _ = self.resolve(log.root, old)
 
         if whiteouts:
-            self._clear_empty(s, log, n, whiteouts)
+            self._clear_empty(log, n, whiteouts)
         if not samedir:
             if self._has_origin(o):
                 self._set_impure(log, UPPER + new[:-1])
@@ -589,7 +570,8 @@ class OverlayFS(Driver):
                 log.do(SetXattr(new_upper, OPAQUE, Y))
 
         target = lookup(log.root, UPPER + new)
-        if overwrite and isinstance(target, Dir) and target.entries and real_flags != "exchange":
+        exchange = real_flags is RenameFlags.EXCHANGE
+        if overwrite and isinstance(target, Dir) and target.entries and not exchange:
             # A pure upper target is only checked by the upper file system's rename, after
             # the copy-ups and xattrs above have been written.
             raise FsError(errno.ENOTEMPTY, join(new))
@@ -620,3 +602,28 @@ class OverlayFS(Driver):
                 break
             names.append(name)
         return "/" + "/".join(reversed(names))
+
+
+class OverlayFS(Driver):
+    name = "overlayfs"
+    description = "Linux overlayfs: lower layers, one upper file system with upper/ and work/"
+    layered = True
+    OPTIONS = {
+        "redirect_dir": Option(
+            (bool, str), "off",
+            "on: rename of merged/lower directories sets a redirect xattr; off/follow: "
+            "such renames fail with EXDEV (redirects already present are followed)",
+            choices=("on", "off", "follow"), normalize=_redirect_dir,
+        ),
+        "volatile": Option(
+            (bool,), False,
+            "skip every fsync/syncfs; a crash leaves work/work/incompat/volatile/dirty and "
+            "the next mount refuses",
+        ),
+        "copy_up_fsync": Option(
+            (bool,), True,
+            "fsync copied-up data before linking it into upper (false models kernels before 4.9)",
+        ),
+    }
+
+    MOUNT = OverlayMount

@@ -8,7 +8,11 @@ so the same spec runs on both.
 
 from __future__ import annotations
 
-from models.driver import OK, Driver, Session, Syscall, SysResult
+from collections.abc import Sequence
+from typing import Any
+
+from models import syscalls as sc
+from models.driver import Driver, Mount, handles
 from models.steps import (
     Chmod,
     Create,
@@ -25,18 +29,18 @@ from models.steps import (
     Unlink,
     Write,
 )
-from models.tree import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Dir, File, Node, Parts, lookup, split
+from models.tree import Dir, File, Node, Parts, lookup, split
 from models.union import union_view
 
 
-class Plain(Driver):
-    name = "plain"
-    description = "one ordinary file system: rename(2) is one atomic step (the baseline)"
-    layered = False
-    OPTIONS = {}
+class PlainMount(Mount):
+    """One file system whose view is its backing tree: every call is one step."""
 
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any]) -> Dir:
         return union_view(list(reversed(layers)), upper)
+
+    def identity_view(self) -> bool:
+        return True  # models.capabilities.IdentityView
 
     def view(self, root: Dir) -> Dir:
         return root
@@ -44,45 +48,78 @@ class Plain(Driver):
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
         return lookup(root, parts)
 
-    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        self.check_view_syscall(log.root, call)
-        self._perform(session, call, log)
-        return OK
+    def perform(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        self.check_call(log.root, call)
+        return super().perform(call, log)
 
-    def _perform(self, s: Session, call: Syscall, log: StepLog) -> None:
-        name, a = call.name, call.args
-        if name == "create":
-            log.do(Create(a[0], a[1] if len(a) > 1 else DEFAULT_FILE_MODE, ino=s.next("ino", 1000)))
-        elif name == "mkdir":
-            log.do(Mkdir(a[0], a[1] if len(a) > 1 else DEFAULT_DIR_MODE))
-        elif name == "write":
-            log.do(Write(a[0], a[1], 0, replace=True))
-        elif name == "append":
-            node = lookup(log.root, split(a[0]))
-            assert isinstance(node, File)
-            log.do(Write(a[0], a[1], len(node.content)))
-        elif name == "truncate":
-            log.do(Truncate(a[0], a[1]))
-        elif name == "rmdir":
-            log.do(Rmdir(a[0]))
-        elif name == "unlink":
-            log.do(Unlink(a[0]))
-        elif name == "rename":
-            if split(a[0]) != split(a[1]):
-                log.do(Rename(a[0], a[1], "" if call.flags == "noreplace" else call.flags))
-        elif name == "link":
-            log.do(Link(a[0], a[1], ino=s.next("ino", 1000)))
-        elif name == "symlink":
-            log.do(MakeSymlink(a[0], a[1]))
-        elif name == "chmod":
-            log.do(Chmod(a[0], a[1]))
-        elif name == "setxattr":
-            log.do(SetXattr(a[0], a[1], a[2]))
-        elif name == "fsync":
-            log.do(Fsync(a[0]))
-        elif name == "sync":
-            log.do(Syncfs(""))
-        elif name in ("utimens", "chown", "fchown"):
-            pass  # times and owners are not modelled
-        else:
-            raise ValueError(f"plain: unsupported syscall {name}")
+    @handles(sc.Create)
+    def create(self, call: sc.Create, log: StepLog) -> None:
+        log.do(Create(call.path, call.mode, ino=self.next("ino", 1000)))
+
+    @handles(sc.Mkdir)
+    def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
+        log.do(Mkdir(call.path, call.mode))
+
+    @handles(sc.Write)
+    def write(self, call: sc.Write, log: StepLog) -> None:
+        log.do(Write(call.path, call.data, 0, replace=True))
+
+    @handles(sc.Append)
+    def append(self, call: sc.Append, log: StepLog) -> None:
+        node = lookup(log.root, split(call.path))
+        assert isinstance(node, File)
+        log.do(Write(call.path, call.data, len(node.content)))
+
+    @handles(sc.Truncate)
+    def truncate(self, call: sc.Truncate, log: StepLog) -> None:
+        log.do(Truncate(call.path, call.size))
+
+    @handles(sc.Rmdir)
+    def rmdir(self, call: sc.Rmdir, log: StepLog) -> None:
+        log.do(Rmdir(call.path))
+
+    @handles(sc.Unlink)
+    def unlink(self, call: sc.Unlink, log: StepLog) -> None:
+        log.do(Unlink(call.path))
+
+    @handles(sc.Rename)
+    def rename(self, call: sc.Rename, log: StepLog) -> None:
+        if split(call.src) != split(call.dst):  # the VFS checked NOREPLACE already
+            flags = sc.RenameFlags.NONE if call.flags is sc.RenameFlags.NOREPLACE else call.flags
+            log.do(Rename(call.src, call.dst, flags))
+
+    @handles(sc.Link)
+    def link(self, call: sc.Link, log: StepLog) -> None:
+        log.do(Link(call.src, call.dst, ino=self.next("ino", 1000)))
+
+    @handles(sc.Symlink)
+    def symlink(self, call: sc.Symlink, log: StepLog) -> None:
+        log.do(MakeSymlink(call.target, call.path))
+
+    @handles(sc.Chmod)
+    def chmod(self, call: sc.Chmod, log: StepLog) -> None:
+        log.do(Chmod(call.path, call.mode))
+
+    @handles(sc.SetXattr)
+    def setxattr(self, call: sc.SetXattr, log: StepLog) -> None:
+        log.do(SetXattr(call.path, call.xattr, call.value))
+
+    @handles(sc.Fsync)
+    def fsync(self, call: sc.Fsync, log: StepLog) -> None:
+        log.do(Fsync(call.path))
+
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
+        log.do(Syncfs(""))
+
+    @handles(sc.Utimens, sc.Chown, sc.FChown)
+    def times_and_owner(self, call: sc.Syscall, log: StepLog) -> None:
+        """Times and owners are not modelled: no step."""
+
+
+class Plain(Driver):
+    name = "plain"
+    description = "one ordinary file system: rename(2) is one atomic step (the baseline)"
+    layered = False
+    OPTIONS = {}
+    MOUNT = PlainMount

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from models import syscalls as sc
 from models.clients import syscall
-from models.driver import OK, Driver, Option, OptionError, Recovery, Session, Syscall, SysResult
+from models.driver import Driver, Mount, Option, OptionError, Recovery, handles
 from models.layers import build_steps, flatten, stored_bytes
 from models.steps import Fsync, RemoveTree, Rename, StepLog, remove_subtree, replace_file
 from models.tree import Dir, ErrorEntry, File, FsError, Node, join, lookup, name_problem
@@ -64,65 +66,21 @@ def layer_id(index: int) -> str:
     return f"L{index}"
 
 
-class Squash(Driver):
-    name = "squash"
-    description = "an image store of overlay-format layers; op squash flattens an image"
-    layered = False
-    OPTIONS = {
-        "images": Option(
-            (dict,), None,
-            "image name -> its layers as indices into [[layers]], bottom first (default: "
-            "one image 'image' with every layer)", normalize=_images_option,
-        ),
-        "apply_whiteouts": Option(
-            (bool,), True,
-            "apply whiteouts and opaque markers when flattening (false: a naive squash "
-            "that copies every file, so deleted files come back)",
-        ),
-        "fsync": Option(
-            (bool,), True,
-            "fsync the new layer's files, the layers directory and the new manifest "
-            "before the image switches to it",
-        ),
-    }
-    FILE_OPS = False  # images are read-only: the only op is squash
-    EXTRA_OPS = {"squash": ((), ("image", "from_layer"))}
-    VIEW_PRESERVING_OPS = ("squash",)
+@dataclass(frozen=True)
+class SquashImage(sc.Syscall):
+    """Squash an image (above layer `from_layer`, when given)."""
 
-    @classmethod
-    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
-                       ops: Sequence[Any]) -> str | None:
-        if upper is not None:
-            return "the squash driver has no container layer: put every layer in [[layers]]"
-        if not layers:
-            return "the squash driver needs at least one [[layers]] table (the image)"
-        images = options["images"] or {DEFAULT_IMAGE: tuple(range(len(layers)))}
-        for name, indices in images.items():
-            bad = [i for i in indices if i >= len(layers)]
-            if bad:
-                return f"option 'images': {name} names layer {bad[0]}, but there are {len(layers)} layers"
-        for op in ops:
-            if op.kind != "squash":
-                continue
-            image = op.arg("image")
-            if image is not None and image not in images:
-                return f"op {op.index}: no image {image!r} (images: {', '.join(images)})"
-            below = op.arg("from_layer")
-            if below is None:
-                continue
-            counts = [len(images[image])] if image is not None else [len(v) for v in images.values()]
-            if below > max(counts) - 2:
-                return (f"op {op.index}: from_layer {below} leaves nothing to squash (the image has "
-                        f"{max(counts)} layer(s): from_layer is at most {max(counts) - 2})")
-        return None
+    image: str
+    from_layer: int | None = None
+    NAME: ClassVar[str] = "squash"
 
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self.images: dict[str, tuple[int, ...]] = {}
+
+class SquashMount(Mount):
+    """The image store of one run: its images (name -> layer indices)."""
 
     # -- layout --------------------------------------------------------------------------
 
-    def mount(self, layers: list[Dir], upper: Dir | None) -> Dir:
+    def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         self.images = self.options["images"] or {DEFAULT_IMAGE: tuple(range(len(layers)))}
         stored = {layer_id(i): layer for i, layer in enumerate(layers)}
         manifests = {name: File(_manifest([layer_id(i) for i in idx])) for name, idx in self.images.items()}
@@ -154,21 +112,16 @@ class Squash(Driver):
 
     # -- the squash ----------------------------------------------------------------------
 
-    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
-        if kind != "squash":
-            return None
-        image = args.get("image") or (next(iter(self.images)) if len(self.images) == 1 else "")
-        from_layer = args.get("from_layer")
-        return syscall(Syscall("squash", (image,) if from_layer is None else (image, from_layer)))
+    def perform(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        if not isinstance(call, SquashImage):
+            raise FsError(errno.EROFS, call.paths()[0][1] if call.paths() else "")  # images are read-only
+        return super().perform(call, log)
 
-    def perform(self, session: Session, call: Syscall, log: StepLog) -> SysResult:
-        if call.name != "squash":
-            raise FsError(errno.EROFS, str(call.args[0]) if call.args else "")
-        image, from_layer = call.args[0], (call.args[1] if len(call.args) > 1 else None)
-        self.squash(session, log, image, from_layer)
-        return OK
+    @handles(SquashImage)
+    def squash_image(self, call: SquashImage, log: StepLog) -> None:
+        self.squash(log, call.image, call.from_layer)
 
-    def squash(self, s: Session, log: StepLog, image: str, from_layer: int | None) -> None:
+    def squash(self, log: StepLog, image: str, from_layer: int | None) -> None:
         if not image:
             raise FsError(errno.EINVAL, "squash: name the image (there are several)")
         manifest = lookup(log.root, (IMAGES, image))
@@ -181,7 +134,7 @@ class Squash(Driver):
         layers = [self._layer(log.root, lid) for lid in ids]
         flat = flatten(layers[keep:], layers[:keep], self.options["apply_whiteouts"])
         sync = self.options["fsync"]
-        new = f"S{s.next('squash')}"
+        new = f"S{self.next('squash')}"
         temp = join((LAYERS, new + TEMP))
         log.do_all(build_steps(flat, temp, fsync=sync, skip_root=False))
         log.do(Rename(temp, join((LAYERS, new))))
@@ -284,3 +237,64 @@ def _manifest(ids: list[str]) -> bytes:
 
 def _parse_manifest(content: bytes) -> list[str]:
     return [line for line in content.decode("utf-8", "replace").splitlines() if line]
+
+
+class Squash(Driver):
+    name = "squash"
+    description = "an image store of overlay-format layers; op squash flattens an image"
+    layered = False
+    OPTIONS = {
+        "images": Option(
+            (dict,), None,
+            "image name -> its layers as indices into [[layers]], bottom first (default: "
+            "one image 'image' with every layer)", normalize=_images_option,
+        ),
+        "apply_whiteouts": Option(
+            (bool,), True,
+            "apply whiteouts and opaque markers when flattening (false: a naive squash "
+            "that copies every file, so deleted files come back)",
+        ),
+        "fsync": Option(
+            (bool,), True,
+            "fsync the new layer's files, the layers directory and the new manifest "
+            "before the image switches to it",
+        ),
+    }
+    FILE_OPS = False  # images are read-only: the only op is squash
+    EXTRA_OPS = {"squash": ((), ("image", "from_layer"))}
+    VIEW_PRESERVING_OPS = ("squash",)
+
+    @classmethod
+    def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
+                       ops: Sequence[Any]) -> str | None:
+        if upper is not None:
+            return "the squash driver has no container layer: put every layer in [[layers]]"
+        if not layers:
+            return "the squash driver needs at least one [[layers]] table (the image)"
+        images = options["images"] or {DEFAULT_IMAGE: tuple(range(len(layers)))}
+        for name, indices in images.items():
+            bad = [i for i in indices if i >= len(layers)]
+            if bad:
+                return f"option 'images': {name} names layer {bad[0]}, but there are {len(layers)} layers"
+        for op in ops:
+            if op.kind != "squash":
+                continue
+            image = op.arg("image")
+            if image is not None and image not in images:
+                return f"op {op.index}: no image {image!r} (images: {', '.join(images)})"
+            below = op.arg("from_layer")
+            if below is None:
+                continue
+            counts = [len(images[image])] if image is not None else [len(v) for v in images.values()]
+            if below > max(counts) - 2:
+                return (f"op {op.index}: from_layer {below} leaves nothing to squash (the image has "
+                        f"{max(counts)} layer(s): from_layer is at most {max(counts) - 2})")
+        return None
+    MOUNT = SquashMount
+
+    def client(self, kind: str, args: Mapping[str, Any]) -> Any:
+        if kind != "squash":
+            return None
+        images = self.options["images"] or {DEFAULT_IMAGE: ()}
+        image = args.get("image") or (next(iter(images)) if len(images) == 1 else "")
+        return syscall(SquashImage(image, args.get("from_layer")))

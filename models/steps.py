@@ -13,6 +13,7 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from models.syscalls import RenameFlags
 from models.tree import (
     DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,
@@ -401,16 +402,13 @@ class MakeSymlink(Step):
         return f"symlink {self.path} -> {self.target}"
 
 
-RENAME_FLAGS = ("", "noreplace", "exchange", "whiteout")
-
-
 @dataclass(frozen=True)
 class Rename(Step):
-    """renameat2(src, dst, flags): flags is '', 'noreplace', 'exchange' or 'whiteout'."""
+    """renameat2(src, dst, flags)."""
 
     src: str
     dst: str
-    flags: str = ""
+    flags: RenameFlags = RenameFlags.NONE
     kind = "rename"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
@@ -420,17 +418,18 @@ class Rename(Step):
         if device(sp) != device(dp):
             raise FsError(errno.EXDEV, self.dst)
         dst = dparent.entries.get(dp[-1])
-        if self.flags == "noreplace" and dst is not None:
+        if self.flags is RenameFlags.NOREPLACE and dst is not None:
             raise FsError(errno.EEXIST, self.dst)
         if sp == dp:
             return root
-        if self.flags == "exchange" and dst is None:
+        exchange = self.flags is RenameFlags.EXCHANGE
+        if exchange and dst is None:
             raise _enoent(dp)
         if dp[: len(sp)] == sp:
             raise FsError(errno.EINVAL, self.dst)
         if sp[: len(dp)] == dp:
-            raise FsError(errno.EINVAL if self.flags == "exchange" else errno.ENOTEMPTY, self.dst)
-        if self.flags == "exchange":
+            raise FsError(errno.EINVAL if exchange else errno.ENOTEMPTY, self.dst)
+        if exchange:
             assert dst is not None
             return _move(root, {sp: dst, dp: src})
         if dst is not None:
@@ -445,14 +444,14 @@ class Rename(Step):
             if isinstance(dst, File) and dst.nlink > 1:
                 root = _retarget_links(root, dst.ino, dst.nlink - 1, skip=dp)
                 src = _existing(root, sp)
-        leftover: Node | None = Whiteout() if self.flags == "whiteout" else None
+        leftover: Node | None = Whiteout() if self.flags is RenameFlags.WHITEOUT else None
         return _move(root, {sp: leftover, dp: src})
 
     def writes(self) -> tuple[str, ...]:
         return (self.src, self.dst)
 
     def __str__(self) -> str:
-        flag = f" ({self.flags})" if self.flags else ""
+        flag = f" ({self.flags.value})" if self.flags is not RenameFlags.NONE else ""
         return f"rename {self.src} -> {self.dst}{flag}"
 
 

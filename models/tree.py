@@ -17,6 +17,8 @@ import errno as _errno
 from collections.abc import Iterator, Mapping
 from hashlib import blake2b
 
+from models.errors import CrashcheckError
+
 DIGEST_BYTES = 16  # 128 bits: collisions are negligible for the state counts we explore
 _MOD = 1 << (8 * DIGEST_BYTES)
 
@@ -28,7 +30,7 @@ Xattrs = tuple[tuple[str, bytes], ...]
 NO_XATTRS: Xattrs = ()
 
 
-class FsError(Exception):
+class FsError(CrashcheckError):
     """A POSIX error from a file-system operation: `errno` plus the path involved."""
 
     def __init__(self, code: int, path: str = "") -> None:

@@ -72,7 +72,7 @@ def test_spec_whiteouts_are_stored_as_links_to_the_whiteout_base():
     rw = trace.initial.entries["rw"]
     assert set(rw.entries) == {".wh..wh.aufs", ".wh.a"}
     assert rw.entries[".wh.a"].ino == rw.entries[".wh..wh.aufs"].ino
-    assert "a" not in trace.driver.view(trace.initial).entries
+    assert "a" not in trace.mount.view(trace.initial).entries
 
 
 def test_directory_rename_is_exdev_without_dirren_and_hinfo_with_it():

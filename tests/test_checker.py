@@ -6,10 +6,11 @@ import pickle
 
 from checker import CrashUnit, check, check_crash_state, load_spec
 from checker.engine.persistence import CrashState
-from models.driver import Recovery
-from models.overlayfs import OverlayFS
-from models.plain import Plain
-from models.steps import Create, Unlink, Write
+from models import syscalls as sc
+from models.driver import Recovery, handles
+from models.overlayfs import OverlayFS, OverlayMount
+from models.plain import Plain, PlainMount
+from models.steps import Create, StepLog, Unlink, Write
 from models.tree import Dir, File, replace
 from tests.conftest import ROOT, make_spec
 
@@ -79,11 +80,16 @@ def test_a_crash_unit_is_picklable_and_independent():
     assert all(v.crash_after_step == 15 for v in found)
 
 
-class LowerWritingOverlay(OverlayFS):
+class LowerWritingMount(OverlayMount):
     """A broken variant: unlink removes the lower file instead of whiting it out."""
 
-    def _remove(self, s, log, parts, is_dir):  # type: ignore[override]
-        log.do(Unlink("lower0/" + "/".join(parts)))
+    @handles(sc.Unlink)
+    def unlink(self, call: sc.Unlink, log: StepLog) -> None:
+        log.do(Unlink("lower0/" + call.path))
+
+
+class LowerWritingOverlay(OverlayFS):
+    MOUNT = LowerWritingMount
 
 
 def test_lower_immutable_catches_a_driver_that_writes_a_lower_layer():
@@ -94,20 +100,21 @@ def test_lower_immutable_catches_a_driver_that_writes_a_lower_layer():
     assert [(v.crash_after_step, v.paths) for v in lower] == [(1, ("lower0/f",))]
 
 
-class LossyRename(Plain):
+class LossyRenameMount(PlainMount):
     """A broken variant: rename of a file removes the source before writing the copy."""
 
-    def _perform(self, s, call, log):  # type: ignore[override]
-        if call.name == "rename":
-            src, dst = call.args
-            node = log.root
-            for p in src.split("/"):
-                node = node.entries[p]
-            log.do(Unlink(src))
-            log.do(Create(dst))
-            log.do(Write(dst, node.content, replace=True))
-            return
-        super()._perform(s, call, log)
+    @handles(sc.Rename)
+    def rename(self, call: sc.Rename, log: StepLog) -> None:
+        node = log.root
+        for p in call.src.split("/"):
+            node = node.entries[p]
+        log.do(Unlink(call.src))
+        log.do(Create(call.dst))
+        log.do(Write(call.dst, node.content, replace=True))
+
+
+class LossyRename(Plain):
+    MOUNT = LossyRenameMount
 
 
 def test_no_loss_catches_a_rename_that_drops_the_source_first():
@@ -118,7 +125,7 @@ def test_no_loss_catches_a_rename_that_drops_the_source_first():
     assert points(r, "no-dual-existence") == []
 
 
-class ForgetfulRecovery(OverlayFS):
+class ForgetfulRecoveryMount(OverlayMount):
     """A broken variant: every recovery adds a marker file, so it is never idempotent."""
 
     def recover(self, root: Dir) -> Recovery:
@@ -127,6 +134,10 @@ class ForgetfulRecovery(OverlayFS):
         upper = rec.root.entries["upper"]
         n = len(upper.entries)
         return Recovery(replace(rec.root, ("upper", f"marker{n}"), File(b"")))
+
+
+class ForgetfulRecovery(OverlayFS):
+    MOUNT = ForgetfulRecoveryMount
 
 
 def test_recoverable_catches_recovery_that_is_not_idempotent_and_accepts_refusal_with_remedy():

@@ -12,7 +12,7 @@ from checker import check, load_spec
 from checker.real import kernel
 from checker.real.confirm import confirm
 from models.driver import Recovery
-from models.overlayfs import OverlayFS
+from models.overlayfs import OverlayFS, OverlayMount
 from models.tree import Dir, Whiteout, replace, walk
 from tests.conftest import ROOT, make_spec
 
@@ -33,7 +33,7 @@ def test_seed_case_is_confirmed_on_the_kernel():
     assert "both DirA and DirX exist" in dual.detail
 
 
-class WhiteoutEatingRecovery(OverlayFS):
+class WhiteoutEatingMount(OverlayMount):
     """A deliberately wrong model: it believes the next mount deletes every whiteout in
     upper, so lower files come back after a crash. The kernel does no such thing."""
 
@@ -45,6 +45,10 @@ class WhiteoutEatingRecovery(OverlayFS):
             if isinstance(node, Whiteout):
                 out = replace(out, parts, None)
         return Recovery(out)
+
+
+class WhiteoutEatingRecovery(OverlayFS):
+    MOUNT = WhiteoutEatingMount
 
 
 def test_a_wrong_model_is_refuted_by_the_kernel():

@@ -12,8 +12,8 @@ import pytest
 from checker import load_spec
 from checker.real import kernel
 from checker.real.conform import conform, normalize
-from models.overlayfs import OverlayFS
-from models.steps import MknodWhiteout
+from models.overlayfs import OverlayFS, OverlayMount
+from models.steps import MknodWhiteout, StepLog
 from tests.conftest import ROOT
 
 REASON = kernel.overlay_unavailable_reason()
@@ -44,14 +44,18 @@ def test_seed_case_observed_steps_exactly():
     assert len(op.observed_steps) == 18
 
 
-class UnsharedWhiteouts(OverlayFS):
+class UnsharedWhiteoutsMount(OverlayMount):
     """A model variant that makes a fresh whiteout each time instead of linking the
     mount's shared one, as kernels before 5.8 did; the kernel here shares them."""
 
-    def _whiteout(self, s, log):  # type: ignore[override]
-        path = self._temp(s)
+    def whiteout(self, log: StepLog) -> str:
+        path = self.temp_name()
         log.do(MknodWhiteout(path))
         return path
+
+
+class UnsharedWhiteouts(OverlayFS):
+    MOUNT = UnsharedWhiteoutsMount
 
 
 def test_a_model_that_differs_from_the_kernel_does_not_conform():

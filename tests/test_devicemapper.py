@@ -10,7 +10,7 @@ from checker import check, load_spec
 from checker.engine.explorer import context_for
 from checker.engine.persistence import CrashState
 from checker.engine.trace import build_trace
-from models.devicemapper import DeviceMapper
+from models.devicemapper import DeviceMapper, DeviceMapperMount
 from models.thinfs import Image, Inode, decode, encode
 from models.thinpool import devices, mapping
 from tests.conftest import ROOT, make_spec, suite_counts
@@ -89,7 +89,7 @@ def test_builtin_devicemapper_specs_exact_counts():
 
 def test_startup_rolls_back_a_snapshot_whose_transaction_never_closed():
     ctx = context_for(load_spec(SPECS / "run-transaction-rollback.toml"), "prefix")
-    driver = ctx.trace.driver
+    driver = ctx.trace.mount
     crashed = ctx.materialize(CrashState(10))  # snapshot committed, JSON written, id not set
     assert 2 in devices(crashed)
     recovered = driver.recover(crashed).root
@@ -115,14 +115,18 @@ def test_file_system_metadata_round_trips():
     assert decode(encode(image)) == image
 
 
-class SharedWritesInPlace(DeviceMapper):
+class SharedWritesInPlaceMount(DeviceMapperMount):
     """A broken variant: a write to a shared block goes in place (no copy-on-write)."""
 
     def shared(self, root, p):
         return False
 
 
-class NoRollback(DeviceMapper):
+class SharedWritesInPlace(DeviceMapper):
+    MOUNT = SharedWritesInPlaceMount
+
+
+class NoRollbackMount(DeviceMapperMount):
     """A broken variant: the daemon does not roll back an open transaction."""
 
     def recover(self, root):
@@ -130,6 +134,10 @@ class NoRollback(DeviceMapper):
         from models.thinpool import recover_pool
 
         return Recovery(recover_pool(root))
+
+
+class NoRollback(DeviceMapper):
+    MOUNT = NoRollbackMount
 
 
 def test_snapshot_isolation_is_caught_when_copy_on_write_is_skipped():
@@ -151,7 +159,7 @@ def test_the_pool_mapping_is_what_the_views_read():
     trace = build_trace(make_spec(HEAD + '[[ops]]\nop = "write"\npath = "containers/app/etc/motd"\ndata = "x"\n'))
     final = trace.states[-1]
     assert mapping(final, 2) == {0: 2} and mapping(final, 1) == {0: 1}
-    assert trace.driver.view(final).entries["images"].entries["image"].entries["etc"].entries["motd"].content == b"hello"
+    assert trace.mount.view(final).entries["images"].entries["image"].entries["etc"].entries["motd"].content == b"hello"
 
 
 def test_block_size_must_be_what_dm_thin_accepts(tmp_path):

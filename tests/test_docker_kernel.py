@@ -69,7 +69,7 @@ def test_container_mounted_like_docker_matches_the_model(redirect_dir: str):
             assert all(p.is_symlink() and p.resolve().is_dir() for p in lowers)
             target = overlay2 / "ctr-app" / "merged"
             ws.mount_overlay(lowers, overlay2 / "ctr-app" / "diff", overlay2 / "ctr-app" / "work", target,
-                             {"redirect_dir": redirect_dir})
+                             [f"redirect_dir={redirect_dir}"])
             try:
                 first = views.at(trace.ops[0].before, "containers/app")
                 real = kernel.read_view(target)

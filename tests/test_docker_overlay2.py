@@ -7,7 +7,7 @@ from checker import check, load_spec
 from checker.engine.explorer import context_for
 from checker.engine.persistence import CrashState, parse_persisted
 from checker.engine.trace import build_trace
-from models.docker_overlay2 import DockerOverlay2
+from models.docker_overlay2 import DockerMount, DockerOverlay2
 from models.tree import ErrorEntry, File, Symlink, lookup, split
 from tests.conftest import ROOT, make_spec, suite_counts
 
@@ -169,14 +169,14 @@ def test_startup_cleanup_reads_an_empty_link_and_leaves_the_l_link_dangling():
     root = ctx.materialize(crash)
     link = lookup(root, split("overlay2/layer0/link"))
     assert isinstance(link, File) and link.content == b""
-    recovered = ctx.trace.driver.recover(root).root
+    recovered = ctx.trace.mount.recover(root).root
     assert lookup(recovered, split("overlay2/layer0")) is None
     assert isinstance(lookup(recovered, split("overlay2/l/L0")), Symlink)
 
 
 def test_prefix_crashes_of_pull_never_make_the_store_inconsistent():
     ctx = context_for(load_spec(SPECS / "pull-prefix-leaks.toml"), "prefix")
-    driver = ctx.trace.driver
+    driver = ctx.trace.mount
     leaks = 0
     for k in range(len(ctx.trace.steps) + 1):
         root = driver.recover(ctx.materialize(CrashState(k))).root
@@ -188,19 +188,22 @@ def test_prefix_crashes_of_pull_never_make_the_store_inconsistent():
 def test_a_broken_mount_shows_as_an_error_entry_in_the_view():
     spec = load_spec(SPECS / "rm-container-removes-layers-first.toml")
     ctx = context_for(spec, "prefix")
-    view = ctx.trace.driver.view(ctx.materialize(CrashState(2)))
+    view = ctx.trace.mount.view(ctx.materialize(CrashState(2)))
     app = view.entries["containers"].entries["app"]
     assert isinstance(app, ErrorEntry) and "layer ctr-app does not exist" in app.reason
 
 
-class WritesIntoTheImage(DockerOverlay2):
+class WritesIntoTheImageMount(DockerMount):
     """A broken variant: the container's upper dir is the image's top layer."""
 
-    def _inner(self, s, root, container):
-        inner = super()._inner(s, root, container)
-        places = s.cache[("places", container)]
+    def container_mount(self, root, container):
+        inner, places = super().container_mount(root, container)
         places["upper"] = "overlay2/layer0/diff"
-        return inner
+        return inner, places
+
+
+class WritesIntoTheImage(DockerOverlay2):
+    MOUNT = WritesIntoTheImageMount
 
 
 def test_snapshot_isolation_is_caught_on_a_variant_that_writes_the_image():

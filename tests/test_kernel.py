@@ -46,11 +46,11 @@ def test_merged_view_of_generated_states_matches_the_kernel():
             seed += 1
             table = gen_workload(RandomChooser(seed), options={"redirect_dir": "follow"})
             spec = parse_spec(table, f"<state {seed}>")
-            driver = OverlayFS(spec.options)
-            backing = driver.mount(spec.layers, spec.upper)
+            mount = OverlayFS(spec.options).mount(spec.layers, spec.upper)
+            backing = mount.initial
             lowers, upper, work = kernel.materialize_overlay(ws, backing, f"s{seed}", fresh_work=True)
             target = ws.path(f"m{seed}")
-            ws.mount_overlay(lowers, upper, work, target, spec.options)
+            ws.mount_overlay(lowers, upper, work, target, mount.kernel_mount_options())
             try:
                 real = kernel.read_view(target)
             except OSError as e:
@@ -62,7 +62,7 @@ def test_merged_view_of_generated_states_matches_the_kernel():
                 continue
             finally:
                 ws.umount(target)
-            model = driver.view(backing)
+            model = mount.view(backing)
             assert model.digest == real.digest, f"seed {seed}: {table}\n" + _mismatch(model, real)
             checked += 1
     assert checked == STATES and stale < STATES // 2
@@ -83,7 +83,7 @@ def test_generated_op_sequences_match_the_kernel(redirect_dir: str):
             trace = build_trace(spec)
             lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, f"q{seed}", fresh_work=True)
             target = ws.path(f"mq{seed}")
-            ws.mount_overlay(lowers, upper, work, target, spec.options)
+            ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
             try:
                 for record in trace.ops:
                     failed = run_op(target, record.op, shim)

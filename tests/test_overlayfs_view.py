@@ -10,8 +10,8 @@ from tests.conftest import make_spec
 
 def merged(spec_text: str) -> Dir:
     spec = make_spec(spec_text)
-    driver = OverlayFS(spec.options)
-    return driver.view(driver.mount(spec.layers, spec.upper))
+    mount = OverlayFS(spec.options).mount(spec.layers, spec.upper)
+    return mount.view(mount.initial)
 
 
 def listing(view: Dir) -> dict[str, str]:
@@ -156,9 +156,8 @@ dst = "e"
 
     trace = build_trace(spec)
     for state in trace.states:
-        fresh = OverlayFS(spec.options)
-        fresh.mount(spec.layers, spec.upper)
-        assert fresh.view(state).digest == trace.driver.view(state).digest
+        fresh = OverlayFS(spec.options).mount(spec.layers, spec.upper)
+        assert fresh.view(state).digest == trace.mount.view(state).digest
     assert views.at(trace.ops[0].after, "e/a").content == b"a"
 
 

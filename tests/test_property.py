@@ -25,11 +25,11 @@ def stray_whiteouts(trace) -> bool:
     """A whiteout in a directory that overlayfs iterates as a plain directory (one layer,
     not merged, no origin): readdir lists it and rmdir refuses, which plain cannot show.
     Overlayfs never makes such a state itself; hand-made layers can."""
-    return _stray(trace.driver.union, trace.initial.entries["upper"])
+    return _stray(trace.mount.union, trace.initial.entries["upper"])
 
 
 def _stray_container_whiteouts(trace) -> bool:
-    upper, lowers = trace.driver._container_layers(trace.initial, "app")
+    upper, lowers = trace.mount.container_layers(trace.initial, "app")
     return _stray(Union([(node, split(path)) for path, node in lowers]), upper)
 
 

@@ -5,6 +5,7 @@ failure, SIGINT, SIGTERM, and (by the next run, or `crashcheck clean`) after SIG
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ from checker import check
 from checker.real.confirm import confirm
 from checker.real.conform import conform
 from checker.real.crash import real_check, unavailable_reason
-from checker.real.workspace import PREFIX, mounts_under, processes_using
+from checker.real.workspace import OWNER, PREFIX, mounts_under, processes_using
 from tests.conftest import ROOT, make_spec
 
 KERNEL = unavailable_reason("kernel")
@@ -236,14 +237,33 @@ def test_a_sigkilled_run_is_cleaned_up_by_the_next_run(tmp_path: Path):
     assert leftovers(tmp_path) == []
 
 
+def workspace_of(tmp: Path, proc: subprocess.Popen[str]) -> Path | None:
+    for path in sorted(tmp.iterdir()):
+        try:
+            owner = json.loads((path / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("pid") == proc.pid:
+            return path
+    return None
+
+
+def wait_for_own_mount(tmp: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the run has a mount in its own workspace."""
+    deadline = time.monotonic() + 60
+    while (ws := workspace_of(tmp, proc)) is None or not mounts_under(ws):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before mounting"
+        time.sleep(0.01)
+
+
 @fuse_only
 def test_crashcheck_clean_removes_what_a_killed_run_left(tmp_path: Path):
+    live = start(tmp_path, "real", "--impl", "kernel", OFF)  # a live run is never touched
+    wait_for_own_mount(tmp_path, live)
     proc = start(tmp_path, "real", "--impl", "fuse-overlayfs", OFF)
-    wait_for_mount(tmp_path, proc)
+    wait_for_own_mount(tmp_path, proc)
     proc.kill()
     proc.wait(timeout=30)
-    live = start(tmp_path, "real", "--impl", "kernel", OFF)  # a live run is never touched
-    wait_for_mount(tmp_path, live)
     env = dict(os.environ, TMPDIR=str(tmp_path))
     cleaned = subprocess.run([sys.executable, "-m", "checker", "clean"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)

@@ -22,6 +22,7 @@ from models.steps import (
     Unlink,
     Write,
 )
+from models.syscalls import RenameFlags
 from models.tree import Dir, File, FsError, Symlink, Whiteout, lookup, split
 
 
@@ -84,22 +85,22 @@ def test_copy_data_reads_across_devices():
 
 def test_rename_errors():
     assert err(Rename("up/nope", "up/z")) == errno.ENOENT
-    assert err(Rename("up/f", "up/d", "noreplace")) == errno.EEXIST
+    assert err(Rename("up/f", "up/d", RenameFlags.NOREPLACE)) == errno.EEXIST
     assert err(Rename("up/f", "up/d")) == errno.EISDIR
     assert err(Rename("up/d", "up/f")) == errno.ENOTDIR
     assert err(Rename("up/e", "up/d")) == errno.ENOTEMPTY
     assert err(Rename("up/d", "up/d/x/y")) in (errno.EINVAL, errno.ENOTDIR)
     assert err(Rename("up/d", "up/d/new")) == errno.EINVAL
-    assert err(Rename("up/f", "up/absent", "exchange")) == errno.ENOENT
+    assert err(Rename("up/f", "up/absent", RenameFlags.EXCHANGE)) == errno.ENOENT
     assert err(Rename("low/g", "up/g"), device=two_devices) == errno.EXDEV
 
 
 def test_rename_replace_exchange_and_whiteout():
     root = Rename("up/d", "up/e").apply(tree())  # over an empty directory
     assert at(root, "up/d") is None and at(root, "up/e/x").content == b"x"
-    root = Rename("up/f", "up/d", "exchange").apply(tree())
+    root = Rename("up/f", "up/d", RenameFlags.EXCHANGE).apply(tree())
     assert isinstance(at(root, "up/f"), Dir) and at(root, "up/d").content == b"data"
-    root = Rename("up/f", "up/d/f2", "whiteout").apply(tree())
+    root = Rename("up/f", "up/d/f2", RenameFlags.WHITEOUT).apply(tree())
     assert isinstance(at(root, "up/f"), Whiteout) and at(root, "up/d/f2").content == b"data"
     assert Rename("up/f", "up/f").apply(tree()).digest == tree().digest
 
@@ -140,7 +141,7 @@ def test_symlinks_are_not_followed():
 
 
 def test_step_text():
-    assert str(Rename("upper/a", "upper/b", "whiteout")) == "rename upper/a -> upper/b (whiteout)"
+    assert str(Rename("upper/a", "upper/b", RenameFlags.WHITEOUT)) == "rename upper/a -> upper/b (whiteout)"
     assert str(SetXattr("upper/d", "trusted.overlay.opaque", b"y")) == (
         "setxattr upper/d trusted.overlay.opaque='y'"
     )

@@ -107,7 +107,7 @@ class Result(Verdict):
     @cached_property
     def accounting(self) -> dict[str, Any] | None:
         """The driver's figures for this workload (storage before and after a squash)."""
-        return self.trace.driver.accounting(self.trace) if self.trace is not None else None
+        return self.trace.mount.accounting(self.trace) if self.trace is not None else None
 
     def to_json(self, violations: bool = True) -> dict[str, object]:
         """The contract shape of DESIGN section 7 (no timings: output is reproducible);

@@ -121,7 +121,7 @@ class Context:
         """The driver's recovery, once per distinct tree."""
         hit = self.recover_memo.get(root.digest)
         if hit is None:
-            hit = self.trace.driver.recover(root)
+            hit = self.trace.mount.recover(root)
             _bounded_put(self.recover_memo, root.digest, hit)
         return hit
 
@@ -132,7 +132,7 @@ class Context:
         if hit is None:
             rec = self.recover(root)
             after = rec.root if rec.root is not None else rec.fallback
-            view = self.trace.driver.view(after) if after is not None else None
+            view = self.trace.mount.view(after) if after is not None else None
             hit = (rec, view)
             _bounded_put(self.recoveries, root.digest, hit)
         return hit
@@ -156,7 +156,7 @@ class Context:
             return op, hit
         rec, view = self.recovered(root)
         ctx = CrashContext(
-            self.trace, self.trace.op_record(op), rec, view, self.trace.driver, self.recover,
+            self.trace, self.trace.op_record(op), rec, view, self.trace.mount, self.recover,
             prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
         )
         out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from checker.engine import views
-from models.driver import Driver, Recovery
+from models import drivers
+from models.capabilities import ScopedOps, SpaceChecks, StoreChecks
+from models.driver import Mount, Recovery
 from models.tree import Dir, File, join, lookup, split
 
 if TYPE_CHECKING:
@@ -40,8 +42,8 @@ class CrashContext:
     op: OpRecord
     recovery: Recovery
     view: Dir | None  # the recovered view (after a refused mount: once its remedy is applied)
-    driver: Driver
-    recover: Callable[[Dir], Recovery]  # the driver's recovery (memoized by the explorer)
+    mount: Mount
+    recover: Callable[[Dir], Recovery]  # the mount's recovery (memoized by the explorer)
     prefix_views: list[Dir] = field(default_factory=list)  # views after 0, 1, ... ops
     generalized: bool = False  # the crash may keep any ideal of steps, not a prefix
     returned_syncs: int = 0  # how many fsync/sync ops (the first ones) returned before the crash
@@ -298,15 +300,13 @@ class LowerImmutable(Invariant):
     crash_level = False
 
     def applies(self, spec: Spec) -> bool:
-        from models import drivers
-
         return drivers()[spec.driver].layered
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        lowers = trace.driver.lower_devices()
+        lowers = trace.mount.lower_devices()
         out = []
         for i, step in enumerate(trace.steps):
-            hit = [p for p in step.writes() if trace.driver.device(split(p)) in lowers]
+            hit = [p for p in step.writes() if trace.mount.device(split(p)) in lowers]
             if hit:
                 out.append((i, Finding(f"step {i + 1} ({step}) writes the lower layer", tuple(hit))))
         return out
@@ -457,18 +457,16 @@ class ViewPreserved(Invariant):
     trace_level = True  # checks completed ops here, and crash states in `check`
 
     def applies(self, spec: Spec) -> bool:
-        from models import drivers
-
         preserving = drivers()[spec.driver].VIEW_PRESERVING_OPS
         return any(op.kind in preserving for op in spec.ops)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
-        if ctx.view is None or ctx.op.op.kind not in ctx.driver.VIEW_PRESERVING_OPS or ctx.op.errno:
+        if ctx.view is None or ctx.op.op.kind not in ctx.mount.driver.VIEW_PRESERVING_OPS or ctx.op.errno:
             return []
         return self._differs(ctx.op, ctx.view, "after recovery")
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        preserving = trace.driver.VIEW_PRESERVING_OPS
+        preserving = trace.mount.driver.VIEW_PRESERVING_OPS
         return _at_op_ends(trace, lambda op: self._differs(op, op.after, "once it completes") if (
             op.op.kind in preserving and not op.errno) else [])
 
@@ -479,27 +477,28 @@ class ViewPreserved(Invariant):
         return [Finding(f"`{op.text}` changed the view {when}: {_list(changed)} differ", tuple(changed))]
 
 
-def _driver_has(spec: Spec, hook: str) -> bool:
-    from models import drivers
-
-    return hasattr(drivers()[spec.driver], hook)
+def _can(spec: Spec, capability: type) -> bool:
+    """Does the spec's driver mount with this capability (`models.capabilities`)?"""
+    return issubclass(drivers()[spec.driver].MOUNT, capability)
 
 
 class _StoreInvariant(Invariant):
-    """Checks the backing store after recovery through a driver hook that lists
-    (path, problem) pairs."""
+    """Checks the backing store after recovery through the driver's `StoreChecks`, which
+    list (path, problem) pairs."""
 
-    hook = ""
     what = ""
 
     def applies(self, spec: Spec) -> bool:
-        return _driver_has(spec, self.hook)
+        return _can(spec, StoreChecks)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
         rec = ctx.recovery
-        if rec.refused or rec.root is None:
+        if rec.refused or rec.root is None or not isinstance(ctx.mount, StoreChecks):
             return []
-        return _problems(self.what, getattr(ctx.driver, self.hook)(rec.root))
+        return _problems(self.what, self.problems(ctx.mount, rec.root))
+
+    def problems(self, store: StoreChecks, root: Dir) -> list[tuple[str, str]]:
+        raise NotImplementedError
 
 
 class LayerStoreConsistent(_StoreInvariant):
@@ -508,9 +507,11 @@ class LayerStoreConsistent(_StoreInvariant):
         "after recovery every registered layer, container mount and image resolves to "
         "complete data: cache-id, diff, link, lower and l/ symlink resolve, contents match"
     )
-    hook = "store_problems"
     needs = "a driver with a layer store (docker-overlay2)"
     what = "the layer store is inconsistent"
+
+    def problems(self, store: StoreChecks, root: Dir) -> list[tuple[str, str]]:
+        return store.store_problems(root)
 
 
 class NoLayerLeak(_StoreInvariant):
@@ -519,9 +520,11 @@ class NoLayerLeak(_StoreInvariant):
         "after recovery nothing is left that no layer, container or image uses and nothing "
         "will remove (orphan layer dirs, dangling l/ links, temp write sets)"
     )
-    hook = "store_leaks"
     needs = "a driver with a layer store (docker-overlay2)"
     what = "storage leaked"
+
+    def problems(self, store: StoreChecks, root: Dir) -> list[tuple[str, str]]:
+        return store.store_leaks(root)
 
 
 class SnapshotIsolation(Invariant):
@@ -534,15 +537,17 @@ class SnapshotIsolation(Invariant):
     needs = "a driver whose ops act on one container or image (docker-overlay2, devicemapper)"
 
     def applies(self, spec: Spec) -> bool:
-        return _driver_has(spec, "op_scope")
+        return _can(spec, ScopedOps)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
-        if ctx.view is None:
+        if ctx.view is None or not isinstance(ctx.mount, ScopedOps):
             return []
-        return self._others_changed(ctx.driver.op_scope(ctx.op.op), ctx.op, ctx.view, "after recovery")
+        return self._others_changed(ctx.mount.op_scope(ctx.op.op), ctx.op, ctx.view, "after recovery")
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        scope = trace.driver.op_scope
+        if not isinstance(trace.mount, ScopedOps):
+            return []
+        scope = trace.mount.op_scope
         done = "once it completes"
         return _at_op_ends(trace, lambda op: self._others_changed(scope(op.op), op, op.after, done))
 
@@ -579,16 +584,18 @@ class NoSpaceLeak(Invariant):
     needs = "a driver with a thin pool (devicemapper)"
 
     def applies(self, spec: Spec) -> bool:
-        return _driver_has(spec, "space_leaks")
+        return _can(spec, SpaceChecks)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
-        if ctx.recovery.root is None:
+        if ctx.recovery.root is None or not isinstance(ctx.mount, SpaceChecks):
             return []
-        found = ctx.driver.space_leaks(ctx.recovery.root, completed=False)
+        found = ctx.mount.space_leaks(ctx.recovery.root, completed=False)
         return _problems("pool space leaked after recovery", found)
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        leaks = trace.driver.space_leaks
+        if not isinstance(trace.mount, SpaceChecks):
+            return []
+        leaks = trace.mount.space_leaks
         return _at_op_ends(trace, lambda op: _problems(
             f"pool space leaked after `{op.text}`", leaks(trace.states[op.end_step], completed=True)
         ))

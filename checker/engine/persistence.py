@@ -48,6 +48,7 @@ from models.steps import (
     Unlink,
     Write,
 )
+from models.syscalls import RenameFlags
 from models.tree import Dir, File, Parts, lookup, split
 
 
@@ -276,7 +277,7 @@ def step_facts(trace: Trace) -> StepFacts:
             t = {ino(s), ino(s[:-1]), ino(d[:-1])}
             if d in inode:
                 t.add(inode[d])
-            if step.flags == "exchange":
+            if step.flags is RenameFlags.EXCHANGE:
                 a = {k: v for k, v in inode.items() if _under(k, s)}
                 b = {k: v for k, v in inode.items() if _under(k, d)}
                 for k in list(a) + list(b):
@@ -286,7 +287,7 @@ def step_facts(trace: Trace) -> StepFacts:
                 made[s] = made[d] = i
             else:
                 move(s, d, i)
-                if step.flags == "whiteout":
+                if step.flags is RenameFlags.WHITEOUT:
                     fresh(s)
                     made[s] = i
         elif isinstance(step, LinkTmpfile):
@@ -416,7 +417,7 @@ class Persistence:
         if n == 0:
             yield CrashState(0, ()), trace.initial
             return
-        device = trace.driver.device
+        device = trace.mount.device
         sources = copy_sources(trace)
         amounts = [0] * n
         top = [0] * n  # the largest amount step i may have, given the steps before it
@@ -452,7 +453,7 @@ class Persistence:
         for i in range(crash.crash_after_step):
             k = crash.amount(i, c.pieces[i])
             if k:
-                root = apply_amount(root, trace.steps[i], k, c.pieces[i], block_size, trace.driver.device,
+                root = apply_amount(root, trace.steps[i], k, c.pieces[i], block_size, trace.mount.device,
                                     sources[i])
         return root
 

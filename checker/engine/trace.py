@@ -9,15 +9,16 @@ steps in the same order.
 from __future__ import annotations
 
 import errno as errno_module
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from checker.engine.budget import checkpoint
 from checker.errors import CrashcheckError
 from checker.spec import Op, Spec
 from models import clients, drivers
+from models import syscalls as sc
 from models.clients import Client
-from models.driver import Driver, Syscall, SysResult
+from models.driver import Driver, Mount
 from models.steps import Step, StepLog
 from models.tree import Dir, FsError
 
@@ -34,8 +35,8 @@ def errno_name(code: int) -> int | str:
 @dataclass
 class SyscallRecord:
     index: int  # position within its op
-    call: Syscall
-    result: SysResult
+    call: sc.Syscall
+    result: sc.SysResult
     first_step: int  # steps [first_step, end_step) belong to this call
     end_step: int
 
@@ -70,128 +71,132 @@ class OpRecord:
         return self.op.text
 
 
+@dataclass(frozen=True)
+class TraceStep:
+    """One primitive step of a trace: the step, the op and system call that made it,
+    and the backing tree after it."""
+
+    step: Step
+    op: int
+    call: int  # index of the system call within its op
+    after: Dir
+
+
 @dataclass
 class Trace:
     spec: Spec
-    driver: Driver
+    mount: Mount
     initial: Dir
-    steps: list[Step]
-    step_op: list[int]
-    step_call: list[int]
-    states: list[Dir]  # states[k]: the backing tree after the first k steps
+    records: list[TraceStep]
     ops: list[OpRecord]
     cache: dict[str, object] = field(default_factory=dict)  # indexes the invariants derive
+
+    @cached_property
+    def steps(self) -> list[Step]:
+        return [r.step for r in self.records]
+
+    @cached_property
+    def step_op(self) -> list[int]:
+        return [r.op for r in self.records]
+
+    @cached_property
+    def states(self) -> list[Dir]:
+        """states[k]: the backing tree after the first k steps."""
+        return [self.initial] + [r.after for r in self.records]
 
     def op_record(self, index: int) -> OpRecord:
         return self.ops[index]
 
     def op_at_step(self, k: int) -> int:
         """The op in flight when exactly the first k steps have persisted."""
-        if not self.steps:
+        if not self.records:
             return 0
-        return self.step_op[k - 1] if k > 0 else self.step_op[0]
+        return self.records[k - 1].op if k > 0 else self.records[0].op
 
     def call_of_step(self, i: int) -> SyscallRecord:
-        return self.ops[self.step_op[i]].syscalls[self.step_call[i]]
+        r = self.records[i]
+        return self.ops[r.op].syscalls[r.call]
 
 
-def client_for(op: Op, driver: Driver | None = None) -> Client:
-    """The client program that performs one spec op."""
-    a = dict(op.args)
-    if driver is not None and op.kind in driver.EXTRA_OPS:
-        made = driver.client(op.kind, a)
+def client_for(op: Op, driver: Driver) -> Client:
+    """The client program that performs one spec op: the driver's own ops through the
+    driver, the file-system ops through `models.clients.OP_CLIENTS`."""
+    args = dict(op.args)
+    if op.kind in driver.EXTRA_OPS:
+        made = driver.client(op.kind, args)
         if made is None:
             raise CrashcheckError(f"driver {driver.name} has no client for op {op.kind}")
         return made  # type: ignore[no-any-return]
-    enc: Callable[[str], bytes] = str.encode
-    match op.kind:
-        case "create":
-            data = a.get("data")
-            return clients.create(a["path"], None if data is None else enc(data), a.get("mode", 0o644))
-        case "write" | "append":
-            return clients.syscall(Syscall(op.kind, (a["path"], enc(a["data"]))))
-        case "truncate":
-            return clients.syscall(Syscall("truncate", (a["path"], a["size"])))
-        case "mkdir":
-            return clients.syscall(Syscall("mkdir", (a["path"], a.get("mode", 0o755))))
-        case "rmdir" | "unlink" | "fsync":
-            return clients.syscall(Syscall(op.kind, (a["path"],)))
-        case "rename" | "link":
-            return clients.syscall(Syscall(op.kind, (a["src"], a["dst"])))
-        case "symlink":
-            return clients.syscall(Syscall("symlink", (a["target"], a["path"])))
-        case "chmod":
-            return clients.syscall(Syscall("chmod", (a["path"], a["mode"])))
-        case "setxattr":
-            return clients.syscall(Syscall("setxattr", (a["path"], a["name"], enc(a["value"]))))
-        case "sync":
-            return clients.syscall(Syscall("sync", ()))
-        case "mv":
-            return clients.mv(a["src"], a["dst"])
-        case "rm":
-            return clients.rm(a["path"])
-        case "cp":
-            return clients.cp(a["src"], a["dst"])
-    raise CrashcheckError(f"no client for op {op.kind}")
-
-
-def _raw_steps(op: Op, log: StepLog, records: list[SyscallRecord], step_op: list[int],
-               step_call: list[int]) -> int:
-    """`op = "steps"`: apply raw primitive steps; the first that fails ends the op."""
-    for step in op.arg("steps"):
-        start = len(log.steps)
-        try:
-            log.do(step)
-        except FsError as e:
-            records.append(SyscallRecord(len(records), Syscall("step", (str(step),)), SysResult(e.errno),
-                                         start, start))
-            return e.errno
-        records.append(SyscallRecord(len(records), Syscall("step", (str(step),)), SysResult(), start,
-                                     len(log.steps)))
-        step_op.append(op.index)
-        step_call.append(len(records) - 1)
-    return 0
+    client = clients.OP_CLIENTS.get(op.kind)
+    if client is None:
+        raise CrashcheckError(f"no client for op {op.kind}")
+    return client(args)
 
 
 def make_driver(spec: Spec) -> Driver:
     return drivers()[spec.driver](spec.options)
 
 
+class Recorder:
+    """Runs the workload's system calls on a mount and records every step."""
+
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
+        self.log = StepLog(mount.initial, mount.device)
+        self.records: list[TraceStep] = []
+
+    def step(self, op: Op, calls: list[SyscallRecord], step: Step) -> int:
+        """Apply one raw step (`op = "steps"`); its errno (0: applied)."""
+        start = len(self.log.steps)
+        call = sc.RawStep(str(step))
+        try:
+            self.log.do(step)
+        except FsError as e:
+            calls.append(SyscallRecord(len(calls), call, sc.SysResult(e.errno), start, start))
+            return e.errno
+        calls.append(SyscallRecord(len(calls), call, sc.SysResult(), start, len(self.log.steps)))
+        self._record(op, len(calls) - 1, start)
+        return 0
+
+    def call(self, op: Op, calls: list[SyscallRecord], call: sc.Syscall) -> sc.SysResult:
+        """Perform one system call of a client program."""
+        start = len(self.log.steps)
+        result = self.mount.execute(call, self.log)
+        calls.append(SyscallRecord(len(calls), call, result, start, len(self.log.steps)))
+        self._record(op, len(calls) - 1, start)
+        return result
+
+    def _record(self, op: Op, call: int, start: int) -> None:
+        for i in range(start, len(self.log.steps)):
+            self.records.append(TraceStep(self.log.steps[i], op.index, call, self.log.states[i]))
+
+
 def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
-    """Run the workload once on the driver model and record everything."""
+    """Run the workload once on a fresh mount of the driver and record everything."""
     driver = driver or make_driver(spec)
-    driver.plan(spec.ops)
-    initial = driver.mount(list(spec.layers), spec.upper)
-    session = driver.start(initial)
-    log = StepLog(initial, driver.device)
-    step_op: list[int] = []
-    step_call: list[int] = []
+    mount = driver.mount(list(spec.layers), spec.upper, spec.ops)
+    rec = Recorder(mount)
     ops: list[OpRecord] = []
     for op in spec.ops:
-        before = driver.view(log.root)
-        first = len(log.steps)
-        records: list[SyscallRecord] = []
-        if op.kind == "steps":
-            failed = _raw_steps(op, log, records, step_op, step_call)
-            ops.append(OpRecord(op, records, first, len(log.steps), failed, before, driver.view(log.root)))
-            continue
-        gen = client_for(op, driver)
+        before = mount.view(rec.log.root)
+        first = len(rec.log.steps)
+        calls: list[SyscallRecord] = []
         failed = 0
-        try:
-            call = next(gen)
-            while True:
-                checkpoint()
-                if len(records) >= MAX_SYSCALLS_PER_OP:
-                    raise CrashcheckError(f"op {op.index} ({op.text}) made too many system calls")
-                start = len(log.steps)
-                result = driver.execute(session, call, log)
-                records.append(SyscallRecord(len(records), call, result, start, len(log.steps)))
-                step_op.extend([op.index] * (len(log.steps) - start))
-                step_call.extend([len(records) - 1] * (len(log.steps) - start))
-                call = gen.send(result)
-        except StopIteration as stop:
-            failed = stop.value or 0
-        ops.append(
-            OpRecord(op, records, first, len(log.steps), failed, before, driver.view(log.root))
-        )
-    return Trace(spec, driver, initial, log.steps, step_op, step_call, [initial] + log.states, ops)
+        if op.kind == "steps":
+            for step in op.arg("steps"):
+                failed = rec.step(op, calls, step)
+                if failed:
+                    break  # the first raw step that fails ends the op
+        else:
+            gen = client_for(op, driver)
+            try:
+                call = next(gen)
+                while True:
+                    checkpoint()
+                    if len(calls) >= MAX_SYSCALLS_PER_OP:
+                        raise CrashcheckError(f"op {op.index} ({op.text}) made too many system calls")
+                    call = gen.send(rec.call(op, calls, call))
+            except StopIteration as stop:
+                failed = stop.value or 0
+        ops.append(OpRecord(op, calls, first, len(rec.log.steps), failed, before, mount.view(rec.log.root)))
+    return Trace(spec, mount, mount.initial, rec.records, ops)

@@ -19,6 +19,7 @@ from checker.engine.check import Result
 from checker.engine.explorer import Violation
 from checker.engine.invariants import INVARIANTS, CrashContext
 from checker.real import kernel
+from models.capabilities import KernelTwin
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -44,7 +45,8 @@ class KernelCrash:
 def confirm(result: Result) -> list[Confirmation]:
     """A confirmation for each violation of `result`, in order."""
     release = kernel.kernel_release()
-    if result.spec.driver != "overlayfs":
+    mount = result.trace.mount if result.trace is not None else None
+    if not isinstance(mount, KernelTwin):
         why = f"no real implementation of driver {result.spec.driver} to confirm on"
         return [Confirmation("unavailable", release, why) for _ in result.violations]
     reason = kernel.overlay_unavailable_reason()
@@ -67,26 +69,27 @@ def _confirm_one(
             "unavailable", release, f"{v.invariant} is a property of the steps, not of a crash state"
         )
     trace = result.trace
-    assert result.context is not None
+    assert result.context is not None and trace is not None and isinstance(trace.mount, KernelTwin)
+    options = trace.mount.kernel_mount_options()
     state = result.context.materialize(v.crash)
     real = cache.get(state.digest)
     if real is None:
-        real = cache[state.digest] = mount_crash_state(ws, state, result.spec.options, len(cache))
-    model_rec = trace.driver.recover(state)
+        real = cache[state.digest] = mount_crash_state(ws, state, options, len(cache))
+    model_rec = trace.mount.recover(state)
     recovery = real.recovery
     if recovery.refused and model_rec.refused:
         recovery = Recovery(None, recovery.refusal, model_rec.remedy)  # the fix is the model's
 
     def real_recover(root: Dir) -> Recovery:
-        return mount_crash_state(ws, root, result.spec.options, len(cache) + 1000).recovery
+        return mount_crash_state(ws, root, options, len(cache) + 1000).recovery
 
-    ctx = CrashContext(trace, trace.ops[v.op], recovery, real.view, trace.driver, real_recover)
+    ctx = CrashContext(trace, trace.ops[v.op], recovery, real.view, trace.mount, real_recover)
     findings = invariant.check(ctx)
     if findings:
         return Confirmation(
             "confirmed", release, f"mounted on Linux {release}, the kernel shows it: {findings[0].message}"
         )
-    model_view = trace.driver.view(model_rec.root) if model_rec.root is not None else None
+    model_view = trace.mount.view(model_rec.root) if model_rec.root is not None else None
     differs = views.diff(model_view, real.view) if real.view is not None else ["(mount refused)"]
     return Confirmation(
         "refuted", release,
@@ -96,7 +99,7 @@ def _confirm_one(
 
 
 def mount_crash_state(
-    ws: kernel.Workspace, state: Dir, options: dict[str, object], serial: int
+    ws: kernel.Workspace, state: Dir, options: list[str], serial: int
 ) -> KernelCrash:
     """Write a crash state, mount it (the kernel's recovery), read the view, unmount,
     and read back what the mount left in upper and work."""

@@ -26,6 +26,8 @@ from checker.real import kernel, sandbox
 from checker.real.fanotify import FanotifyUnavailable, FsWatcher
 from checker.real.ops import agrees, run_op
 from checker.spec import Spec
+from models import drivers
+from models.capabilities import KernelTwin
 from models.driver import Driver
 from models.steps import (
     Create,
@@ -40,6 +42,7 @@ from models.steps import (
     Tmpfile,
     Unlink,
 )
+from models.syscalls import RenameFlags
 
 TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+")
 
@@ -56,7 +59,7 @@ def namespace_events(step: Step) -> list[str]:
         return [f"create {step.dst}"]
     if isinstance(step, Rename):
         moves = [f"rename {step.src} -> {step.dst}"]
-        if step.flags == "exchange":
+        if step.flags is RenameFlags.EXCHANGE:
             moves.append(f"rename {step.dst} -> {step.src}")
         return moves
     if isinstance(step, Unlink):
@@ -122,8 +125,9 @@ class OpConformance:
 def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
     """Run the spec's workload on the kernel and compare each op's namespace changes with
     the model's (or with those of `driver`, a variant under test)."""
-    if spec.driver != "overlayfs":
-        raise CrashcheckError(f"{spec.file}: conform needs an overlayfs spec, not {spec.driver}")
+    if not issubclass((driver or drivers()[spec.driver]).MOUNT, KernelTwin):  # type: ignore[arg-type]
+        raise CrashcheckError(f"{spec.file}: conform needs a driver with a kernel twin (overlayfs), "
+                              f"not {spec.driver}")
     reason = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
     if reason is not None:
         raise kernel.KernelUnavailable(reason)
@@ -135,7 +139,8 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         ws.mount_tmpfs(fs)
         lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
         target = ws.path("mnt")
-        ws.mount_overlay(lowers, upper, work, target, spec.options)
+        assert isinstance(trace.mount, KernelTwin)
+        ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
         try:
             watcher = FsWatcher(upper.parent)
         except FanotifyUnavailable as e:

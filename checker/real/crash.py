@@ -48,6 +48,8 @@ from checker.real.ops import (
 )
 from checker.real.workspace import Workspace, workspace
 from checker.spec import Spec
+from models import drivers
+from models.capabilities import KernelTwin
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -61,7 +63,6 @@ fchown fchownat lchown chown utimensat utimes futimesat setxattr lsetxattr fsetx
 removexattr lremovexattr fremovexattr fsync fdatasync sync syncfs sync_file_range
 """
 MUTATING_SYSCALLS = ",".join("?" + name for name in _MUTATING.split())
-VOLATILE_REMEDY = "a volatile mount did not end cleanly: discard upper and work"
 MOUNT_WAIT = 10.0  # seconds for a FUSE daemon to have its mount up
 ATTACH_WAIT = 10.0  # seconds for strace to attach to a daemon
 IMPLEMENTATIONS = ("kernel", "fuse-overlayfs")
@@ -124,7 +125,7 @@ class Impl:
     name = ""
 
     def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
-              options: dict[str, object]) -> Mounted:
+              options: list[str]) -> Mounted:
         raise NotImplementedError
 
     def umount(self, lab: Lab, m: Mounted) -> None:
@@ -135,7 +136,7 @@ class KernelImpl(Impl):
     name = "kernel"
 
     def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
-              options: dict[str, object]) -> Mounted:
+              options: list[str]) -> Mounted:
         lab.ws.mount_overlay(lowers, upper, work, target, options)
         return Mounted(target)
 
@@ -150,7 +151,7 @@ class FuseImpl(Impl):
     name = "fuse-overlayfs"
 
     def mount(self, lab: Lab, lowers: list[Path], upper: Path, work: Path, target: Path,
-              options: dict[str, object]) -> Mounted:
+              options: list[str]) -> Mounted:
         target.mkdir(parents=True, exist_ok=True)
         opts = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
         lab.ws.journal(f"mount {target}")
@@ -374,7 +375,9 @@ class Template:
 class RealRun:
     def __init__(self, lab: Lab, impl: Impl, spec: Spec, trace: Trace) -> None:
         self.lab, self.impl, self.spec, self.trace = lab, impl, spec, trace
-        self.options = spec.options
+        assert isinstance(trace.mount, KernelTwin)
+        self.twin: KernelTwin = trace.mount
+        self.options = self.twin.kernel_mount_options()
         self.lower_digest: bytes = b""
 
     def copy(self, t: Template) -> Template:
@@ -392,7 +395,7 @@ class RealRun:
         try:
             m = self.mount(t)
         except kernel.MountRefused as e:
-            remedy = VOLATILE_REMEDY if self.options.get("volatile") else ""
+            remedy = self.twin.refusal_remedy()
             return Recovery(None, refusal=f"the mount is refused: {e}", remedy=remedy), None
         try:
             view = kernel.read_view(m.target)
@@ -472,7 +475,7 @@ class RealRun:
         def again(root: Dir) -> Recovery:
             return second if root is first_root and second is not None else Recovery(root)
 
-        ctx = CrashContext(self.trace, real_op, recovery, view, self.trace.driver, again)
+        ctx = CrashContext(self.trace, real_op, recovery, view, self.trace.mount, again)
         out = []
         for inv in selected(self.spec):
             findings: list[Finding]
@@ -492,8 +495,9 @@ class RealRun:
 
 def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | None = None) -> RealResult:
     """Crash-test the spec's workload on a real implementation."""
-    if spec.driver != "overlayfs":
-        raise RealUnavailable(f"{spec.file}: real crash tests need an overlayfs spec, not {spec.driver}")
+    if not issubclass(drivers()[spec.driver].MOUNT, KernelTwin):
+        raise RealUnavailable(f"{spec.file}: real crash tests need a driver with a kernel twin (overlayfs), "
+                              f"not {spec.driver}")
     reason = unavailable_reason(impl_name)
     if reason is not None:
         raise RealUnavailable(reason)

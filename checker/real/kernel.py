@@ -16,11 +16,11 @@ import subprocess
 from pathlib import Path
 
 from checker.errors import CrashcheckError
-from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, overlay_option, workspace
+from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, workspace
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
     "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
-    "materialize_overlay", "overlay_option", "overlay_unavailable_reason", "read_node", "read_upper",
+    "materialize_overlay", "overlay_unavailable_reason", "read_node", "read_upper",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
 from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs

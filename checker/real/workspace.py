@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,15 +193,6 @@ def teardown(root: Path) -> bool:
     return not os.path.lexists(root)
 
 
-def overlay_option(key: str, value: object) -> str:
-    """A crashcheck overlayfs option as a kernel mount option ('' when it is model-only)."""
-    if key == "redirect_dir":
-        return f"redirect_dir={'on' if value in (True, 'on') else ('follow' if value == 'follow' else 'off')}"
-    if key == "volatile":
-        return "volatile" if value else ""
-    return ""  # copy_up_fsync and friends describe kernel versions, not mount options
-
-
 # --- the workspace -------------------------------------------------------------------------------
 
 
@@ -230,14 +221,14 @@ class Workspace:
 
     def mount_overlay(
         self, lowers_top_first: list[Path], upper: Path, work: Path, target: Path,
-        options: Mapping[str, object] | None = None,
+        options: Sequence[str] = (),
     ) -> None:
-        """The kernel's overlayfs with a spec's overlayfs options."""
+        """The kernel's overlayfs with these mount options (a `KernelTwin`'s)."""
         opts = [
             "lowerdir=" + ":".join(str(p) for p in lowers_top_first),
             f"upperdir={upper}",
             f"workdir={work}",
-        ] + [overlay_option(k, v) for k, v in (options or {}).items()]
+        ] + list(options)
         self.run_mount(["mount", "-t", "overlay", "overlay", "-o", ",".join(o for o in opts if o),
                         str(target)], target)
 

@@ -38,6 +38,7 @@ from checker.engine.budget import Budget, checkpoint, z3_memory_megabytes
 from checker.engine.explorer import Context, Exploration, Violation, trace_level_violations, violations_at
 from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
+from models.capabilities import IdentityView, UnionView
 from models.steps import (
     Chmod,
     CopyData,
@@ -59,19 +60,19 @@ from models.steps import (
     Unlink,
     Write,
 )
+from models.syscalls import RenameFlags
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, lookup, split
 from models.union import OPAQUE, OVL_PREFIX, REDIRECT, Entry, Frame
 
 ABSENT, FILE, DIR, SYMLINK, WHITEOUT = 0, 1, 2, 3, 4
 KIND = {File: FILE, Dir: DIR, Symlink: SYMLINK, Whiteout: WHITEOUT}
-SUPPORTED_DRIVERS = ("overlayfs", "plain")
 MAX_REPLAYS = 64  # solver models replayed before giving up on a disagreeing encoding
 
 
 def unsupported(ctx: Context) -> str | None:
     """Why the symbolic engine cannot decide this trace, or None."""
-    if ctx.spec.driver not in SUPPORTED_DRIVERS:
-        return f"no symbolic encoding of driver {ctx.spec.driver}"
+    if not isinstance(ctx.trace.mount, (UnionView, IdentityView)):
+        return f"no symbolic encoding of driver {ctx.spec.driver}"  # models.capabilities
     states = ctx.trace.states
     for i, step in enumerate(ctx.trace.steps):
         if isinstance(step, Link) and isinstance(lookup(states[i], split(step.src)), File):
@@ -316,7 +317,7 @@ class Encoding:
             s, d = split(step.src), split(step.dst)
             self._set(d, g, self.nodes[s])
         elif isinstance(step, (Rename, LinkTmpfile)):
-            self._rename(g, split(step.src), split(step.dst), getattr(step, "flags", ""))
+            self._rename(g, split(step.src), split(step.dst), getattr(step, "flags", RenameFlags.NONE))
         elif isinstance(step, (Unlink, Rmdir, RemoveTree)):
             for p in self._under(split(step.path)):
                 self._set(p, g, ABSENT_NODE)
@@ -345,15 +346,15 @@ class Encoding:
         xattrs[name] = ite(g, Term.const(value), node.xattr(name))
         self.nodes[p] = SymNode(node.kind, node.data, node.mode, xattrs)
 
-    def _rename(self, g: z3.BoolRef, s: Parts, d: Parts, flags: str) -> None:
+    def _rename(self, g: z3.BoolRef, s: Parts, d: Parts, flags: RenameFlags) -> None:
         old = dict(self.nodes)
         for p in self._under(d):
             src = s + p[len(d) :]
             self.nodes[p] = node_ite(g, old.get(src, ABSENT_NODE), old[p])
         for p in self._under(s):
-            if flags == "exchange":
+            if flags is RenameFlags.EXCHANGE:
                 repl = old.get(d + p[len(s) :], ABSENT_NODE)
-            elif flags == "whiteout" and p == s:
+            elif flags is RenameFlags.WHITEOUT and p == s:
                 repl = self._new(WHITEOUT)
             else:
                 repl = ABSENT_NODE
@@ -429,7 +430,7 @@ class ViewNode:
 class Viewer:
     def __init__(self, enc: Encoding) -> None:
         self.enc = enc
-        self.driver = enc.trace.driver
+        self.mount = enc.trace.mount
         self.cache: dict[Parts, ViewNode] = {}
 
     def view(self, v: Parts) -> ViewNode:
@@ -457,20 +458,22 @@ class OverlayViewer(Viewer):
 
     def __init__(self, enc: Encoding) -> None:
         super().__init__(enc)
-        self.union = self.driver.union
+        assert isinstance(self.mount, UnionView)
+        self.union = self.mount.union
+        self.upper: Parts = self.mount.upper_path
         self.interner = enc.interner
         self.entry_cases: dict[Parts, list[tuple[z3.BoolRef, Entry]]] = {}
 
     def view_paths(self) -> set[Parts]:
         out: set[Parts] = set()
+        n = len(self.upper)
         for p in self.enc.paths:
-            if p[:1] == ("upper",) and len(p) > 1:
-                out.add(p[1:])
-        for name, layer in self.enc.trace.initial.entries.items():
-            if name.startswith("lower"):
-                for parts, _ in _walk(layer):
-                    if parts:
-                        out.add(parts)
+            if p[:n] == self.upper and len(p) > n:
+                out.add(p[n:])
+        for frame in self.union.lower_roots:
+            for parts, _ in _walk(frame.node):
+                if parts:
+                    out.add(parts)
         return out
 
     def _stub(self, kind: int, opaque: int, redirect: int) -> Node | None:
@@ -500,7 +503,7 @@ class OverlayViewer(Viewer):
             out = [(z3.BoolVal(True), root)]
         else:
             out = []
-            upper_node = self.enc.nodes.get(("upper",) + v, ABSENT_NODE)
+            upper_node = self.enc.nodes.get(self.upper + v, ABSENT_NODE)
             for cond, parent in self.cases_of(v[:-1]):
                 if not parent.is_dir:
                     continue
@@ -528,7 +531,7 @@ class OverlayViewer(Viewer):
         hit = self.cache.get(v)
         if hit is not None:
             return hit
-        upper_node = self.enc.nodes.get(("upper",) + v, ABSENT_NODE)
+        upper_node = self.enc.nodes.get(self.upper + v, ABSENT_NODE)
         exists: list[z3.BoolRef] = []
         result = ABSENT_NODE
         for cond, entry in self.cases_of(v):
@@ -560,7 +563,8 @@ class OverlayViewer(Viewer):
 
 
 def viewer_for(enc: Encoding) -> Viewer:
-    return OverlayViewer(enc) if enc.ctx.spec.driver == "overlayfs" else PlainViewer(enc)
+    """The view encoder of the mount's capability (`UnionView` or `IdentityView`)."""
+    return OverlayViewer(enc) if isinstance(enc.trace.mount, UnionView) else PlainViewer(enc)
 
 
 # --- invariants -------------------------------------------------------------------------

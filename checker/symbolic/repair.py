@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from checker.engine.budget import Budget
 from checker.engine.explorer import UNLIMITED, Context, explore
 from checker.engine.persistence import CrashState, step_facts
-from checker.engine.trace import OpRecord, SyscallRecord, Trace
+from checker.engine.trace import OpRecord, SyscallRecord, Trace, TraceStep
 from models.steps import Fsync
 
 MAX_ROUNDS = 200  # counterexamples before the search gives up
@@ -53,22 +53,16 @@ def with_fsyncs(trace: Trace, fix: list[FsyncFix]) -> Trace:
     after: dict[int, list[str]] = {}
     for f in fix:
         after.setdefault(f.after_step - 1, []).append(f.path)
-    steps, step_op, step_call, states = [], [], [], [trace.initial]
+    records: list[TraceStep] = []
     index: dict[int, int] = {}  # old step -> new position
-    for i, step in enumerate(trace.steps):
-        index[i] = len(steps)
-        steps.append(step)
-        step_op.append(trace.step_op[i])
-        step_call.append(trace.step_call[i])
-        states.append(trace.states[i + 1])
+    for i, record in enumerate(trace.records):
+        index[i] = len(records)
+        records.append(record)
         for path in after.get(i, []):
-            steps.append(Fsync(path))
-            step_op.append(trace.step_op[i])
-            step_call.append(trace.step_call[i])
-            states.append(trace.states[i + 1])
+            records.append(replace(record, step=Fsync(path)))  # the tree after it is unchanged
 
     def moved(first: int) -> int:
-        return index[first] if first in index else len(steps)
+        return index[first] if first in index else len(records)
 
     ops = []
     for op in trace.ops:
@@ -81,7 +75,7 @@ def with_fsyncs(trace: Trace, fix: list[FsyncFix]) -> Trace:
                 op, syscalls=calls, first_step=moved(op.first_step), end_step=moved(op.end_step), cache={}
             )
         )
-    return Trace(trace.spec, trace.driver, trace.initial, steps, step_op, step_call, states, ops)
+    return Trace(trace.spec, trace.mount, trace.initial, records, ops)
 
 
 def candidates(trace: Trace) -> list[FsyncFix]:

@@ -34,7 +34,7 @@ from checker.engine.budget import Budget
 from checker.engine.check import check
 from checker.errors import UsageError
 from checker.spec import parse_spec
-from models import drivers
+from models import REFERENCE_DRIVER, drivers
 
 FILES = ["A/foo", "A/bar", "B/foo", "B/bar", "A/C/foo"]
 DIRS = ["A", "B", "A/C"]
@@ -123,7 +123,7 @@ def check_workload(settings: Settings, setup: str, ops: list[dict[str, Any]]) ->
     budget = Budget(max_states=STATE_BUDGET)
     try:
         driver_spec = parse_spec(settings.table(setup, ops), "<explore>")
-        plain_spec = parse_spec(settings.table(setup, ops, "plain"), "<explore>")
+        plain_spec = parse_spec(settings.table(setup, ops, REFERENCE_DRIVER), "<explore>")
     except Exception as e:  # an op this setup cannot express is a bug of the generator
         raise UsageError(f"explore: generated an invalid workload: {e}") from None
     on_driver = check(driver_spec, budget=budget)
