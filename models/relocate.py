@@ -9,26 +9,19 @@ before applying it, so every step appears in the trace where it really happens.
 
 from __future__ import annotations
 
-import dataclasses
-
 from models.steps import Step, StepLog
 from models.tree import Dir, Node, join, lookup, split
 
-PATH_FIELDS = ("path", "src", "dst")
-
 
 def relocate(step: Step, places: dict[str, str]) -> Step:
-    """`step` with the first component of each path replaced by its real place."""
-    changes = {}
-    for name in PATH_FIELDS:
-        value = getattr(step, name, None)
-        if not isinstance(value, str) or not value:
-            continue
-        parts = split(value)
-        real = places.get(parts[0])
-        if real is not None:
-            changes[name] = join(split(real) + parts[1:])
-    return dataclasses.replace(step, **changes) if changes else step
+    """`step` with the first component of each path it names replaced by its real place."""
+
+    def place(path: str) -> str:
+        parts = split(path)
+        real = places.get(parts[0]) if parts else None
+        return join(split(real) + parts[1:]) if real is not None else path
+
+    return step.moved(place)
 
 
 class RelocatedLog:

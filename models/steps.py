@@ -9,9 +9,13 @@ rename(2) does. Steps on a hard-linked file update every link.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import errno
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from models.syscalls import RenameFlags
 from models.tree import (
@@ -85,23 +89,87 @@ def _retarget_links(root: Dir, ino: int, nlink: int, skip: Parts | None = None) 
     return root
 
 
+class Effect(enum.Enum):
+    """What a step does to names and inodes."""
+
+    MAKE = "make"  # a new entry with a new inode at `path`
+    LINK = "link"  # `dst` becomes another name of `src`'s inode
+    MOVE = "move"  # `src` moves to `dst` (rename; an O_TMPFILE linked into place)
+    REMOVE = "remove"  # the entry at `path` (and what is below it) goes
+    FSYNC = "fsync"  # what was done to `path`'s inode persists before anything later
+    SYNCFS = "syncfs"  # everything before persists before anything later
+    TOUCH = "touch"  # the data or attributes of the existing inode at `path` change
+
+
+NAMESPACE_EFFECTS = frozenset({Effect.MAKE, Effect.LINK, Effect.MOVE, Effect.REMOVE})
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a step does, in the vocabulary the persistence models (which inodes it
+    touches, which step made the entry it works on) and the symbolic engine (what each
+    path holds after it) share."""
+
+    effect: Effect
+    path: str = ""  # MAKE, REMOVE, FSYNC, TOUCH
+    src: str = ""  # LINK, MOVE
+    dst: str = ""
+    flags: RenameFlags = RenameFlags.NONE  # MOVE: EXCHANGE swaps, WHITEOUT leaves one at src
+    node: Node | None = None  # MAKE: the node it creates
+    xattr: tuple[str, bytes | None] | None = None  # TOUCH: an xattr set (or removed: None)
+    mode: int | None = None  # TOUCH: a new mode
+
+
 @dataclass(frozen=True)
 class Step:
-    """One primitive operation on the backing store."""
+    """One primitive operation on the backing store. Each step describes itself: its
+    effect (`shape`), the paths it names (`PATH_FIELDS`), the namespace changes fanotify
+    reports for it (`events`) and, for a data step, how a crash can tear it."""
 
     kind = "step"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("path",)
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        raise NotImplementedError
+
+    def shape(self) -> Shape:
         raise NotImplementedError
 
     def writes(self) -> tuple[str, ...]:
         """Paths whose node or entry this step changes."""
         return ()
 
+    def events(self) -> list[str]:
+        """The namespace changes a fanotify mark on the file system reports for it."""
+        return []
+
+    def paths(self) -> list[str]:
+        return [getattr(self, f) for f in self.PATH_FIELDS]
+
+    def moved(self, place: Callable[[str], str]) -> Step:
+        """The same step with each path it names mapped through `place`."""
+        return dataclasses.replace(self, **{f: place(getattr(self, f)) for f in self.PATH_FIELDS})
+
     @property
     def is_data(self) -> bool:
         """True for steps that change file data (not names or attributes)."""
         return False
+
+    @property
+    def is_namespace(self) -> bool:
+        return self.shape().effect in NAMESPACE_EFFECTS
+
+    def pieces(self, block_size: int, before: Dir) -> int:
+        """Into how many blocks a crash can cut this step (`before`: the tree it ran on)."""
+        return 1
+
+    def torn(self, root: Dir, amount: int, block_size: int, device: Device, source: bytes | None) -> Dir:
+        """`root` with the first `amount` of this data step's blocks applied."""
+        raise ValueError(f"step {self} cannot be torn")
+
+    def block_range(self, block_size: int) -> tuple[int, float]:
+        """The blocks [lo, hi) of its file a data step writes."""
+        return 0, math.inf
 
     def __str__(self) -> str:
         raise NotImplementedError
@@ -118,8 +186,14 @@ class Mkdir(Step):
         _absent(root, parts)
         return replace(root, parts, Dir(mode=self.mode))
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MAKE, self.path, node=Dir(mode=self.mode))
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"mkdir {self.path}"]
 
     def __str__(self) -> str:
         return f"mkdir {self.path}" + ("" if self.mode == DEFAULT_DIR_MODE else f" mode {self.mode:o}")
@@ -139,8 +213,14 @@ class Create(Step):
         _absent(root, parts)
         return replace(root, parts, File(b"", self.mode, ino=self.ino))
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MAKE, self.path, node=File(b"", self.mode))
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"create {self.path}"]
 
     def __str__(self) -> str:
         return f"create {self.path}"
@@ -152,6 +232,9 @@ class Tmpfile(Create):
     reader sees; the kernel frees it at the next mount if it was never linked."""
 
     kind = "tmpfile"
+
+    def events(self) -> list[str]:
+        return []  # an O_TMPFILE has no name until it is linked
 
     def __str__(self) -> str:
         return f"tmpfile {self.path}"
@@ -185,12 +268,32 @@ class Write(Step):
 
         return _update_inode(root, split(self.path), change)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path)
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
 
     @property
     def is_data(self) -> bool:
         return True
+
+    def pieces(self, block_size: int, before: Dir) -> int:
+        return max(1, math.ceil(len(self.data) / block_size))
+
+    def torn(self, root: Dir, amount: int, block_size: int, device: Device, source: bytes | None) -> Dir:
+        part = self.data[: amount * block_size]
+        if not self.replace:
+            return Write(self.path, part, self.offset).apply(root, device)
+        node = lookup(root, split(self.path))
+        old = node.content if isinstance(node, File) else b""
+        content = (part + old[len(part) :])[: len(self.data)]
+        return Write(self.path, content, 0, replace=True).apply(root, device)
+
+    def block_range(self, block_size: int) -> tuple[int, float]:
+        if self.replace:
+            return 0, math.inf  # a replacing write rewrites the whole file
+        return self.offset // block_size, (self.offset + max(len(self.data), 1) - 1) // block_size + 1
 
     def __str__(self) -> str:
         what = "=" if self.replace else f"@{self.offset} +"
@@ -217,12 +320,18 @@ class Truncate(Step):
 
         return _update_inode(root, split(self.path), change)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path)
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
 
     @property
     def is_data(self) -> bool:
         return True
+
+    def block_range(self, block_size: int) -> tuple[int, float]:
+        return self.size // block_size, math.inf
 
     def __str__(self) -> str:
         return f"truncate {self.path} {self.size}"
@@ -235,6 +344,7 @@ class CopyData(Step):
     src: str
     dst: str
     kind = "copy_data"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("src", "dst")
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         src = _existing(root, split(self.src))
@@ -245,12 +355,26 @@ class CopyData(Step):
             root, split(self.dst), lambda n: n.with_content(src.content)  # type: ignore[attr-defined]
         )
 
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.dst)
+
     def writes(self) -> tuple[str, ...]:
         return (self.dst,)
 
     @property
     def is_data(self) -> bool:
         return True
+
+    def pieces(self, block_size: int, before: Dir) -> int:
+        src = lookup(before, split(self.src))
+        size = len(src.content) if isinstance(src, File) else 0
+        return max(1, math.ceil(size / block_size))
+
+    def torn(self, root: Dir, amount: int, block_size: int, device: Device, source: bytes | None) -> Dir:
+        if source is None:  # without the data it read, what the source holds now
+            src = lookup(root, split(self.src))
+            source = src.content if isinstance(src, File) else b""
+        return Write(self.dst, source[: amount * block_size], 0, replace=True).apply(root, device)
 
     def __str__(self) -> str:
         return f"copy {self.src} -> {self.dst}"
@@ -265,6 +389,9 @@ class SetXattr(Step):
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         return _update_inode(root, split(self.path), lambda n: n.with_xattr(self.name, self.value))
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path, xattr=(self.name, self.value))
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
@@ -285,6 +412,9 @@ class RemoveXattr(Step):
             raise FsError(errno.ENODATA, self.path)
         return _update_inode(root, split(self.path), lambda n: n.with_xattr(self.name, None))
 
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path, xattr=(self.name, None))
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
 
@@ -304,6 +434,9 @@ class Chmod(Step):
             return root  # modes of symlinks and devices are not modelled
         return _update_inode(root, split(self.path), lambda n: n.with_mode(self.mode))  # type: ignore[attr-defined]
 
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path, mode=self.mode)
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
 
@@ -321,8 +454,14 @@ class MknodWhiteout(Step):
         _absent(root, parts)
         return replace(root, parts, Whiteout())
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MAKE, self.path, node=Whiteout())
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"create {self.path}"]
 
     def __str__(self) -> str:
         return f"mknod {self.path} c 0 0 (whiteout)"
@@ -334,6 +473,7 @@ class Link(Step):
     dst: str
     ino: int = 0  # inode number given to a file that gets its first extra link
     kind = "link"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("src", "dst")
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         sp, dp = split(self.src), split(self.dst)
@@ -352,8 +492,14 @@ class Link(Step):
         root = replace(root, sp, linked)
         return replace(root, dp, linked)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.LINK, src=self.src, dst=self.dst)
+
     def writes(self) -> tuple[str, ...]:
         return (self.src, self.dst)
+
+    def events(self) -> list[str]:
+        return [f"create {self.dst}"]
 
     def __str__(self) -> str:
         return f"link {self.src} -> {self.dst}"
@@ -367,6 +513,7 @@ class LinkTmpfile(Step):
     src: str
     dst: str
     kind = "link_tmpfile"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("src", "dst")
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         sp, dp = split(self.src), split(self.dst)
@@ -377,8 +524,14 @@ class LinkTmpfile(Step):
         root = replace(root, sp, None)
         return replace(root, dp, node)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MOVE, src=self.src, dst=self.dst)
+
     def writes(self) -> tuple[str, ...]:
         return (self.src, self.dst)
+
+    def events(self) -> list[str]:
+        return [f"create {self.dst}"]
 
     def __str__(self) -> str:
         return f"link {self.src} -> {self.dst} (tmpfile)"
@@ -395,8 +548,14 @@ class MakeSymlink(Step):
         _absent(root, parts)
         return replace(root, parts, Symlink(self.target))
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MAKE, self.path, node=Symlink(self.target))
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"create {self.path}"]
 
     def __str__(self) -> str:
         return f"symlink {self.path} -> {self.target}"
@@ -410,6 +569,7 @@ class Rename(Step):
     dst: str
     flags: RenameFlags = RenameFlags.NONE
     kind = "rename"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("src", "dst")
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         sp, dp = split(self.src), split(self.dst)
@@ -447,8 +607,17 @@ class Rename(Step):
         leftover: Node | None = Whiteout() if self.flags is RenameFlags.WHITEOUT else None
         return _move(root, {sp: leftover, dp: src})
 
+    def shape(self) -> Shape:
+        return Shape(Effect.MOVE, src=self.src, dst=self.dst, flags=self.flags)
+
     def writes(self) -> tuple[str, ...]:
         return (self.src, self.dst)
+
+    def events(self) -> list[str]:
+        moves = [f"rename {self.src} -> {self.dst}"]
+        if self.flags is RenameFlags.EXCHANGE:
+            moves.append(f"rename {self.dst} -> {self.src}")
+        return moves
 
     def __str__(self) -> str:
         flag = f" ({self.flags.value})" if self.flags is not RenameFlags.NONE else ""
@@ -480,8 +649,14 @@ class Unlink(Step):
             root = _retarget_links(root, node.ino, node.nlink - 1, skip=parts)
         return replace(root, parts, None)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.REMOVE, self.path)
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"unlink {self.path}"]
 
     def __str__(self) -> str:
         return f"unlink {self.path}"
@@ -501,8 +676,14 @@ class Rmdir(Step):
             raise FsError(errno.ENOTEMPTY, self.path)
         return replace(root, parts, None)
 
+    def shape(self) -> Shape:
+        return Shape(Effect.REMOVE, self.path)
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def events(self) -> list[str]:
+        return [f"rmdir {self.path}"]
 
     def __str__(self) -> str:
         return f"rmdir {self.path}"
@@ -519,6 +700,9 @@ class Fsync(Step):
         _existing(root, split(self.path))
         return root
 
+    def shape(self) -> Shape:
+        return Shape(Effect.FSYNC, self.path)
+
     def __str__(self) -> str:
         return f"fsync {self.path}"
 
@@ -533,6 +717,9 @@ class Syncfs(Step):
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         return root
 
+    def shape(self) -> Shape:
+        return Shape(Effect.SYNCFS)
+
     def __str__(self) -> str:
         return f"syncfs {self.path or '/'}"
 
@@ -546,6 +733,9 @@ class RemoveTree(Step):
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         return remove_subtree(root, split(self.path))
+
+    def shape(self) -> Shape:
+        return Shape(Effect.REMOVE, self.path)
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)

@@ -24,8 +24,9 @@ weak persistence may reorder them freely.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from models.steps import Device, Step, Syncfs, one_device
+from models.steps import Device, Effect, Shape, Step, Syncfs, one_device
 from models.tree import Dir, File, Node, ensure_dirs, lookup, replace, split
 
 POOL_DATA = ("pool", "data")
@@ -137,6 +138,11 @@ class PoolStep(Step):
     """A step on the pool; its `path` property names what it changes (the persistence
     models follow steps by path)."""
 
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ()  # `path` is derived from its numbers
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path)  # type: ignore[attr-defined]
+
     def writes(self) -> tuple[str, ...]:
         return (self.path,)  # type: ignore[attr-defined]
 
@@ -194,6 +200,10 @@ class WriteBlock(Step):
     slot: int
     data: bytes
     kind = "write_block"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path)
 
     @property
     def path(self) -> str:  # the whole block: writes to one block persist in order
@@ -391,6 +401,10 @@ class CommitMetadataUnflushed(Step):
 
     metadata: bytes = b""
     kind = "commit_metadata_unflushed"
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path)
 
     @property
     def path(self) -> str:

@@ -22,7 +22,6 @@ created the entries it works on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,21 +32,7 @@ from checker.spec import DEFAULT_BLOCK_SIZE
 if TYPE_CHECKING:
     import networkx as nx
 from checker.engine.trace import Trace
-from models.steps import (
-    CopyData,
-    Device,
-    Fsync,
-    Link,
-    LinkTmpfile,
-    RemoveTree,
-    Rename,
-    Rmdir,
-    Step,
-    Syncfs,
-    Truncate,
-    Unlink,
-    Write,
-)
+from models.steps import CopyData, Device, Effect, Step, Write
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Parts, lookup, split
 
@@ -152,15 +137,6 @@ class Constraints:
         return True
 
 
-def _blocks(step: Step, block_size: int) -> tuple[int, float]:
-    """The block range [lo, hi) a data step writes."""
-    if isinstance(step, Write) and not step.replace:
-        return step.offset // block_size, (step.offset + max(len(step.data), 1) - 1) // block_size + 1
-    if isinstance(step, Truncate):
-        return step.size // block_size, math.inf
-    return 0, math.inf  # a replacing write or a copy rewrites the whole file
-
-
 def count_ideals(c: Constraints, limit: int) -> int:
     """The number of crash states of `c`, counting no further than `limit`."""
     n = len(c.pieces)
@@ -189,23 +165,8 @@ def count_ideals(c: Constraints, limit: int) -> int:
 
 # --- what steps touch -----------------------------------------------------------------
 
-NAMESPACE = (
-    "mkdir",
-    "create",
-    "tmpfile",
-    "mknod_whiteout",
-    "symlink",
-    "link",
-    "link_tmpfile",
-    "rename",
-    "unlink",
-    "rmdir",
-    "remove_tree",
-)
-
-
 def is_namespace(step: Step) -> bool:
-    return step.kind in NAMESPACE
+    return step.is_namespace
 
 
 def _under(path: Parts, top: Parts) -> bool:
@@ -271,53 +232,51 @@ def step_facts(trace: Trace) -> StepFacts:
     for i, step in enumerate(trace.steps):
         checkpoint()
         f: int | None = None
-        if isinstance(step, Rename):
-            s, d = split(step.src), split(step.dst)
+        shape = step.shape()
+        effect = shape.effect
+        if effect in (Effect.MOVE, Effect.LINK):
+            s, d = split(shape.src), split(shape.dst)
             creators.append(_latest(creator_of(s), creator_of(d[:-1])))
-            t = {ino(s), ino(s[:-1]), ino(d[:-1])}
-            if d in inode:
-                t.add(inode[d])
-            if step.flags is RenameFlags.EXCHANGE:
-                a = {k: v for k, v in inode.items() if _under(k, s)}
-                b = {k: v for k, v in inode.items() if _under(k, d)}
-                for k in list(a) + list(b):
-                    inode.pop(k, None)
-                inode.update({d + k[len(s) :]: v for k, v in a.items()})
-                inode.update({s + k[len(d) :]: v for k, v in b.items()})
-                made[s] = made[d] = i
+            if effect is Effect.LINK:
+                t = {ino(s), ino(d[:-1])}
+                inode[d] = ino(s)
+                made[d] = i
             else:
-                move(s, d, i)
-                if step.flags is RenameFlags.WHITEOUT:
-                    fresh(s)
-                    made[s] = i
-        elif isinstance(step, LinkTmpfile):
-            s, d = split(step.src), split(step.dst)
-            creators.append(_latest(creator_of(s), creator_of(d[:-1])))
-            t = {ino(s), ino(s[:-1]), ino(d[:-1])}
-            move(s, d, i)
-        elif isinstance(step, Link):
-            s, d = split(step.src), split(step.dst)
-            creators.append(_latest(creator_of(s), creator_of(d[:-1])))
-            t = {ino(s), ino(d[:-1])}
-            inode[d] = ino(s)
-            made[d] = i
-        elif isinstance(step, (Unlink, Rmdir, RemoveTree)):
-            p = split(step.path)
+                t = {ino(s), ino(s[:-1]), ino(d[:-1])}
+                if d in inode:
+                    t.add(inode[d])
+                if shape.flags is RenameFlags.EXCHANGE:
+                    a = {k: v for k, v in inode.items() if _under(k, s)}
+                    b = {k: v for k, v in inode.items() if _under(k, d)}
+                    for k in list(a) + list(b):
+                        inode.pop(k, None)
+                    inode.update({d + k[len(s) :]: v for k, v in a.items()})
+                    inode.update({s + k[len(d) :]: v for k, v in b.items()})
+                    made[s] = made[d] = i
+                else:
+                    move(s, d, i)
+                    if shape.flags is RenameFlags.WHITEOUT:
+                        fresh(s)
+                        made[s] = i
+        elif effect is Effect.REMOVE:
+            p = split(shape.path)
             creators.append(creator_of(p))
             t = {ino(p), ino(p[:-1])}
             drop(p)
-        elif is_namespace(step):  # mkdir, create, tmpfile, mknod, symlink
-            p = split(step.path)  # type: ignore[attr-defined]
+        elif effect is Effect.MAKE:
+            p = split(shape.path)
             creators.append(creator_of(p[:-1]))
             t = {fresh(p), ino(p[:-1])}
             made[p] = i
-        elif isinstance(step, (Fsync, Syncfs)):
-            creators.append(creator_of(split(step.path)) if isinstance(step, Fsync) else None)
+        elif effect is Effect.FSYNC:
+            creators.append(creator_of(split(shape.path)))
             t = set()
-            if isinstance(step, Fsync):
-                f = ino(split(step.path))
-        else:  # data and attribute steps on one path
-            p = split(step.dst if isinstance(step, CopyData) else step.path)  # type: ignore[attr-defined]
+            f = ino(split(shape.path))
+        elif effect is Effect.SYNCFS:
+            creators.append(None)
+            t = set()
+        else:  # TOUCH: data and attribute steps on one path
+            p = split(shape.path)
             creators.append(creator_of(p))
             t = {ino(p)}
         touches.append(frozenset(t))
@@ -328,19 +287,9 @@ def step_facts(trace: Trace) -> StepFacts:
 
 def pieces_of(trace: Trace, block_size: int, tear: bool) -> list[int]:
     """How many blocks each step has (1 for every non-data step, or when not tearing)."""
-    out = []
-    for i, step in enumerate(trace.steps):
-        if not tear:
-            out.append(1)
-        elif isinstance(step, Write):
-            out.append(max(1, math.ceil(len(step.data) / block_size)))
-        elif isinstance(step, CopyData):
-            src = lookup(trace.states[i], split(step.src))
-            size = len(src.content) if isinstance(src, File) else 0
-            out.append(max(1, math.ceil(size / block_size)))
-        else:
-            out.append(1)
-    return out
+    if not tear:
+        return [1] * len(trace.steps)
+    return [step.pieces(block_size, trace.states[i]) for i, step in enumerate(trace.steps)]
 
 
 def copy_sources(trace: Trace) -> list[bytes | None]:
@@ -365,24 +314,11 @@ def apply_amount(root: Dir, step: Step, amount: int, pieces: int, block_size: in
                  source: bytes | None = None) -> Dir:
     """Apply all of a step, or the first `amount` blocks of a torn data step; a copy
     writes `source` (what it read when the trace ran) when given."""
-    if isinstance(step, CopyData) and source is not None:
-        data = source if amount >= pieces else source[: amount * block_size]
-        return Write(step.dst, data, 0, replace=True).apply(root, device)
+    if isinstance(step, CopyData) and source is not None and amount >= pieces:
+        return Write(step.dst, source, 0, replace=True).apply(root, device)
     if amount >= pieces:
         return step.apply(root, device)
-    if isinstance(step, Write):
-        part = step.data[: amount * block_size]
-        node = lookup(root, split(step.path))
-        old = node.content if isinstance(node, File) else b""
-        if step.replace:
-            content = (part + old[len(part) :])[: len(step.data)]
-            return Write(step.path, content, 0, replace=True).apply(root, device)
-        return Write(step.path, part, step.offset).apply(root, device)
-    if isinstance(step, CopyData):
-        src = lookup(root, split(step.src))
-        data = src.content[: amount * block_size] if isinstance(src, File) else b""
-        return Write(step.dst, data, 0, replace=True).apply(root, device)
-    raise ValueError(f"step {step} cannot be torn")
+    return step.torn(root, amount, block_size, device, source)
 
 
 # --- the models -------------------------------------------------------------------------
@@ -480,10 +416,11 @@ class Persistence:
         for j, step in enumerate(trace.steps):
             if barrier is not None:
                 graph.add_edge(barrier, j)
-            if isinstance(step, Syncfs):
+            effect = step.shape().effect
+            if effect is Effect.SYNCFS:
                 graph.add_edges_from((i, j) for i in range(since_syncfs, j))
                 since_syncfs = barrier = j
-            elif isinstance(step, Fsync) and facts.fsynced[j] is not None:
+            elif effect is Effect.FSYNC and facts.fsynced[j] is not None:
                 f = facts.fsynced[j]
                 graph.add_edges_from((i, j) for i in touching.get(f, ()) if i >= since_syncfs)
                 barrier = j
@@ -497,7 +434,7 @@ class Persistence:
         for i, step in enumerate(trace.steps):
             if not step.is_data:
                 continue
-            lo, hi = _blocks(step, block_size)
+            lo, hi = step.block_range(block_size)
             for inode in facts.touches[i]:
                 for j, a, b in seen.get(inode, ()):
                     if a < hi and lo < b:

@@ -30,43 +30,15 @@ from models import drivers
 from models.capabilities import KernelTwin
 from models.driver import Driver
 from models.steps import (
-    Create,
-    Link,
-    LinkTmpfile,
-    MakeSymlink,
-    Mkdir,
-    MknodWhiteout,
-    Rename,
-    Rmdir,
     Step,
-    Tmpfile,
-    Unlink,
 )
-from models.syscalls import RenameFlags
 
 TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+")
 
 
 def namespace_events(step: Step) -> list[str]:
-    """The namespace changes a step makes, as fanotify reports them."""
-    if isinstance(step, Tmpfile):
-        return []  # an O_TMPFILE has no name until it is linked
-    if isinstance(step, Mkdir):
-        return [f"mkdir {step.path}"]
-    if isinstance(step, (Create, MknodWhiteout, MakeSymlink)):
-        return [f"create {step.path}"]
-    if isinstance(step, (Link, LinkTmpfile)):
-        return [f"create {step.dst}"]
-    if isinstance(step, Rename):
-        moves = [f"rename {step.src} -> {step.dst}"]
-        if step.flags is RenameFlags.EXCHANGE:
-            moves.append(f"rename {step.dst} -> {step.src}")
-        return moves
-    if isinstance(step, Unlink):
-        return [f"unlink {step.path}"]
-    if isinstance(step, Rmdir):
-        return [f"rmdir {step.path}"]
-    return []
+    """The namespace changes a step makes, as fanotify reports them (the step says)."""
+    return step.events()
 
 
 def normalize(events: list[str]) -> list[str]:

@@ -39,29 +39,9 @@ from checker.engine.explorer import Context, Exploration, Violation, trace_level
 from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.capabilities import IdentityView, UnionView
-from models.steps import (
-    Chmod,
-    CopyData,
-    Create,
-    Fsync,
-    Link,
-    LinkTmpfile,
-    MakeSymlink,
-    Mkdir,
-    MknodWhiteout,
-    RemoveTree,
-    RemoveXattr,
-    Rename,
-    Rmdir,
-    SetXattr,
-    Syncfs,
-    Tmpfile,
-    Truncate,
-    Unlink,
-    Write,
-)
+from models.steps import Effect, Link, Step
 from models.syscalls import RenameFlags
-from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, lookup, split
+from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, join, lookup, split
 from models.union import OPAQUE, OVL_PREFIX, REDIRECT, Entry, Frame
 
 ABSENT, FILE, DIR, SYMLINK, WHITEOUT = 0, 1, 2, 3, 4
@@ -181,11 +161,11 @@ def universe(ctx: Context) -> set[Parts]:
     for parts, _ in _walk(ctx.trace.initial):
         paths.add(parts)
     for step in ctx.trace.steps:
-        for attr in ("path", "src", "dst"):
-            value = getattr(step, attr, None)
-            if isinstance(value, str) and value:
+        for value in step.paths():
+            if value:
                 paths.add(split(value))
-    moves = [(split(s.src), split(s.dst)) for s in ctx.trace.steps if isinstance(s, (Rename, LinkTmpfile))]
+    moves = [(split(sh.src), split(sh.dst)) for sh in (s.shape() for s in ctx.trace.steps)
+             if sh.effect is Effect.MOVE]
     changed = True
     while changed:
         changed = False
@@ -303,41 +283,47 @@ class Encoding:
     def _new(self, kind: int, data: int = 0, mode: int = 0) -> SymNode:
         return SymNode(Term.const(kind), Term.const(data), Term.const(mode))
 
-    def _step(self, i: int, step: object) -> None:
+    def _step(self, i: int, step: Step) -> None:
+        """What a step does, from its own description (`Step.shape`)."""
         g = self.some[i]
-        if isinstance(step, Mkdir):
-            self._set(split(step.path), g, self._new(DIR, 0, step.mode))
-        elif isinstance(step, (Create, Tmpfile)):
-            self._set(split(step.path), g, self._new(FILE, self.interner.id(b""), step.mode))
-        elif isinstance(step, MknodWhiteout):
-            self._set(split(step.path), g, self._new(WHITEOUT))
-        elif isinstance(step, MakeSymlink):
-            self._set(split(step.path), g, self._new(SYMLINK, self.interner.id(step.target.encode())))
-        elif isinstance(step, Link):
-            s, d = split(step.src), split(step.dst)
-            self._set(d, g, self.nodes[s])
-        elif isinstance(step, (Rename, LinkTmpfile)):
-            self._rename(g, split(step.src), split(step.dst), getattr(step, "flags", RenameFlags.NONE))
-        elif isinstance(step, (Unlink, Rmdir, RemoveTree)):
-            for p in self._under(split(step.path)):
-                self._set(p, g, ABSENT_NODE)
-        elif isinstance(step, SetXattr):
-            self._attr(split(step.path), g, xattr=(step.name, self.interner.id(step.value)))
-        elif isinstance(step, RemoveXattr):
-            self._attr(split(step.path), g, xattr=(step.name, 0))
-        elif isinstance(step, Chmod):
-            p = split(step.path)
-            node = self.nodes[p]
-            ok = z3.And(g, z3.Or(node.kind.expr == FILE, node.kind.expr == DIR))
-            self.nodes[p] = SymNode(
-                node.kind, node.data, ite(ok, Term.const(step.mode), node.mode), node.xattrs
-            )
-        elif isinstance(step, (Write, Truncate, CopyData)):
-            self._data(i, step)
-        elif isinstance(step, (Fsync, Syncfs)):
-            pass
-        else:
-            raise NotImplementedError(f"symbolic engine: step {step}")
+        shape = step.shape()
+        match shape.effect:
+            case Effect.MAKE:
+                self._set(split(shape.path), g, self._made(shape.node))
+            case Effect.LINK:
+                self._set(split(shape.dst), g, self.nodes[split(shape.src)])
+            case Effect.MOVE:
+                self._rename(g, split(shape.src), split(shape.dst), shape.flags)
+            case Effect.REMOVE:
+                for p in self._under(split(shape.path)):
+                    self._set(p, g, ABSENT_NODE)
+            case Effect.TOUCH if step.is_data:
+                self._data(i, step, split(shape.path))
+            case Effect.TOUCH if shape.xattr is not None:
+                name, value = shape.xattr
+                value_id = 0 if value is None else self.interner.id(value)  # 0: removed
+                self._attr(split(shape.path), g, xattr=(name, value_id))
+            case Effect.TOUCH if shape.mode is not None:
+                p = split(shape.path)
+                node = self.nodes[p]
+                ok = z3.And(g, z3.Or(node.kind.expr == FILE, node.kind.expr == DIR))
+                self.nodes[p] = SymNode(
+                    node.kind, node.data, ite(ok, Term.const(shape.mode), node.mode), node.xattrs
+                )
+            case Effect.FSYNC | Effect.SYNCFS:
+                pass
+            case _:
+                raise NotImplementedError(f"symbolic engine: step {step}")
+
+    def _made(self, node: Node | None) -> SymNode:
+        """The symbolic node of what a MAKE step creates."""
+        if isinstance(node, Dir):
+            return self._new(DIR, 0, node.mode)
+        if isinstance(node, File):
+            return self._new(FILE, self.interner.id(node.content), node.mode)
+        if isinstance(node, Symlink):
+            return self._new(SYMLINK, self.interner.id(node.target.encode()))
+        return self._new(WHITEOUT)
 
     def _attr(self, p: Parts, g: z3.BoolRef, xattr: tuple[str, int]) -> None:
         node = self.nodes[p]
@@ -360,24 +346,20 @@ class Encoding:
                 repl = ABSENT_NODE
             self.nodes[p] = node_ite(g, repl, old[p])
 
-    def _data(self, i: int, step: Write | Truncate | CopyData) -> None:
-        """Data steps: the new content for every content the file can have before."""
-        path = split(step.dst if isinstance(step, CopyData) else step.path)
+    def _data(self, i: int, step: Step, path: Parts) -> None:
+        """Data steps: the new content for every content the file can have before (for
+        a copy: the data it read when the trace ran)."""
         node = self.nodes[path]
         m = self.c.pieces[i]
         bs = self.ctx.block_size
-        src_term = None
-        if isinstance(step, CopyData):  # the data the copy read when the trace ran
-            source = copy_sources(self.trace)[i]
-            src_term = Term.const(self.interner.id(source or b""))
+        source = copy_sources(self.trace)[i]
+        before = node.data if source is None else Term.const(self.interner.id(source))
         result = node.data
         for k in range(1, m + 1):
             cond = self.amount[i] == k
-            before = node.data if not isinstance(step, CopyData) else src_term
-            assert before is not None
             options: list[tuple[int, z3.BoolRef]] = []
             for v, when in cases(before):
-                after = self._apply_content(step, k, m, bs, self.interner.values[v])
+                after = self._apply_content(step, path, k, m, bs, self.interner.values[v], source is not None)
                 options.append((self.interner.id(after), when))
             term = _select(options)
             result = ite(cond, term, result)
@@ -386,21 +368,15 @@ class Encoding:
             node.kind, ite(z3.And(self.some[i], is_file), result, node.data), node.mode, node.xattrs
         )
 
-    def _apply_content(
-        self, step: Write | Truncate | CopyData, k: int, m: int, bs: int, before: bytes
-    ) -> bytes:
-        """The content a data step leaves, given the content before it (for a copy: of
-        its source), applying its first k of m blocks; the concrete semantics of
-        `persistence.apply_amount`."""
-        scratch = Dir({"f": File(before)})
-        if isinstance(step, CopyData):
-            scratch = Dir({"f": File(b""), "src": File(before)})
-            concrete = CopyData("src", "f")
-        elif isinstance(step, Write):
-            concrete = Write("f", step.data, step.offset, step.replace)
-        else:
-            concrete = Truncate("f", step.size)
-        out = apply_amount(scratch, concrete, k, m, bs, lambda p: "fs")
+    def _apply_content(self, step: Step, path: Parts, k: int, m: int, bs: int, before: bytes,
+                       copy: bool) -> bytes:
+        """The content a data step leaves, given the content before it (for a copy: what
+        it copies), applying its first k of m blocks: the step itself, applied to a
+        scratch file (`persistence.apply_amount`)."""
+        target = join(path)
+        concrete = step.moved(lambda p: "f" if p == target else "src")
+        scratch = Dir({"f": File(b"" if copy else before)})
+        out = apply_amount(scratch, concrete, k, m, bs, lambda p: "fs", before if copy else None)
         node = out.entries["f"]
         assert isinstance(node, File)
         return node.content
