@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -198,11 +199,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         progress("")
         if args.confirm:
-            result.confirmations = confirm(result)
+            result = replace(result, confirmations=confirm(result))
         fix_note = None
         if args.suggest_fix and result.violations and result.context is not None:
             found = suggest_fix(result.context, budget)
-            result.fix = found.fix
+            result = replace(result, fix=found.fix)
             fix_note = report.fix_lines(result, found)
         results.append(result)
         if not args.json:

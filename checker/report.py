@@ -19,8 +19,6 @@ from checker.spec import Spec
 from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
 from checker.workloads.explore import Settings
-from models.driver import Recovery
-from models.tree import Dir
 
 STEP_WINDOW = 8  # steps shown on each side of the crash point in a long op
 
@@ -186,7 +184,8 @@ def _detail(r: Result, op_index: int, crash: CrashState, here: list[Violation]) 
     lines.append("     steps (* persisted, ~ torn, crash at >>>):")
     # A crash that lost a step of this op may lie in a later op: list up to it.
     lines.extend(_steps_around(r, op.first_step, max(op.end_step, crash.crash_after_step), crash))
-    recovery, crash_view = _recovered(r, crash)
+    recovery, crash_view = here[0].recovery, here[0].view  # the evidence the check kept
+    assert recovery is not None
     lines.append("     view before the op:")
     lines.extend(views.render(op.before, "       "))
     lines.append("     view after the op:")
@@ -200,11 +199,6 @@ def _detail(r: Result, op_index: int, crash: CrashState, here: list[Violation]) 
     lines.extend(views.render(crash_view, "       "))
     lines.append("     reproduce: " + reproduce_command(r, crash))
     return lines
-
-
-def _recovered(r: Result, crash: CrashState) -> tuple[Recovery, Dir | None]:
-    assert r.context is not None
-    return r.context.recovered(r.context.materialize(crash))
 
 
 def _steps_around(r: Result, first: int, end: int, crash: CrashState) -> list[str]:

@@ -68,8 +68,11 @@ class Verdict:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result(Verdict):
+    """What checking one spec found, with the evidence its report shows. Immutable: a
+    step that adds to it (kernel confirmations, a fix) makes a new one."""
+
     spec: Spec
     persistence: str
     verdict: str  # "pass" | "violation"
@@ -211,7 +214,7 @@ def _check(
     else:
         found = explore(ctx, only, limited, progress, meter)
         if note and found.bounded and found.why.startswith("stopped at --max-states"):
-            found.why = note
+            found = replace(found, why=note)
     if found.violations:
         verdict = "violation"
     elif found.bounded:

@@ -39,6 +39,9 @@ class Violation:
     paths: tuple[str, ...]
     crash: CrashState = field(default=CrashState(0), compare=False)
     persisted: str | None = None  # the --persisted token when the state is not a prefix
+    # the evidence a report shows: what recovery did with the crash state, and the view after it
+    recovery: Recovery | None = field(default=None, compare=False, repr=False)
+    view: Dir | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -195,10 +198,14 @@ def violations_at(ctx: Context, crash: CrashState, root: Dir | None = None) -> l
         return []
     root = root if root is not None else ctx.materialize(crash)
     op, found = ctx.evaluate(root, crash)
+    if not found:
+        return []
     record = ctx.trace.op_record(op)
     token = None if crash.is_prefix else crash.token(ctx.constraints.pieces)
+    recovery, view = ctx.recovered(root)
     return [
-        Violation(name, op, record.text, crash.crash_after_step, f.message, f.paths, crash, token)
+        Violation(name, op, record.text, crash.crash_after_step, f.message, f.paths, crash, token,
+                  recovery, view)
         for name, f in found
     ]
 
@@ -241,8 +248,10 @@ def trace_level_violations(ctx: Context) -> list[Violation]:
         if inv.trace_level:
             for step, f in inv.check_trace(ctx.trace):
                 op = ctx.trace.step_op[step]
+                crash = CrashState(step + 1)
+                recovery, view = ctx.recovered(ctx.materialize(crash))
                 out.append(Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths,
-                                     CrashState(step + 1)))
+                                     crash, None, recovery, view))
     return out
 
 

@@ -313,7 +313,7 @@ class OpOutcome:
     real: int | str
 
 
-@dataclass
+@dataclass(frozen=True)
 class RealResult(Verdict):
     spec: Spec
     implementation: str
