@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     real.add_argument("--table", action="store_true",
                       help="a findings table: model, kernel and fuse-overlayfs verdict per spec")
+    sub.add_parser("drivers", help="the drivers: their options, ops and what the engine can do with them")
     sub.add_parser(
         "clean",
         help="remove what killed real-mode runs left (mounts, daemons, temp dirs under $TMPDIR)",
@@ -317,6 +318,13 @@ def cmd_conform(args: argparse.Namespace) -> int:
     return 0 if all(o.conforms for o in ops) else 1
 
 
+def cmd_drivers(args: argparse.Namespace) -> int:
+    from models import drivers
+
+    print(report.drivers_report(drivers()))
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     """Tear down the workspaces of dead runs; exit 1 if one cannot be removed."""
     found = workspace.clean_stale()
@@ -348,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_explore(args)
         if args.command == "clean":
             return cmd_clean(args)
+        if args.command == "drivers":
+            return cmd_drivers(args)
         raise UsageError(f"unknown command {args.command}")
     except (CrashcheckError, DriverLoadError) as e:
         print(one_line(f"crashcheck: error: {e}"), file=sys.stderr)

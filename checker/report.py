@@ -19,6 +19,8 @@ from checker.spec import Spec
 from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
 from checker.workloads.explore import Settings
+from models import capabilities
+from models.driver import Driver
 
 STEP_WINDOW = 8  # steps shown on each side of the crash point in a long op
 
@@ -387,4 +389,31 @@ def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled
     lines.append(f"  inherent (also on plain): {found.inherent} violation(s)")
     if found.unknown:
         lines.append(f"  unknown: {found.unknown} workload(s) stopped by a budget before a verdict")
+    return "\n".join(lines)
+
+
+CAPABILITIES = (
+    (capabilities.IdentityView, "symbolic engine"),
+    (capabilities.UnionView, "symbolic engine"),
+    (capabilities.KernelTwin, "confirm, conform and real on the kernel"),
+    (capabilities.StoreChecks, "layer-store-consistent, no-layer-leak"),
+    (capabilities.ScopedOps, "snapshot-isolation"),
+    (capabilities.SpaceChecks, "no-space-leak"),
+)
+
+
+def drivers_report(known: dict[str, type[Driver]]) -> str:
+    """Each driver: what it is, its options (type, default, meaning), its own ops and
+    what the engine can do with it (from its capabilities)."""
+    lines = []
+    for name, cls in sorted(known.items()):
+        lines.append(f"{name}: {cls.description}")
+        for key, opt in sorted(cls.OPTIONS.items()):
+            kinds = "|".join(str(c) for c in opt.choices) or " or ".join(t.__name__ for t in opt.types)
+            lines.append(f"    option {key} ({kinds}; default {opt.default!r}): {opt.help}")
+        ops = ", ".join(sorted(cls.EXTRA_OPS))
+        lines.append("    ops: " + ("the file-system ops" if cls.FILE_OPS else "no file-system ops")
+                     + (f"; {ops}" if ops else ""))
+        can = list(dict.fromkeys(what for proto, what in CAPABILITIES if issubclass(cls.MOUNT, proto)))
+        lines.append("    the engine can: " + ("; ".join(can) if can else "enumerate crash states"))
     return "\n".join(lines)

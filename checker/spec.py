@@ -78,7 +78,6 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cp": (("src", "dst"), ()),
 }
 PATH_ARGS = ("path", "src", "dst")
-TEXT_ARGS = ("data", "value", "name", "target")
 INT_ARGS = ("size", "mode", "from_layer")
 NAME_ARGS = ("image", "container")
 #: `op = "steps"`: raw primitive steps on the backing store ("what if the driver did this")

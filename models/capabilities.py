@@ -33,14 +33,10 @@ class IdentityView(Protocol):
 
 @runtime_checkable
 class UnionView(Protocol):
-    """The user's view is `union` (the read-only lower trees) merged under the tree at
-    `upper_path` of the backing store, by overlayfs' lookup rules."""
+    """The user's view is the union of the read-only lower trees merged under the tree
+    at the returned path of the backing store, by overlayfs' lookup rules."""
 
-    @property
-    def union(self) -> Union: ...
-
-    @property
-    def upper_path(self) -> Parts: ...
+    def union_layers(self) -> tuple[Union, Parts]: ...
 
 
 @runtime_checkable

@@ -129,9 +129,9 @@ class OverlayMount(Mount):
     def union(self) -> Union:
         return self._union
 
-    @property
-    def upper_path(self) -> Parts:
-        return UPPER
+    def union_layers(self) -> tuple[Union, Parts]:
+        """The lower layers' union and where upper lives (models.capabilities.UnionView)."""
+        return self._union, UPPER
 
     def kernel_mount_options(self) -> list[str]:
         """The kernel mount options of this model's options (models.capabilities.KernelTwin)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+from models.errors import CrashcheckError
 from models.tree import Dir, ErrorEntry, File, Node, Symlink, join, split, walk
 
 FS_BLOCK = 4096
@@ -54,7 +55,7 @@ class Image:
         return used
 
 
-class CorruptFs(ValueError):
+class CorruptFs(CrashcheckError):
     """Block 0 does not hold valid metadata."""
 
 
@@ -93,7 +94,7 @@ def decode(data: bytes) -> Image:
         if "" not in image.inodes:
             raise CorruptFs("no root directory")
         return image
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
+    except (CorruptFs, ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptFs(f"unreadable metadata: {e}") from None
 
 

@@ -360,11 +360,6 @@ def replace_many(root: Dir, dir_parts: Parts, changes: Mapping[str, Node | None]
     return new
 
 
-def update_node(root: Dir, parts: Parts, node: Node) -> Dir:
-    """Replace the node at an existing path (used for attribute and data changes)."""
-    return replace(root, parts, node)
-
-
 def ensure_dirs(root: Dir, parts: Parts) -> Dir:
     """`root` with a directory at `parts` and at each of its ancestors (whatever was not
     a directory there is replaced), as mkdir -p without the errors."""
@@ -385,10 +380,6 @@ def walk(node: Node, prefix: Parts = ()) -> Iterator[tuple[Parts, Node]]:
 def find_inode(root: Dir, ino: int) -> list[Parts]:
     """Paths of every file with inode number `ino` (hard links)."""
     return [p for p, n in walk(root) if isinstance(n, File) and n.ino == ino and n.nlink > 1]
-
-
-def is_empty_dir(node: Node | None) -> bool:
-    return isinstance(node, Dir) and not node.entries
 
 
 def describe(node: Node | None) -> str:

@@ -106,3 +106,39 @@ def test_no_hook_is_found_by_guessing_attribute_names():
             if re.search(r"\bhasattr\(|getattr\([^)]*[\"']_sys_|getattr\([^)]*\+", line):
                 hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert hits == [], "\n" + "\n".join(hits)
+
+
+def test_crashcheck_drivers_lists_options_ops_and_capabilities():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "checker", "drivers"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = lines.index("overlayfs: Linux overlayfs: lower layers, one upper file system with upper/ and work/")
+    assert lines[at + 1].startswith("    option copy_up_fsync (bool; default True): fsync copied-up data")
+    assert lines[at + 4:at + 6] == [
+        "    ops: the file-system ops",
+        "    the engine can: symbolic engine; confirm, conform and real on the kernel",
+    ]
+    assert "    ops: no file-system ops; squash" in lines
+    assert "    the engine can: layer-store-consistent, no-layer-leak; snapshot-isolation" in lines
+
+
+def test_one_dispatch_table_per_mount():
+    """Every mount handles the calls its clients make through `@handles` entries; no
+    driver dispatches by a call's name."""
+    from models import drivers
+    from models import syscalls as sc
+
+    for name, cls in drivers().items():
+        table = cls.MOUNT.HANDLERS
+        assert table, name
+        assert all(isinstance(t, type) and issubclass(t, sc.Syscall) for t in table), name
+    hits = []
+    for path in sorted((ROOT / "models").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"call\.(name|NAME) ==|call\.args|call\.name in ", line):
+                hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert hits == [], "\n" + "\n".join(hits)

@@ -23,6 +23,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from checker.errors import CrashcheckError
+
 FAN_CLASS_NOTIF = 0x0
 FAN_NONBLOCK = 0x2
 FAN_REPORT_FID = 0x200
@@ -44,7 +46,7 @@ _META = struct.Struct("IBBHQii")  # struct fanotify_event_metadata
 _INFO = struct.Struct("BBH")  # struct fanotify_event_info_header
 
 
-class FanotifyUnavailable(Exception):
+class FanotifyUnavailable(CrashcheckError):
     """fanotify cannot watch here (not root, old kernel, file system without handles)."""
 
 

@@ -435,8 +435,7 @@ class OverlayViewer(Viewer):
     def __init__(self, enc: Encoding) -> None:
         super().__init__(enc)
         assert isinstance(self.mount, UnionView)
-        self.union = self.mount.union
-        self.upper: Parts = self.mount.upper_path
+        self.union, self.upper = self.mount.union_layers()
         self.interner = enc.interner
         self.entry_cases: dict[Parts, list[tuple[z3.BoolRef, Entry]]] = {}
 
