@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from checker.engine.check import check  # noqa: E402
-from checker.engine.explorer import _CONTEXTS  # noqa: E402
+from checker.engine.explorer import clear_contexts  # noqa: E402
 from checker.spec import load_spec  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main() -> None:
         best = float("inf")
         steps = states = 0
         for _ in range(args.repeat):
-            _CONTEXTS.clear()  # no cached traces between runs
+            clear_contexts()  # no cached traces between runs
             started = time.perf_counter()
             results = [check(spec) for spec in specs]
             best = min(best, time.perf_counter() - started)

@@ -17,6 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from checker.engine.invariants import INVARIANTS, selected
+from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS
 from checker.errors import SpecError
 from models import DriverLoadError, driver_named, drivers
 from models.driver import OptionError
@@ -36,13 +38,11 @@ from models.tree import (
 )
 from models.union import OPAQUE, REDIRECT
 
-PERSISTENCE_MODELS = ("prefix", "ordered-metadata", "weak")  # checker.engine.persistence.MODELS
 VERDICTS = ("pass", "violation", "unknown")
 TOP_KEYS = (
     "name", "description", "driver", "persistence", "block_size", "check", "options", "layers",
     "upper", "ops", "expect",
 )
-DEFAULT_BLOCK_SIZE = 4096  # bytes a disk writes atomically (a page; ext4's default block)
 
 # --- limits: every input is bounded before any work (README "Limits") ---------------------
 MAX_SPEC_BYTES = 4 * 1024 * 1024  # a spec is a small text; more is not a spec (or /dev/zero)
@@ -227,9 +227,9 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
             pass
         raise SpecError(file, f"unknown driver {driver!r} (known: {', '.join(sorted(known))})", "driver")
     persistence = data.get("persistence", "prefix")
-    if not isinstance(persistence, str) or persistence not in PERSISTENCE_MODELS:
+    if not isinstance(persistence, str) or persistence not in MODELS:
         raise SpecError(
-            file, f"unknown persistence model {persistence!r} (known: {', '.join(PERSISTENCE_MODELS)})",
+            file, f"unknown persistence model {persistence!r} (known: {', '.join(MODELS)})",
             "persistence",
         )
     description = data.get("description", "")
@@ -582,8 +582,6 @@ def _step_field(name: str, raw: Any, annotation: Any, file: str, key: str) -> An
 def _parse_check(data: dict[str, Any], file: str, spec: Spec) -> tuple[str, ...] | None:
     """The `check` list: known invariants, each of which checks something in this spec
     (an invariant that cannot apply would pass vacuously, so naming one is an error)."""
-    from checker.engine.invariants import INVARIANTS
-
     if "check" not in data:
         return None
     raw = data["check"]
@@ -611,8 +609,6 @@ def _parse_check(data: dict[str, Any], file: str, spec: Spec) -> tuple[str, ...]
 
 
 def _parse_expect(data: dict[str, Any], file: str, spec: Spec) -> Expect | None:
-    from checker.engine.invariants import INVARIANTS, selected
-
     if "expect" not in data:
         return None
     raw = data["expect"]

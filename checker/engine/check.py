@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checker.engine.budget import Budget, BudgetExceeded, Meter, metered, size_text
 from checker.engine.explorer import UNLIMITED, Context, Violation, clear_contexts, explore
@@ -14,9 +14,11 @@ from checker.engine.invariants import selected
 from checker.engine.persistence import MODELS, CrashState, count_ideals, parse_persisted
 from checker.engine.trace import Trace
 from checker.errors import UsageError
-from checker.spec import Spec
 from models.driver import Driver
 from models.tree import FsError
+
+if TYPE_CHECKING:
+    from checker.spec import Spec
 
 
 class Verdict:

@@ -16,15 +16,17 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checker.engine.budget import Budget, Meter
 from checker.engine.invariants import CrashContext, Finding, Invariant, selected
 from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
 from checker.engine.trace import Trace, build_trace
-from checker.spec import Spec
 from models.driver import Driver, Recovery
 from models.tree import Dir
+
+if TYPE_CHECKING:
+    from checker.spec import Spec
 
 SYNC_OPS = ("fsync", "sync")
 

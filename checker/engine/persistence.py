@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from checker.engine.budget import checkpoint
-from checker.spec import DEFAULT_BLOCK_SIZE
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -35,6 +34,8 @@ from checker.engine.trace import Trace
 from models.steps import CopyData, Device, Effect, Step, Write
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Parts, lookup, split
+
+DEFAULT_BLOCK_SIZE = 4096  # bytes a disk writes atomically (a page; ext4's default block)
 
 
 @dataclass(frozen=True)

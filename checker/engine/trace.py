@@ -11,16 +11,19 @@ from __future__ import annotations
 import errno as errno_module
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from checker.engine.budget import checkpoint
 from checker.errors import CrashcheckError
-from checker.spec import Op, Spec
 from models import clients, drivers
 from models import syscalls as sc
 from models.clients import Client
 from models.driver import Driver, Mount
 from models.steps import Step, StepLog
 from models.tree import Dir, FsError
+
+if TYPE_CHECKING:
+    from checker.spec import Op, Spec
 
 MAX_SYSCALLS_PER_OP = 100_000  # a client program this long is a runaway, not a workload
 

@@ -196,7 +196,7 @@ def _strace_calls(log: Path) -> list[str]:
         text = line.lstrip("0123456789").strip()
         if not text or text.startswith(("+++", "---", "<...")):
             continue
-        calls.append(_stable(text.split(" <unfinished")[0].rsplit(" = ", 1)[0])[:160])
+        calls.append(stable_call(text.split(" <unfinished")[0].rsplit(" = ", 1)[0])[:160])
     return calls
 
 
@@ -204,7 +204,7 @@ _TIMES = re.compile(r"\{tv_sec=-?\d+, tv_nsec=-?\d+\}(?: /\* [^*]* \*/)?")
 _ADDRESSES = re.compile(r"0x[0-9a-f]{6,}")
 
 
-def _stable(call: str) -> str:
+def stable_call(call: str) -> str:
     """A traced call without what differs from run to run (times, addresses), so reports
     and JSON stay reproducible."""
     return _ADDRESSES.sub("0x...", _TIMES.sub("{...}", call))
