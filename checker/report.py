@@ -20,6 +20,7 @@ from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
 from checker.workloads.explore import Settings
 from models import capabilities
+from models.capabilities import mount_can
 from models.driver import Driver
 
 STEP_WINDOW = 8  # steps shown on each side of the crash point in a long op
@@ -414,6 +415,6 @@ def drivers_report(known: dict[str, type[Driver]]) -> str:
         ops = ", ".join(sorted(cls.EXTRA_OPS))
         lines.append("    ops: " + ("the file-system ops" if cls.FILE_OPS else "no file-system ops")
                      + (f"; {ops}" if ops else ""))
-        can = list(dict.fromkeys(what for proto, what in CAPABILITIES if issubclass(cls.MOUNT, proto)))
+        can = list(dict.fromkeys(what for proto, what in CAPABILITIES if mount_can(cls.MOUNT, proto)))
         lines.append("    the engine can: " + ("; ".join(can) if can else "enumerate crash states"))
     return "\n".join(lines)

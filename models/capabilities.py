@@ -16,6 +16,7 @@ capability by implementing the protocol's members.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from models.tree import Dir, Parts
@@ -75,3 +76,15 @@ class SpaceChecks(Protocol):
     completed op when `completed`)."""
 
     def space_leaks(self, root: Dir, completed: bool) -> list[tuple[str, str]]: ...
+
+
+@cache
+def mount_can(mount_class: type, capability: type) -> bool:
+    """Does this Mount class implement the capability? (Protocol checks inspect every
+    member; answered once per class, they cost nothing per crash state.)"""
+    return issubclass(mount_class, capability)
+
+
+def can(mount: object, capability: type) -> bool:
+    """Does this mount implement the capability?"""
+    return mount_can(type(mount), capability)

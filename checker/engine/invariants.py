@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from checker.engine import views
 from models import drivers
-from models.capabilities import ScopedOps, SpaceChecks, StoreChecks
+from models.capabilities import ScopedOps, SpaceChecks, StoreChecks, can, mount_can
 from models.driver import Mount, Recovery
 from models.tree import Dir, File, join, lookup, split
 
@@ -479,7 +479,7 @@ class ViewPreserved(Invariant):
 
 def _can(spec: Spec, capability: type) -> bool:
     """Does the spec's driver mount with this capability (`models.capabilities`)?"""
-    return issubclass(drivers()[spec.driver].MOUNT, capability)
+    return mount_can(drivers()[spec.driver].MOUNT, capability)
 
 
 class _StoreInvariant(Invariant):
@@ -493,7 +493,7 @@ class _StoreInvariant(Invariant):
 
     def check(self, ctx: CrashContext) -> list[Finding]:
         rec = ctx.recovery
-        if rec.refused or rec.root is None or not isinstance(ctx.mount, StoreChecks):
+        if rec.refused or rec.root is None or not can(ctx.mount, StoreChecks):
             return []
         return _problems(self.what, self.problems(ctx.mount, rec.root))
 
@@ -540,12 +540,12 @@ class SnapshotIsolation(Invariant):
         return _can(spec, ScopedOps)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
-        if ctx.view is None or not isinstance(ctx.mount, ScopedOps):
+        if ctx.view is None or not can(ctx.mount, ScopedOps):
             return []
         return self._others_changed(ctx.mount.op_scope(ctx.op.op), ctx.op, ctx.view, "after recovery")
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        if not isinstance(trace.mount, ScopedOps):
+        if not can(trace.mount, ScopedOps):
             return []
         scope = trace.mount.op_scope
         done = "once it completes"
@@ -587,13 +587,13 @@ class NoSpaceLeak(Invariant):
         return _can(spec, SpaceChecks)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
-        if ctx.recovery.root is None or not isinstance(ctx.mount, SpaceChecks):
+        if ctx.recovery.root is None or not can(ctx.mount, SpaceChecks):
             return []
         found = ctx.mount.space_leaks(ctx.recovery.root, completed=False)
         return _problems("pool space leaked after recovery", found)
 
     def check_trace(self, trace: Trace) -> list[tuple[int, Finding]]:
-        if not isinstance(trace.mount, SpaceChecks):
+        if not can(trace.mount, SpaceChecks):
             return []
         leaks = trace.mount.space_leaks
         return _at_op_ends(trace, lambda op: _problems(

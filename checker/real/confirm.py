@@ -19,7 +19,7 @@ from checker.engine.check import Result
 from checker.engine.explorer import Violation
 from checker.engine.invariants import INVARIANTS, CrashContext
 from checker.real import kernel
-from models.capabilities import KernelTwin
+from models.capabilities import KernelTwin, can
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -46,7 +46,7 @@ def confirm(result: Result) -> list[Confirmation]:
     """A confirmation for each violation of `result`, in order."""
     release = kernel.kernel_release()
     mount = result.trace.mount if result.trace is not None else None
-    if not isinstance(mount, KernelTwin):
+    if not can(mount, KernelTwin):
         why = f"no real implementation of driver {result.spec.driver} to confirm on"
         return [Confirmation("unavailable", release, why) for _ in result.violations]
     reason = kernel.overlay_unavailable_reason()
@@ -69,7 +69,7 @@ def _confirm_one(
             "unavailable", release, f"{v.invariant} is a property of the steps, not of a crash state"
         )
     trace = result.trace
-    assert result.context is not None and trace is not None and isinstance(trace.mount, KernelTwin)
+    assert result.context is not None and trace is not None and can(trace.mount, KernelTwin)
     options = trace.mount.kernel_mount_options()
     state = result.context.materialize(v.crash)
     real = cache.get(state.digest)

@@ -27,7 +27,7 @@ from checker.real.fanotify import FanotifyUnavailable, FsWatcher
 from checker.real.ops import agrees, run_op
 from checker.spec import Spec
 from models import drivers
-from models.capabilities import KernelTwin
+from models.capabilities import KernelTwin, can, mount_can
 from models.driver import Driver
 from models.steps import (
     Step,
@@ -97,7 +97,7 @@ class OpConformance:
 def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
     """Run the spec's workload on the kernel and compare each op's namespace changes with
     the model's (or with those of `driver`, a variant under test)."""
-    if not issubclass((driver or drivers()[spec.driver]).MOUNT, KernelTwin):  # type: ignore[arg-type]
+    if not mount_can((driver or drivers()[spec.driver]).MOUNT, KernelTwin):  # type: ignore[arg-type]
         raise CrashcheckError(f"{spec.file}: conform needs a driver with a kernel twin (overlayfs), "
                               f"not {spec.driver}")
     reason = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
@@ -111,7 +111,7 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         ws.mount_tmpfs(fs)
         lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
         target = ws.path("mnt")
-        assert isinstance(trace.mount, KernelTwin)
+        assert can(trace.mount, KernelTwin)
         ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
         try:
             watcher = FsWatcher(upper.parent)

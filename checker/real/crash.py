@@ -49,7 +49,7 @@ from checker.real.ops import (
 from checker.real.workspace import Workspace, workspace
 from checker.spec import Spec
 from models import drivers
-from models.capabilities import KernelTwin
+from models.capabilities import KernelTwin, can, mount_can
 from models.driver import Recovery
 from models.tree import Dir
 
@@ -375,7 +375,7 @@ class Template:
 class RealRun:
     def __init__(self, lab: Lab, impl: Impl, spec: Spec, trace: Trace) -> None:
         self.lab, self.impl, self.spec, self.trace = lab, impl, spec, trace
-        assert isinstance(trace.mount, KernelTwin)
+        assert can(trace.mount, KernelTwin)
         self.twin: KernelTwin = trace.mount
         self.options = self.twin.kernel_mount_options()
         self.lower_digest: bytes = b""
@@ -495,7 +495,7 @@ class RealRun:
 
 def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | None = None) -> RealResult:
     """Crash-test the spec's workload on a real implementation."""
-    if not issubclass(drivers()[spec.driver].MOUNT, KernelTwin):
+    if not mount_can(drivers()[spec.driver].MOUNT, KernelTwin):
         raise RealUnavailable(f"{spec.file}: real crash tests need a driver with a kernel twin (overlayfs), "
                               f"not {spec.driver}")
     reason = unavailable_reason(impl_name)

@@ -38,7 +38,7 @@ from checker.engine.budget import Budget, checkpoint, z3_memory_megabytes
 from checker.engine.explorer import Context, Exploration, Violation, trace_level_violations, violations_at
 from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
-from models.capabilities import IdentityView, UnionView
+from models.capabilities import IdentityView, UnionView, can
 from models.steps import Effect, Link, Step
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, join, lookup, split
@@ -51,7 +51,7 @@ MAX_REPLAYS = 64  # solver models replayed before giving up on a disagreeing enc
 
 def unsupported(ctx: Context) -> str | None:
     """Why the symbolic engine cannot decide this trace, or None."""
-    if not isinstance(ctx.trace.mount, (UnionView, IdentityView)):
+    if not (can(ctx.trace.mount, UnionView) or can(ctx.trace.mount, IdentityView)):
         return f"no symbolic encoding of driver {ctx.spec.driver}"  # models.capabilities
     states = ctx.trace.states
     for i, step in enumerate(ctx.trace.steps):
@@ -434,7 +434,7 @@ class OverlayViewer(Viewer):
 
     def __init__(self, enc: Encoding) -> None:
         super().__init__(enc)
-        assert isinstance(self.mount, UnionView)
+        assert can(self.mount, UnionView)
         self.union, self.upper = self.mount.union_layers()
         self.interner = enc.interner
         self.entry_cases: dict[Parts, list[tuple[z3.BoolRef, Entry]]] = {}
@@ -539,7 +539,7 @@ class OverlayViewer(Viewer):
 
 def viewer_for(enc: Encoding) -> Viewer:
     """The view encoder of the mount's capability (`UnionView` or `IdentityView`)."""
-    return OverlayViewer(enc) if isinstance(enc.trace.mount, UnionView) else PlainViewer(enc)
+    return OverlayViewer(enc) if can(enc.trace.mount, UnionView) else PlainViewer(enc)
 
 
 # --- invariants -------------------------------------------------------------------------
