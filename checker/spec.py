@@ -22,6 +22,7 @@ from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS
 from checker.errors import SpecError
 from models import DriverLoadError, driver_named, drivers
 from models.driver import OptionError
+from models.format import OPAQUE, REDIRECT
 from models.syscalls import RenameFlags
 from models.tree import (
     DEFAULT_DIR_MODE,
@@ -36,7 +37,6 @@ from models.tree import (
     replace,
     split,
 )
-from models.union import OPAQUE, REDIRECT
 
 VERDICTS = ("pass", "violation", "unknown")
 TOP_KEYS = (

@@ -34,6 +34,7 @@ from typing import Any
 
 from models import syscalls as sc
 from models.driver import Driver, Mount, Option, handles
+from models.format import OPAQUE as OPAQUE_XATTR
 from models.steps import (
     Chmod,
     CopyData,
@@ -82,7 +83,6 @@ def whiteout_name(name: str) -> str:
 
 def to_branch(tree: Dir) -> Dir:
     """A spec layer (whiteouts as devices, opaque as an xattr) the way aufs stores it."""
-    from models.union import OPAQUE as OVL_OPAQUE
 
     def convert(node: Dir) -> Dir:
         entries: dict[str, Node] = {}
@@ -93,8 +93,8 @@ def to_branch(tree: Dir) -> Dir:
                 entries[name] = convert(child)
             else:
                 entries[name] = child
-        xattrs = tuple((k, v) for k, v in node.xattrs if k != OVL_OPAQUE)
-        if node.xattr(OVL_OPAQUE) == b"y":
+        xattrs = tuple((k, v) for k, v in node.xattrs if k != OPAQUE_XATTR)
+        if node.xattr(OPAQUE_XATTR) == b"y":
             entries[OPAQUE] = File(b"", WH_MODE)
         return Dir(entries, node.mode, xattrs)
 

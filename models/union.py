@@ -20,13 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.format import IMPURE, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT  # noqa: F401 - re-exported
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, split
-
-OVL_PREFIX = "trusted.overlay."
-OPAQUE = OVL_PREFIX + "opaque"
-REDIRECT = OVL_PREFIX + "redirect"
-ORIGIN = OVL_PREFIX + "origin"
-IMPURE = OVL_PREFIX + "impure"
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched for a merged base
 MERGE_MEMO = 50_000  # merged directories and leaves remembered before a memo starts over

@@ -23,8 +23,8 @@ __all__ = [  # the workspace names are re-exported: kernel.workspace() is the us
     "materialize_overlay", "overlay_unavailable_reason", "read_node", "read_upper",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
+from models.format import IMPURE, ORIGIN, OVL_PREFIX
 from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs
-from models.union import IMPURE, ORIGIN, OVL_PREFIX
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.

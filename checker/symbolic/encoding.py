@@ -39,10 +39,11 @@ from checker.engine.explorer import Context, Exploration, Violation, trace_level
 from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.capabilities import IdentityView, UnionView, can
+from models.format import OPAQUE, OVL_PREFIX, REDIRECT
 from models.steps import Effect, Link, Step
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, join, lookup, split
-from models.union import OPAQUE, OVL_PREFIX, REDIRECT, Entry, Frame
+from models.union import Entry, Frame
 
 ABSENT, FILE, DIR, SYMLINK, WHITEOUT = 0, 1, 2, 3, 4
 KIND = {File: FILE, Dir: DIR, Symlink: SYMLINK, Whiteout: WHITEOUT}

@@ -1,0 +1,12 @@
+"""The on-disk format of overlay-style layers (overlayfs, and the layers Docker, squash
+and aufs take from a spec): a whiteout is a character device 0/0 (`models.tree.Whiteout`),
+an opaque directory and a redirect are these xattrs. The spec format writes them as
+`type = "whiteout"`, `opaque = true`, `redirect = "..."`."""
+
+from __future__ import annotations
+
+OVL_PREFIX = "trusted.overlay."
+OPAQUE = OVL_PREFIX + "opaque"  # "y": the directory hides every lower one
+REDIRECT = OVL_PREFIX + "redirect"  # a merged directory's lower directory is found here
+ORIGIN = OVL_PREFIX + "origin"  # the lower file an upper one was copied up from
+IMPURE = OVL_PREFIX + "impure"  # an upper directory that may hold non-pure entries
