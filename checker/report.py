@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from checker.engine import views
+from checker.engine.aftercrash import Continuation
 from checker.engine.check import VIOLATIONS_STREAMED, Result, Verdict
 from checker.engine.explorer import Violation
 from checker.engine.persistence import CrashState
@@ -94,14 +95,14 @@ def op_lines(r: Verdict) -> list[str]:
     declared (a warning: the workload may not do what its author meant) and a declared
     `expect_error` that did not happen (the spec fails)."""
     lines = []
-    for op in r.failed_ops:
+    for op, result in r.failed_ops:
         lines.append(
-            f"     warning: op {op.index} `{op.text}` failed with {op.result}, so it changed nothing "
-            f"(add expect_error = \"{op.result}\" to the op if that is what you meant)"
+            f"     warning: op {op.index} `{op.text}` failed with {result}, so it changed nothing "
+            f"(add expect_error = \"{result}\" to the op if that is what you meant)"
         )
-    for op in r.mismatched_ops:
-        got = "succeeded" if op.result == 0 else f"failed with {op.result}"
-        lines.append(f"     op {op.index} `{op.text}` {got}, but the spec expects {op.op.expect_error}")
+    for op, result in r.mismatched_ops:
+        got = "succeeded" if result == 0 else f"failed with {result}"
+        lines.append(f"     op {op.index} `{op.text}` {got}, but the spec expects {op.expect_error}")
     return lines
 
 
@@ -194,13 +195,26 @@ def _detail(r: Result, op_index: int, crash: CrashState, here: list[Violation]) 
     lines.append("     view after the op:")
     lines.extend(views.render(op.after, "       "))
     note = (
-        f"mount refused: {recovery.refusal}; remedy: {recovery.remedy}"
+        f"mount refused: {recovery.refusal}" + (f"; remedy: {recovery.remedy}" if recovery.remedy else "")
         + ("; shown after the remedy" if recovery.fallback is not None else "")
         if recovery.refused else "mount succeeded"
     )
     lines.append(f"     view after the crash and recovery ({note}):")
     lines.extend(views.render(crash_view, "       "))
+    later = next((v.later for v in here if v.later is not None), None)
+    if later is not None:
+        lines.extend(_later_ops(r, later))
     lines.append("     reproduce: " + reproduce_command(r, crash))
+    return lines
+
+
+def _later_ops(r: Result, later: Continuation) -> list[str]:
+    """What the ops after the `crash` op returned on that recovered store, and left."""
+    lines = ["     then the ops after the crash:"]
+    for op, result in zip(r.spec.after_crash, later.results, strict=True):
+        lines.append(f"          op {op.index} `{op.text}`  = {result}")
+    lines.append("     view after them:")
+    lines.extend(views.render(later.view, "       "))
     return lines
 
 

@@ -76,12 +76,15 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mv": (("src", "dst"), ()),
     "rm": (("path",), ()),
     "cp": (("src", "dst"), ()),
+    "crash": ((), ()),  # at most one: the ops after it run on every recovered crash state
 }
 PATH_ARGS = ("path", "src", "dst")
 INT_ARGS = ("size", "mode", "from_layer")
-NAME_ARGS = ("image", "container")
+NAME_ARGS = ("image", "container", "tag")
 #: `op = "steps"`: raw primitive steps on the backing store ("what if the driver did this")
 STEPS_OP = (("steps",), ())
+
+CRASH_OP = "crash"
 
 ENTRY_KEYS = {
     "file": ("type", "content", "mode", "xattrs"),
@@ -139,6 +142,23 @@ class Spec:
     ops: list[Op] = field(default_factory=list)
     expect: Expect | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
+
+    @property
+    def crash_index(self) -> int | None:
+        """The index of the `crash` op, if the spec has one."""
+        return next((op.index for op in self.ops if op.kind == CRASH_OP), None)
+
+    @property
+    def before_crash(self) -> list[Op]:
+        """The ops whose crash states are checked (all of them without a `crash` op)."""
+        k = self.crash_index
+        return self.ops if k is None else self.ops[:k]
+
+    @property
+    def after_crash(self) -> list[Op]:
+        """The ops that run on each recovered crash state of the ops before the crash."""
+        k = self.crash_index
+        return [] if k is None else self.ops[k + 1 :]
 
     @property
     def expected(self) -> str:
@@ -478,6 +498,11 @@ def _parse_ops(
         order = required + optional
         args.sort(key=lambda kv: order.index(kv[0]))
         ops.append(Op(i, kind, tuple(args), expect_error))
+    crashes = [op.index for op in ops if op.kind == CRASH_OP]
+    if len(crashes) > 1:
+        raise SpecError(file, "a workload has at most one crash op", f"ops[{crashes[1]}]")
+    if crashes and ops[crashes[0]].expect_error:
+        raise SpecError(file, "a crash op has no result to expect", f"ops[{crashes[0]}].expect_error")
     return ops
 
 

@@ -185,6 +185,10 @@ class DeviceMapperMount(Mount):
 
     # -- system calls --------------------------------------------------------------------
 
+    def new_lifetime(self) -> None:
+        self.container_fs = {}
+        self.pool = PoolWrites()
+
     def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
         """The pool's own ops by their handlers; a file op goes to its container."""
         try:

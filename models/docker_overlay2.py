@@ -49,6 +49,7 @@ committed, which moby does not do) and overlayfs's `redirect_dir`.
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -70,6 +71,7 @@ from models.steps import (
     Rename,
     StepLog,
     Syncfs,
+    Truncate,
     Unlink,
     Write,
     remove_subtree,
@@ -84,10 +86,20 @@ LAYERDB = "image/overlay2/layerdb"
 LAYERS = LAYERDB + "/sha256"
 TMP = LAYERDB + "/tmp"
 MOUNTS = LAYERDB + "/mounts"
+CONFIGS = "containers"  # containers/<id>/{config.v2.json,hostconfig.json}
 IMAGEDB = "image/overlay2/imagedb/content/sha256"
+TAGS_DIR = "image/overlay2"
+TAGS = TAGS_DIR + "/repositories.json"
 REMOVING = "-removing"
 DEFAULT_IMAGE = "image"
 DEFAULT_CONTAINER = "app"
+#: moby versions a spec may name (`moby` option), and the fixes that tell them apart
+MOBY_VERSIONS = ("1.11", "1.13", "18.06", "20.10", "25.0")
+TAGS_ATOMIC = (1, 12)  # moby PR #22234: the tag store through AtomicWriteFile
+LAYERDB_FSYNC = (1, 13)  # moby PR #25523: layerdb write-set files fsynced before the commit rename
+EMPTY_LINK_REFUSED = (18, 3)  # moby PR #36161: Remove refuses an empty `link` instead of removing l/
+LINK_FILES_ATOMIC = (25, 0)  # moby PR #46471: `link` and `lower` through AtomicWriteFile
+CONFIGS_ATOMIC = (1, 13)  # container configs through NewAtomicFileWriter (1.11 used os.Create)
 #: the part of moby's setupInitLayer that is modelled: files every container gets
 INIT_LAYER = Dir({
     ".dockerenv": File(b"", 0o755),
@@ -107,6 +119,82 @@ def chain_id(parent: str | None, diff_id: str) -> str:
 
 def diff_id(diff: Node) -> str:
     return "sha256:" + diff.digest.hex()
+
+
+def image_id(chains: Sequence[str]) -> str:
+    """Content-addressed like an image config's digest (12 hex digits here)."""
+    return blake2b(" ".join(chains).encode(), digest_size=6).hexdigest()
+
+
+def read_tags(root: Dir) -> dict[str, str] | None:
+    """Tag -> image id from the tag store as `reference.store.reload` decodes it: {} when
+    the file does not exist, None when it does not decode (dockerd then does not start:
+    "Couldn't create Tag store repositories: unexpected end of JSON input")."""
+    node = lookup(root, split(TAGS))
+    if node is None:
+        return {}
+    if not isinstance(node, File):
+        return None
+    try:
+        doc = json.loads(node.content)
+    except ValueError:
+        return None
+    repos = doc.get("Repositories") if isinstance(doc, dict) else None
+    if repos is None:
+        return {} if isinstance(doc, dict) else None
+    if not isinstance(repos, dict) or not all(isinstance(refs, dict) for refs in repos.values()):
+        return None
+    tags = {}
+    for refs in repos.values():
+        for ref, image in refs.items():
+            if not isinstance(image, str):
+                return None
+            tags[str(ref).removesuffix(":latest")] = image.removeprefix("sha256:")
+    return dict(sorted(tags.items()))
+
+
+def read_config(root: Dir, cid: str) -> dict[str, Any] | None:
+    """`containers/<id>/config.v2.json` as `Container.FromDisk` decodes it (with its
+    hostconfig.json, when there is one), or None: missing or not decodable, and then
+    dockerd's restore skips the container ("failed to load container")."""
+    doc = _json(root, f"{CONFIGS}/{cid}/config.v2.json")
+    if not isinstance(doc, dict) or not isinstance(doc.get("Name"), str):
+        return None
+    host = lookup(root, split(f"{CONFIGS}/{cid}/hostconfig.json"))
+    if host is not None and _json(root, f"{CONFIGS}/{cid}/hostconfig.json") is None:
+        return None
+    return doc
+
+
+def _json(root: Dir, path: str) -> Any:
+    node = lookup(root, split(path))
+    if not isinstance(node, File):
+        return None
+    try:
+        return json.loads(node.content)
+    except ValueError:
+        return None
+
+
+def config_bytes(cid: str, name: str, image: str, running: bool = False, dead: bool = False) -> bytes:
+    """config.v2.json: the fields the model reads (json.Encoder ends it with a newline)."""
+    doc = {"Driver": OVERLAY, "ID": cid, "Image": f"sha256:{image}", "Name": f"/{name}",
+           "RemovalInProgress": dead, "State": {"Dead": dead, "Running": running}}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+HOSTCONFIG = b'{"NetworkMode":"none"}\n'
+
+
+def _is_dead(config: Mapping[str, Any]) -> bool:
+    state = config.get("State")
+    return bool(config.get("RemovalInProgress")) or isinstance(state, dict) and bool(state.get("Dead"))
+
+
+def tag_store_bytes(tags: Mapping[str, str]) -> bytes:
+    """repositories.json as Go's json.Marshal writes it (keys sorted, no spaces)."""
+    repos = {name: {f"{name}:latest": f"sha256:{image}"} for name, image in tags.items()}
+    return json.dumps({"Repositories": repos}, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -136,6 +224,13 @@ class RemoveContainer(sc.Syscall):
 
 
 @dataclass(frozen=True)
+class TagImage(sc.Syscall):
+    image: str
+    tag: str
+    NAME: ClassVar[str] = "tag"
+
+
+@dataclass(frozen=True)
 class RemoveImage(sc.Syscall):
     image: str
     NAME: ClassVar[str] = "rmi"
@@ -154,7 +249,7 @@ class DockerMount(Mount):
         self._unions: dict[tuple[bytes, ...], Union] = {}
         self.containers: dict[str, tuple[OverlayMount, dict[str, str]]] = {}  # running: mount, places
         empty = Dir()
-        for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB):
+        for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB, CONFIGS):
             empty = ensure_dirs(empty, split(path))
         log = StepLog(empty)
         if not any(op.kind == "pull" for op in ops):
@@ -162,21 +257,51 @@ class DockerMount(Mount):
             if _container_exists_initially(ops):
                 self.run(log, DEFAULT_CONTAINER, DEFAULT_IMAGE)
                 if upper is not None:
-                    mid = _read(log.root, f"{MOUNTS}/{DEFAULT_CONTAINER}/mount-id")
+                    mid = self.mount_id(log.root, DEFAULT_CONTAINER)
                     log.do_all(build_steps(upper, f"{OVERLAY}/{mid}/diff"))
         return log.root
 
     # -- views ---------------------------------------------------------------------------
 
     def view(self, root: Dir) -> Dir:
-        images = {name: self.image_view(root, name) for name in _names(root, IMAGEDB)}
-        containers = {name: self.container_view(root, name) for name in _names(root, MOUNTS)}
-        return Dir({CONTAINERS_VIEW: Dir(containers), IMAGES_VIEW: Dir(images)})
+        """Every tagged image (`docker images`) and every container; an image with no tag
+        is not shown (it is dangling: `store_leaks` names it)."""
+        tags = read_tags(root)
+        images: Node
+        if tags is None:
+            images = ErrorEntry(errno.EIO, f"{TAGS} does not parse: dockerd does not start")
+        else:
+            images = Dir({name: self.image_view(root, image) for name, image in tags.items()})
+        containers = {name: self.container_view(root, name) for name in self.loaded_containers(root)}
+        return Dir({CONTAINERS_VIEW: Dir(containers), IMAGES_VIEW: images})
+
+    def loaded_containers(self, root: Dir) -> dict[str, str]:
+        """Container name -> id, for each container dockerd's restore loads: its config
+        decodes and its layerdb mount loads (`mount-id` is there; a container whose
+        mount does not load is dropped: "failed to load container mount")."""
+        out = {}
+        for cid in _names(root, CONFIGS):
+            config = read_config(root, cid)
+            if config is not None and _read(root, f"{MOUNTS}/{cid}/mount-id"):
+                out[config["Name"].removeprefix("/")] = cid
+        return dict(sorted(out.items()))
+
+    def container_id(self, root: Dir, name: str) -> str | None:
+        if read_config(root, name) is not None and _read(root, f"{MOUNTS}/{name}/mount-id"):
+            return name  # the usual case: the id is the name
+        return self.loaded_containers(root).get(name)
+
+    def mount_id(self, root: Dir, name: str) -> str | None:
+        cid = self.container_id(root, name)
+        return _read(root, f"{MOUNTS}/{cid}/mount-id") if cid else None
 
     def image_view(self, root: Dir, image: str) -> Node:
+        """The files of image `image` (an image id): its layers' diffs merged."""
+        if lookup(root, split(f"{IMAGEDB}/{image}")) is None:
+            return ErrorEntry(errno.ENOENT, f"image sha256:{image} is tagged but its config does not exist")
         chains = self._image_chains(root, image)
         if not chains:
-            return ErrorEntry(errno.EIO, f"image config of {image} is empty")
+            return ErrorEntry(errno.EIO, f"image config of sha256:{image} is empty")
         diffs = []
         for chain in chains:
             cache = _read(root, f"{LAYERS}/{chain}/cache-id")
@@ -189,6 +314,11 @@ class DockerMount(Mount):
         return self._merged(list(reversed(diffs)), None)
 
     def container_view(self, root: Dir, name: str) -> Node:
+        cid = self.container_id(root, name)
+        config = read_config(root, cid) if cid else None
+        if config is not None and _is_dead(config):
+            return ErrorEntry(errno.EIO, f"container {name} is Dead (its removal was interrupted): "
+                                         "docker rm removes it")
         found = self.container_layers(root, name)
         if isinstance(found, ErrorEntry):
             return found
@@ -198,7 +328,7 @@ class DockerMount(Mount):
     def container_layers(self, root: Dir, name: str) -> tuple[Dir, list[tuple[str, Dir]]] | ErrorEntry:
         """The container layer's diff and its lower diffs (path, node), top first, as
         the mount resolves them: `lower` lists `l/` links, each a symlink to a diff."""
-        mid = _read(root, f"{MOUNTS}/{name}/mount-id")
+        mid = self.mount_id(root, name)
         if not mid:
             return ErrorEntry(errno.EIO, f"mount-id of {name} is missing or empty")
         upper = lookup(root, split(f"{OVERLAY}/{mid}/diff"))
@@ -242,10 +372,21 @@ class DockerMount(Mount):
         return merged
 
     def _image_chains(self, root: Dir, image: str) -> list[str]:
+        """The chain ids of image `image` (an image id), bottom first."""
         text = _read(root, f"{IMAGEDB}/{image}")
         return [c for c in (text or "").split() if c]
 
+    def _tagged(self, root: Dir, name: str) -> str | None:
+        """The image id tag `name` refers to, if any (the tag store read as the daemon has it)."""
+        tags = read_tags(root)
+        if tags is None:
+            raise FsError(errno.EIO, TAGS)
+        return tags.get(name)
+
     # -- system calls --------------------------------------------------------------------
+
+    def new_lifetime(self) -> None:
+        self.containers = {}  # a restarted daemon mounts each container again
 
     def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
         """The daemon's ops by their handlers; a file op goes to its container's mount."""
@@ -253,6 +394,8 @@ class DockerMount(Mount):
             if type(call) in self.HANDLERS:
                 return self.perform(call, log)
             container, inner_call = route(call)
+            if container not in self.containers:
+                self.start(log, container)
             inner, places = self.container_mount(log.root, container)
             return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
         except FsError as e:
@@ -274,6 +417,13 @@ class DockerMount(Mount):
     def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
         self.rm_container(log, call.container)
 
+    @handles(TagImage)
+    def tag_image(self, call: TagImage, log: StepLog) -> None:
+        image = self._tagged(log.root, call.image)
+        if image is None:
+            raise FsError(errno.ENOENT, call.image)
+        self.set_tag(log, call.tag, image)
+
     @handles(RemoveImage)
     def remove_image(self, call: RemoveImage, log: StepLog) -> None:
         self.rmi(log, call.image)
@@ -281,6 +431,23 @@ class DockerMount(Mount):
     @handles(sc.Sync)
     def sync(self, call: sc.Sync, log: StepLog) -> None:
         log.do(Syncfs(""))
+
+    def start(self, log: StepLog, container: str) -> None:
+        """A container not running in this daemon lifetime starts on its first file op:
+        the driver's Get makes `merged/` and the kernel's mount makes `work/work` when
+        they are missing (a crash before `run` made them). A Dead container does not
+        start."""
+        cid = self.container_id(log.root, container)
+        config = read_config(log.root, cid) if cid else None
+        mid = self.mount_id(log.root, container)
+        if config is None or _is_dead(config) or not mid:
+            raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")
+        home = f"{OVERLAY}/{mid}"
+        if not isinstance(lookup(log.root, split(home)), Dir):
+            return  # the mount fails; container_mount says so
+        for path, mode in ((f"{home}/merged", 0o700), (f"{home}/work", 0o700), (f"{home}/work/work", 0)):
+            if lookup(log.root, split(path)) is None:
+                log.do(Mkdir(path, mode))
 
     def container_mount(self, root: Dir, container: str) -> tuple[OverlayMount, dict[str, str]]:
         """The overlayfs mount of a running container, set up on first use."""
@@ -290,7 +457,7 @@ class DockerMount(Mount):
         found = self.container_layers(root, container)
         if isinstance(found, ErrorEntry):
             raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")
-        mid = _read(root, f"{MOUNTS}/{container}/mount-id")
+        mid = self.mount_id(root, container)
         _, lowers = found
         inner = OverlayMount.of_layers(OverlayFS({"redirect_dir": self.options["redirect_dir"]}), lowers)
         places = {"upper": f"{OVERLAY}/{mid}/diff", "work": f"{OVERLAY}/{mid}/work"}
@@ -299,15 +466,16 @@ class DockerMount(Mount):
 
     # -- the layer store -----------------------------------------------------------------
 
-    def pull(self, log: StepLog, image: str) -> None:
-        if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
-            raise FsError(errno.EEXIST, image)
+    def pull(self, log: StepLog, name: str) -> None:
+        """Each layer registered, the image config written, then the tag."""
+        if self._tagged(log.root, name) is not None:
+            raise FsError(errno.EEXIST, name)
         chains: list[str] = []
         parent: str | None = None
         for layer in self.image_layers:
             parent = self.register(log, layer, parent)
             chains.append(parent)
-        self.write_image(log, image, chains)
+        self.set_tag(log, name, self.write_image(log, chains))
 
     def register(self, log: StepLog, layer: Dir, parent: str | None) -> str:
         """`layerStore.Register`: graph driver dir, extraction, layerdb commit."""
@@ -331,7 +499,8 @@ class DockerMount(Mount):
             path = f"{write_set}/{name}"
             log.do(Create(path))
             log.do(Write(path, value.encode(), 0, replace=True))
-            log.do(Fsync(path))
+            if self.version >= LAYERDB_FSYNC:
+                log.do(Fsync(path))
         if lookup(log.root, split(f"{LAYERS}/{chain}")) is not None:
             # "layer already exists": moby drops the new copy and uses the old one
             self.remove_layer(log, cache)
@@ -359,89 +528,184 @@ class DockerMount(Mount):
         lower = f"l/{parent_link}" + (f":{parent_lower}" if parent_lower else "")
         self.write_small_file(log, f"{home}/lower", lower)
 
-    def write_small_file(self, log: StepLog, path: str, text: str) -> None:
-        data = text.encode()
-        if self.options["link_files"] == "atomic":
-            parts = split(path)
-            log.do_all(replace_file(join(parts[:-1] + (f".tmp-{parts[-1]}",)), path, data))
-        else:
-            log.do(Create(path))
-            log.do(Write(path, data, 0, replace=True))
+    @property
+    def version(self) -> tuple[int, ...]:
+        """The moby version in force, as numbers."""
+        return tuple(int(n) for n in self.options["moby"].split("."))
 
-    def write_image(self, log: StepLog, image: str, chains: list[str]) -> None:
-        """The image config, through moby's AtomicWriteFile (temp, fsync, rename)."""
+    def write_small_file(self, log: StepLog, path: str, text: str) -> None:
+        """`link` and `lower`: written in place before moby 25.0, atomically from it."""
+        data = text.encode()
+        how = self.options["link_files"]
+        if how == "atomic" or how == "moby" and self.version >= LINK_FILES_ATOMIC:
+            self.atomic_write(log, path, data, 0o644)
+        else:
+            self.write_in_place(log, path, data, 0o644)
+
+    def write_image(self, log: StepLog, chains: list[str]) -> str:
+        """The image config, through moby's AtomicWriteFile (temp, fsync, rename); its
+        id is its content's digest, so the same image pulled twice is one config."""
         data = "".join(f"{c}\n" for c in chains).encode()
-        log.do_all(replace_file(f"{IMAGEDB}/.tmp-{image}", f"{IMAGEDB}/{image}", data, 0o600))
+        image = image_id(chains)
+        self.atomic_write(log, f"{IMAGEDB}/{image}", data, 0o600)
+        return image
+
+    def set_tag(self, log: StepLog, name: str, image: str | None) -> None:
+        """Tag `name` -> image `image` (None: untag), and the tag store saved."""
+        tags = read_tags(log.root)
+        if tags is None:
+            raise FsError(errno.EIO, TAGS)
+        if image is None:
+            tags.pop(name, None)
+        else:
+            tags[name] = image
+        self.save_tags(log, tags)
+
+    def save_tags(self, log: StepLog, tags: Mapping[str, str]) -> None:
+        """`reference.store.save`: ioutil.WriteFile (truncate, write, no fsync) before
+        moby PR #22234 (1.12); AtomicWriteFile from it."""
+        data = tag_store_bytes(tags)
+        if self.version >= TAGS_ATOMIC:
+            self.atomic_write(log, TAGS, data, 0o600)
+        else:
+            self.write_in_place(log, TAGS, data, 0o600)
 
     def remove_layer(self, log: StepLog, cache: str) -> None:
-        """`overlay2.Driver.Remove`: the `l/` link named by `link` (not when `link` is
-        empty: "refusing to remove empty link"), then the directory."""
+        """`overlay2.Driver.Remove`: the `l/` link named by `link`, then the directory.
+        When `link` is empty, moby from PR #36161 (18.03) refuses to remove a link
+        ("refusing to remove empty link"); before it, `RemoveAll(l/ + "")` removed every
+        layer's link, the whole `l/` directory."""
         link = _read(log.root, f"{OVERLAY}/{cache}/link")
         if link and lookup(log.root, split(f"{LINKS}/{link}")) is not None:
             log.do(RemoveTree(f"{LINKS}/{link}"))
+        elif not link and self.version < EMPTY_LINK_REFUSED and lookup(log.root, split(LINKS)) is not None:
+            log.do(RemoveTree(LINKS))
         if lookup(log.root, split(f"{OVERLAY}/{cache}")) is not None:
             log.do(RemoveTree(f"{OVERLAY}/{cache}"))
 
     def run(self, log: StepLog, container: str, image: str) -> None:
-        """`CreateRWLayer` and the container's start (mount)."""
-        if lookup(log.root, split(f"{MOUNTS}/{container}")) is not None:
+        """`docker create` (`CreateRWLayer`, then the container's directory and configs)
+        and `docker start` (the mount, the config saved as running)."""
+        if self.container_id(log.root, container) is not None:
             raise FsError(errno.EEXIST, container)
-        chains = self._image_chains(log.root, image)
+        image_id_ = self._tagged(log.root, image)
+        chains = self._image_chains(log.root, image_id_) if image_id_ else []
         top = chains[-1] if chains else None
         top_cache = _read(log.root, f"{LAYERS}/{top}/cache-id") if top else None
-        if not top_cache:
+        if not top_cache or not image_id_:
             raise FsError(errno.ENOENT, image)
-        mid = f"ctr-{container}"
+        cid = self.fresh_container_id(log.root, container)
+        mid = f"ctr-{cid}"
         self.create_layer(log, f"{mid}-init", top_cache)
         log.do_all(build_steps(INIT_LAYER, f"{OVERLAY}/{mid}-init/diff"))
         self.create_layer(log, mid, f"{mid}-init")
-        meta = f"{MOUNTS}/{container}"
+        meta = f"{MOUNTS}/{cid}"
         log.do(Mkdir(meta))
         for name, value in (("mount-id", mid), ("init-id", f"{mid}-init"), ("parent", "sha256:" + top)):
             log.do(Create(f"{meta}/{name}"))
             log.do(Write(f"{meta}/{name}", value.encode(), 0, replace=True))
+        log.do(Mkdir(f"{CONFIGS}/{cid}", 0o700))
+        self.save_config(log, f"{CONFIGS}/{cid}/hostconfig.json", HOSTCONFIG)
+        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json", config_bytes(cid, container, image_id_))
         log.do(Mkdir(f"{OVERLAY}/{mid}/merged", 0o700))
         log.do(Mkdir(f"{OVERLAY}/{mid}/work/work", 0))
+        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json",
+                         config_bytes(cid, container, image_id_, running=True))
 
-    def commit(self, log: StepLog, container: str, image: str) -> None:
-        """`docker commit`: the container layer's diff becomes a layer of a new image."""
-        if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
-            raise FsError(errno.EEXIST, image)
-        mid = _read(log.root, f"{MOUNTS}/{container}/mount-id")
-        parent = (_read(log.root, f"{MOUNTS}/{container}/parent") or "").removeprefix("sha256:")
+    def fresh_container_id(self, root: Dir, name: str) -> str:
+        """The container's id: its name, unless something a crash left holds it (dockerd's
+        ids are random, so they never meet a leftover)."""
+        cid = name
+        def taken(c: str) -> bool:
+            held = (f"{CONFIGS}/{c}", f"{MOUNTS}/{c}", f"{OVERLAY}/ctr-{c}", f"{OVERLAY}/ctr-{c}-init")
+            return any(lookup(root, split(p)) is not None for p in held)
+
+        while taken(cid):
+            cid = f"{name}-{self.next('container')}"
+        return cid
+
+    def save_config(self, log: StepLog, path: str, data: bytes) -> None:
+        """`Container.ToDisk`/`WriteHostConfig`: NewAtomicFileWriter (temp, fsync, rename)
+        from moby 1.13; os.Create and a write, no fsync, before."""
+        if self.version >= CONFIGS_ATOMIC:
+            self.atomic_write(log, path, data, 0o600)
+        else:
+            self.write_in_place(log, path, data, 0o600)
+
+    def atomic_write(self, log: StepLog, path: str, data: bytes, mode: int) -> None:
+        """ioutils.AtomicWriteFile: a fresh temp file next to `path` (ioutil.TempFile), its
+        data, fsync, rename."""
+        parts = split(path)
+        temp = join(parts[:-1] + (f".tmp-{parts[-1]}{self.next('tmp')}",))
+        log.do_all(replace_file(temp, path, data, mode))
+
+    def write_in_place(self, log: StepLog, path: str, data: bytes, mode: int) -> None:
+        """ioutil.WriteFile: open(O_CREAT|O_TRUNC), write, no fsync."""
+        if lookup(log.root, split(path)) is None:
+            log.do(Create(path, mode))
+        else:
+            log.do(Truncate(path, 0))
+        log.do(Write(path, data, 0, replace=True))
+
+    def commit(self, log: StepLog, container: str, name: str) -> None:
+        """`docker commit`: the container layer's diff becomes a layer of a new image,
+        tagged `name`."""
+        if self._tagged(log.root, name) is not None:
+            raise FsError(errno.EEXIST, name)
+        cid = self.container_id(log.root, container)
+        mid = _read(log.root, f"{MOUNTS}/{cid}/mount-id") if cid else None
+        parent = (_read(log.root, f"{MOUNTS}/{cid}/parent") or "").removeprefix("sha256:") if cid else ""
         diff = lookup(log.root, split(f"{OVERLAY}/{mid}/diff")) if mid else None
         if not isinstance(diff, Dir) or not parent:
             raise FsError(errno.ENOENT, container)
         images = (self._image_chains(log.root, name) for name in _names(log.root, IMAGEDB))
         base = [chains for chains in images if chains and chains[-1] == parent]
         chain = self.register(log, _exported(diff), parent)
-        self.write_image(log, image, (base[0] if base else [parent]) + [chain])
+        self.set_tag(log, name, self.write_image(log, (base[0] if base else [parent]) + [chain]))
 
     def rm_container(self, log: StepLog, container: str) -> None:
-        """`ReleaseRWLayer`: container layer, init layer, then the mount metadata."""
-        meta = f"{MOUNTS}/{container}"
-        if lookup(log.root, split(meta)) is None:
+        """`docker rm` (`cleanupContainer`): the config saved as Dead with
+        RemovalInProgress, `ReleaseRWLayer` (container layer, init layer, then the mount
+        metadata), then the container's directory. A Dead container (an interrupted rm)
+        is removed the same way."""
+        cid = self.container_id(log.root, container)
+        if cid is None:
             raise FsError(errno.ENOENT, container)
+        config = read_config(log.root, cid) or {}
+        image = str(config.get("Image", "")).removeprefix("sha256:")
+        dead = config_bytes(cid, container, image, dead=True)
+        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json", dead)
+        meta = f"{MOUNTS}/{cid}"
         for name in ("mount-id", "init-id"):
             cache = _read(log.root, f"{meta}/{name}")
             if cache:
                 self.remove_layer(log, cache)
         log.do(RemoveTree(meta))
+        log.do(RemoveTree(f"{CONFIGS}/{cid}"))
         self.containers.pop(container, None)
 
-    def rmi(self, log: StepLog, image: str) -> None:
-        """The image config first, then each layer only it used, top down."""
+    def rmi(self, log: StepLog, name: str) -> None:
+        """`docker rmi`: the tag goes first (the tag store saved); an image another tag
+        still names stays. Otherwise its config goes, then each layer only it used, top
+        down."""
+        image = self._tagged(log.root, name)
+        if image is None:
+            raise FsError(errno.ENOENT, name)
+        tags = read_tags(log.root) or {}
         chains = self._image_chains(log.root, image)
-        if lookup(log.root, split(f"{IMAGEDB}/{image}")) is None:
-            raise FsError(errno.ENOENT, image)
         in_use = {(_read(log.root, f"{MOUNTS}/{c}/parent") or "").removeprefix("sha256:")
-                  for c in _names(log.root, MOUNTS)}
-        if in_use & set(chains):
-            raise FsError(errno.EBUSY, image)  # "conflict: image is being used by a container"
-        log.do(Unlink(f"{IMAGEDB}/{image}"))
-        others = {c for name in _names(log.root, IMAGEDB) for c in self._image_chains(log.root, name)}
+                  for c in self.loaded_containers(log.root).values()}
+        last_tag = list(tags.values()).count(image) == 1
+        if last_tag and chains and chains[-1] in in_use:
+            raise FsError(errno.EBUSY, name)  # "conflict: image is being used by a container"
+        self.set_tag(log, name, None)
+        if not last_tag:
+            return
+        if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
+            log.do(Unlink(f"{IMAGEDB}/{image}"))
+        others = {c for i in _names(log.root, IMAGEDB) for c in self._image_chains(log.root, i)}
         for chain in reversed(chains):
-            if chain in others:
+            if chain in others or lookup(log.root, split(f"{LAYERS}/{chain}")) is None:
                 break
             gone = f"{LAYERS}/{chain}-{self.next('removing')}{REMOVING}"
             log.do(Rename(f"{LAYERS}/{chain}", gone))
@@ -453,6 +717,14 @@ class DockerMount(Mount):
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self, root: Dir) -> Recovery:
+        """dockerd's start: the tag store must decode, or the daemon exits; the driver's
+        Init makes `l/` again; `layerStore` cleans `-removing` entries; each container's
+        mount empties its `work/work`."""
+        if read_tags(root) is None:
+            return Recovery(None, f"dockerd does not start: Couldn't create Tag store repositories: "
+                                  f"{TAGS} does not decode (unexpected end of JSON input)")
+        if lookup(root, split(LINKS)) is None:
+            root = ensure_dirs(root, split(LINKS))
         for name in _names(root, LAYERS):
             if name.endswith(REMOVING):
                 cache = _read(root, f"{LAYERS}/{name}/cache-id")
@@ -483,22 +755,48 @@ class DockerMount(Mount):
             if chain.endswith(REMOVING):
                 continue
             out.extend(self._layer_problems(root, chain))
-        for name in _names(root, MOUNTS):
-            meta = f"{MOUNTS}/{name}"
-            for key in ("mount-id", "init-id"):
-                cache = _read(root, f"{meta}/{key}")
-                if not cache:
-                    out.append((f"{meta}/{key}", f"{key} of container {name} is missing or empty"))
-                else:
-                    out.extend(self._dir_problems(root, cache, needs_lower=True))
-            found = self.container_layers(root, name)
-            if isinstance(found, ErrorEntry) and not any(p.startswith(meta) for p, _ in out):
-                out.append((meta, f"container {name} cannot be mounted: {found.reason}"))
+        loaded = self.loaded_containers(root)
+        for cid in _names(root, CONFIGS):
+            config = read_config(root, cid)
+            if config is None:
+                if lookup(root, split(f"{CONFIGS}/{cid}/config.v2.json")) is not None:
+                    problem = f"the config of container {cid} does not decode: dockerd drops the container"
+                    out.append((f"{CONFIGS}/{cid}", problem))
+                continue
+            name = config["Name"].removeprefix("/")
+            if _is_dead(config):
+                continue  # an interrupted rm: a second `docker rm` finishes it
+            if loaded.get(name) != cid:
+                problem = (f"container {name} has a config but its layerdb mount does not load: "
+                           "dockerd drops the container (\"failed to load container mount\")")
+                out.append((f"{MOUNTS}/{cid}", problem))
+            else:
+                out.extend(self._container_problems(root, name, cid))
         for image in _names(root, IMAGEDB):
             for chain in self._image_chains(root, image):
                 if lookup(root, split(f"{LAYERS}/{chain}")) is None:
-                    problem = f"image {image} needs layer sha256:{chain}, which is not registered"
+                    problem = f"image sha256:{image} needs layer sha256:{chain}, which is not registered"
                     out.append((f"{IMAGEDB}/{image}", problem))
+        tags = read_tags(root)
+        if tags is None:
+            out.append((TAGS, f"{TAGS} does not decode: dockerd does not start"))
+        for name, image in (tags or {}).items():
+            if lookup(root, split(f"{IMAGEDB}/{image}")) is None:
+                out.append((TAGS, f"tag {name} names image sha256:{image}, whose config does not exist"))
+        return out
+
+    def _container_problems(self, root: Dir, name: str, cid: str) -> list[tuple[str, str]]:
+        meta = f"{MOUNTS}/{cid}"
+        out = []
+        for key in ("mount-id", "init-id"):
+            cache = _read(root, f"{meta}/{key}")
+            if not cache:
+                out.append((f"{meta}/{key}", f"{key} of container {name} is missing or empty"))
+            else:
+                out.extend(self._dir_problems(root, cache, needs_lower=True))
+        found = self.container_layers(root, name)
+        if isinstance(found, ErrorEntry) and not any(p.startswith(meta) for p, _ in out):
+            out.append((meta, f"container {name} cannot be mounted: {found.reason}"))
         return out
 
     def _layer_problems(self, root: Dir, chain: str) -> list[tuple[str, str]]:
@@ -548,25 +846,42 @@ class DockerMount(Mount):
         layer directories no layerdb entry or mount names, `l/` links to nothing,
         temp write sets, layers no image or container uses."""
         used_caches: set[str] = set()
+        out_mounts: list[tuple[str, str]] = []
         for chain in _names(root, LAYERS):
             cache = _read(root, f"{LAYERS}/{chain}/cache-id")
             if cache:
                 used_caches.add(cache)
-        for name in _names(root, MOUNTS):
+        containers = set(self.loaded_containers(root).values())
+        for cid in _names(root, MOUNTS):
+            if cid not in containers:
+                what = f"mount metadata {MOUNTS}/{cid} belongs to no container"
+                out_mounts.append((f"{MOUNTS}/{cid}", what))
+                continue
             for key in ("mount-id", "init-id"):
-                cache = _read(root, f"{MOUNTS}/{name}/{key}")
+                cache = _read(root, f"{MOUNTS}/{cid}/{key}")
                 if cache:
                     used_caches.add(cache)
+        for cid in _names(root, CONFIGS):
+            config = read_config(root, cid)
+            if config is None and lookup(root, split(f"{CONFIGS}/{cid}/config.v2.json")) is None:
+                out_mounts.append((f"{CONFIGS}/{cid}", f"container directory {CONFIGS}/{cid} has no config"))
+            elif config is not None and _is_dead(config) and cid not in containers:
+                what = f"container directory {CONFIGS}/{cid} of a Dead container dockerd no longer loads"
+                out_mounts.append((f"{CONFIGS}/{cid}", what))
         out = [(f"{OVERLAY}/{c}", f"layer directory {OVERLAY}/{c} belongs to no layer or container")
                for c in _names(root, OVERLAY) if c != "l" and c not in used_caches]
+        out.extend(out_mounts)
         for link in _names(root, LINKS):
             target = self._resolve_link(root, f"l/{link}")
             if target is None or lookup(root, split(target)) is None:
                 out.append((f"{LINKS}/{link}", f"{LINKS}/{link} is a dangling link"))
         out.extend((f"{TMP}/{w}", f"temp write set {TMP}/{w} was never committed") for w in _names(root, TMP))
+        tagged = set((read_tags(root) or {}).values())
+        out.extend((f"{IMAGEDB}/{i}", f"image sha256:{i} has no tag (dangling)")
+                   for i in _names(root, IMAGEDB) if i not in tagged)
         used_chains = {c for name in _names(root, IMAGEDB) for c in self._image_chains(root, name)}
-        for name in _names(root, MOUNTS):
-            used_chains.add((_read(root, f"{MOUNTS}/{name}/parent") or "").removeprefix("sha256:"))
+        for cid in containers:
+            used_chains.add((_read(root, f"{MOUNTS}/{cid}/parent") or "").removeprefix("sha256:"))
         for chain in _names(root, LAYERS):
             if chain.endswith(REMOVING) or chain in used_chains:
                 continue
@@ -618,10 +933,16 @@ class DockerOverlay2(Driver):
     description = "Docker's overlay2 layer store under /var/lib/docker, with containers on overlayfs"
     layered = False
     OPTIONS = {
+        "moby": Option(
+            (str,), "20.10",
+            "the moby version whose write discipline is modelled: 1.11 (tag store in place), "
+            "1.13 (+ layerdb fsync), 18.06 (+ empty link refused), 20.10, 25.0 (+ atomic link files)",
+            choices=MOBY_VERSIONS,
+        ),
         "link_files": Option(
-            (str,), "write",
-            "how `link` and `lower` are written: write (no fsync, as moby long did) or "
-            "atomic (temp file, fsync, rename)", choices=("write", "atomic"),
+            (str,), "moby",
+            "how `link` and `lower` are written: as the moby version does, write (no fsync, "
+            "before 25.0) or atomic (temp file, fsync, rename)", choices=("moby", "write", "atomic"),
         ),
         "sync_before_register": Option(
             (bool,), False,
@@ -635,6 +956,7 @@ class DockerOverlay2(Driver):
         "commit": (("image",), ("container",)),
         "rm-container": ((), ("container",)),
         "rmi": ((), ("image",)),
+        "tag": (("tag",), ("image",)),
     }
     WORKLOAD_ROOT = f"{CONTAINERS_VIEW}/{DEFAULT_CONTAINER}"
 
@@ -659,4 +981,6 @@ class DockerOverlay2(Driver):
             return syscall(RemoveContainer(container or DEFAULT_CONTAINER))
         if kind == "rmi":
             return syscall(RemoveImage(image or DEFAULT_IMAGE))
+        if kind == "tag":
+            return syscall(TagImage(image or DEFAULT_IMAGE, args["tag"]))
         return None

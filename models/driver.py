@@ -23,6 +23,7 @@ Drivers know nothing of crashes; the checker never looks inside a driver.
 
 from __future__ import annotations
 
+import copy
 import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,10 @@ class Mount:
     def recover(self, root: Dir) -> Recovery:
         return Recovery(root)
 
+    def clean_shutdown(self, root: Dir) -> Dir:
+        """What a clean unmount or daemon stop leaves of `root` (no crash)."""
+        return root
+
     def device(self, parts: Parts) -> str:
         return one_device(parts)
 
@@ -153,6 +158,20 @@ class Mount:
             raise FsError(errno.ENOSYS, f"{self.driver.name} has no {call.NAME}")
         result: sc.SysResult | None = getattr(self, name)(call, log)
         return sc.OK if result is None else result
+
+    def restart(self, root: Dir) -> Mount:
+        """The driver started again on `root` (the backing store the next mount or daemon
+        start finds, recovered): a new lifetime with nothing kept in memory but the
+        counters, which go on, so names the driver makes stay fresh (as random ids do)."""
+        again = copy.copy(self)
+        again.counters = dict(self.counters)
+        again.initial = root
+        again.new_lifetime()
+        return again
+
+    def new_lifetime(self) -> None:
+        """Forget what lives only in memory while the driver runs (mounted containers,
+        a work dir's shared whiteout); content-keyed memos may stay."""
 
     def next(self, counter: str, start: int = 1) -> int:
         """The next value of a named counter of this mount (temp names, inode numbers)."""

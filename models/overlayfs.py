@@ -118,6 +118,16 @@ class OverlayMount(Mount):
         mount._start(Union([(node, split(path)) for path, node in lowers]))
         return mount
 
+    def clean_shutdown(self, root: Dir) -> Dir:
+        """A clean umount removes a volatile mount's dirty marker (`ovl_put_super`)."""
+        if lookup(root, WORK + ("incompat",)) is None:
+            return root
+        return remove_subtree(root, WORK + ("incompat",))
+
+    def new_lifetime(self) -> None:
+        self._whiteout_source = None
+        self._mounted = self.initial
+
     def _start(self, union: Union) -> None:
         self._union = union
         self.redirect_on = self.options["redirect_dir"] == "on"

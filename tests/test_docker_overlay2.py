@@ -7,7 +7,8 @@ from checker import check, load_spec
 from checker.engine.explorer import context_for
 from checker.engine.persistence import CrashState, parse_persisted
 from checker.engine.trace import build_trace
-from models.docker_overlay2 import DockerMount, DockerOverlay2
+from models.docker_overlay2 import DockerMount, DockerOverlay2, image_id
+from models.steps import remove_subtree
 from models.tree import ErrorEntry, File, Symlink, lookup, split
 from tests.conftest import ROOT, make_spec, suite_counts
 
@@ -21,9 +22,10 @@ def steps_per_op(text: str) -> list[list[str]]:
     return [[str(trace.steps[i]) for i in range(op.first_step, op.end_step)] for op in trace.ops]
 
 
-def test_pull_creates_the_layer_dir_unstaged_then_commits_layerdb_and_image_by_rename():
+def test_pull_creates_the_layer_dir_unstaged_then_commits_layerdb_image_and_tag_by_rename():
     (pull,) = steps_per_op('[[ops]]\nop = "pull"\n')
-    chain = pull[-5].split("/")[-1]
+    chain = pull[18].split("/")[-1]
+    image = image_id([chain])
     assert pull == [
         "mkdir overlay2/layer0 mode 710",
         "mkdir overlay2/layer0/diff",
@@ -44,10 +46,14 @@ def test_pull_creates_the_layer_dir_unstaged_then_commits_layerdb_and_image_by_r
         f"write {LAYERDB}/tmp/write-set-1/cache-id ='layer0'",
         f"fsync {LAYERDB}/tmp/write-set-1/cache-id",
         f"rename {LAYERDB}/tmp/write-set-1 -> {LAYERDB}/sha256/{chain}",
-        "create image/overlay2/imagedb/content/sha256/.tmp-image",
-        f"write image/overlay2/imagedb/content/sha256/.tmp-image ='{chain}\\n'",
-        "fsync image/overlay2/imagedb/content/sha256/.tmp-image",
-        "rename image/overlay2/imagedb/content/sha256/.tmp-image -> image/overlay2/imagedb/content/sha256/image",
+        f"create image/overlay2/imagedb/content/sha256/.tmp-{image}1",
+        f"write image/overlay2/imagedb/content/sha256/.tmp-{image}1 ='{chain}\\n'",
+        f"fsync image/overlay2/imagedb/content/sha256/.tmp-{image}1",
+        f"rename image/overlay2/imagedb/content/sha256/.tmp-{image}1 -> image/overlay2/imagedb/content/sha256/{image}",
+        "create image/overlay2/.tmp-repositories.json2",
+        "write image/overlay2/.tmp-repositories.json2 ='{\"Repositories\":{\"ima...'",
+        "fsync image/overlay2/.tmp-repositories.json2",
+        "rename image/overlay2/.tmp-repositories.json2 -> image/overlay2/repositories.json",
     ]
     assert pull[10].startswith(f"write {LAYERDB}/tmp/write-set-1/diff ='sha256:")
 
@@ -55,14 +61,16 @@ def test_pull_creates_the_layer_dir_unstaged_then_commits_layerdb_and_image_by_r
 def test_atomic_link_files_go_through_a_temp_file_fsync_and_rename():
     (pull,) = steps_per_op('[options]\nlink_files = "atomic"\n[[ops]]\nop = "pull"\n')
     assert pull[3:7] == [
-        "create overlay2/layer0/.tmp-link",
-        "write overlay2/layer0/.tmp-link ='L0'",
-        "fsync overlay2/layer0/.tmp-link",
-        "rename overlay2/layer0/.tmp-link -> overlay2/layer0/link",
+        "create overlay2/layer0/.tmp-link1",
+        "write overlay2/layer0/.tmp-link1 ='L0'",
+        "fsync overlay2/layer0/.tmp-link1",
+        "rename overlay2/layer0/.tmp-link1 -> overlay2/layer0/link",
     ]
+    (pull25,) = steps_per_op('[options]\nmoby = "25.0"\n[[ops]]\nop = "pull"\n')
+    assert pull25 == pull  # moby 25.0 writes them so (PR #46471)
 
 
-def test_run_makes_init_and_container_layers_then_plain_mount_metadata():
+def test_run_makes_init_and_container_layers_plain_mount_metadata_then_atomic_configs():
     (run,) = steps_per_op('[[ops]]\nop = "run"\ncontainer = "web"\n')
     assert run[:9] == [
         "mkdir overlay2/ctr-web-init mode 710",
@@ -75,32 +83,54 @@ def test_run_makes_init_and_container_layers_then_plain_mount_metadata():
         "create overlay2/ctr-web-init/lower",
         "write overlay2/ctr-web-init/lower ='l/L0'",
     ]
-    assert run[-9:] == [
+    assert run[-22:] == [
         f"mkdir {LAYERDB}/mounts/web",
         f"create {LAYERDB}/mounts/web/mount-id",
         f"write {LAYERDB}/mounts/web/mount-id ='ctr-web'",
         f"create {LAYERDB}/mounts/web/init-id",
         f"write {LAYERDB}/mounts/web/init-id ='ctr-web-init'",
         f"create {LAYERDB}/mounts/web/parent",
-        run[-3],
+        run[-16],
+        "mkdir containers/web mode 700",
+        "create containers/web/.tmp-hostconfig.json3",
+        "write containers/web/.tmp-hostconfig.json3 ='{\"NetworkMode\":\"none\"}\\n'",
+        "fsync containers/web/.tmp-hostconfig.json3",
+        "rename containers/web/.tmp-hostconfig.json3 -> containers/web/hostconfig.json",
+        "create containers/web/.tmp-config.v2.json4",
+        "write containers/web/.tmp-config.v2.json4 ='{\"Driver\":\"overlay2\",...'",
+        "fsync containers/web/.tmp-config.v2.json4",
+        "rename containers/web/.tmp-config.v2.json4 -> containers/web/config.v2.json",
         "mkdir overlay2/ctr-web/merged mode 700",
         "mkdir overlay2/ctr-web/work/work mode 0",
+        "create containers/web/.tmp-config.v2.json5",
+        "write containers/web/.tmp-config.v2.json5 ='{\"Driver\":\"overlay2\",...'",
+        "fsync containers/web/.tmp-config.v2.json5",
+        "rename containers/web/.tmp-config.v2.json5 -> containers/web/config.v2.json",
     ]
     assert "write overlay2/ctr-web/lower ='l/L1:l/L0'" in run
 
 
-def test_rm_container_and_rmi_remove_links_then_dirs_then_metadata():
+def test_rm_container_and_rmi_mark_first_then_remove_links_then_dirs_then_metadata():
     rm, rmi = steps_per_op('[[ops]]\nop = "rm-container"\n[[ops]]\nop = "rmi"\n')
     assert rm == [
+        "create containers/app/.tmp-config.v2.json6",
+        "write containers/app/.tmp-config.v2.json6 ='{\"Driver\":\"overlay2\",...'",
+        "fsync containers/app/.tmp-config.v2.json6",
+        "rename containers/app/.tmp-config.v2.json6 -> containers/app/config.v2.json",
         "rm -r overlay2/l/L2",
         "rm -r overlay2/ctr-app",
         "rm -r overlay2/l/L1",
         "rm -r overlay2/ctr-app-init",
         f"rm -r {LAYERDB}/mounts/app",
+        "rm -r containers/app",
     ]
-    chain = rmi[1].split()[1].split("/")[-1]
+    chain = rmi[5].split()[1].split("/")[-1]
     assert rmi == [
-        "unlink image/overlay2/imagedb/content/sha256/image",
+        "create image/overlay2/.tmp-repositories.json7",
+        "write image/overlay2/.tmp-repositories.json7 ='{\"Repositories\":{}}'",
+        "fsync image/overlay2/.tmp-repositories.json7",
+        "rename image/overlay2/.tmp-repositories.json7 -> image/overlay2/repositories.json",
+        f"unlink image/overlay2/imagedb/content/sha256/{image_id([chain])}",
         f"rename {LAYERDB}/sha256/{chain} -> {LAYERDB}/sha256/{chain}-1-removing",
         "rm -r overlay2/l/L0",
         "rm -r overlay2/layer0",
@@ -134,17 +164,26 @@ def test_container_file_ops_land_in_the_container_layer_and_images_are_read_only
 
 def test_builtin_docker_specs_exact_counts():
     assert suite_counts(SPECS) == {
-        "commit-container": (46, 47, []),
+        "commit-container": (50, 51, []),
         "container-mv-lower-dir": (38, 39, ["atomicity", "no-dual-existence"]),
         "container-mv-redirect-on": (14, 15, []),
         "container-write-isolated": (17, 18, []),
-        "pull-power-loss-empty-link": (49, 714, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
-        "pull-power-loss-fixed": (57, 58, []),
-        "pull-prefix-consistent": (54, 55, []),
-        "pull-prefix-leaks": (49, 50, ["no-layer-leak"]),
-        "rm-container-removes-layers-first": (5, 6, ["atomicity", "layer-store-consistent"]),
-        "rmi-dangling-l-link": (28, 90, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
-        "run-mount-metadata-window": (32, 33, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
+        "pull-crash-pull": (53, 54, []),
+        "pull-layerdb-no-fsync": (22, 294, ["layer-store-consistent"]),
+        "pull-power-loss-empty-link": (53, 842, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
+        "pull-power-loss-fixed": (61, 62, []),
+        "pull-prefix-consistent": (58, 59, []),
+        "pull-prefix-leaks": (53, 54, ["no-layer-leak"]),
+        "rm-container-crash-rm": (10, 11, []),
+        "rm-container-removes-layers-first": (10, 11, ["atomicity", "no-layer-leak"]),
+        "rmi-after-crash-empty-link-refused": (47, 211, []),
+        "rmi-after-crash-removes-every-link": (47, 211, ["usable-after-recovery"]),
+        "rmi-dangling-l-link": (36, 122, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
+        "run-crash-write": (45, 46, []),
+        "run-killed-leaks-layers": (45, 46, ["no-layer-leak"]),
+        "run-power-loss-drops-container": (45, 2246, ["layer-store-consistent"]),
+        "tag-store-atomic": (4, 5, []),
+        "tag-store-in-place": (2, 3, ["recoverable"]),
     }
 
 
@@ -182,15 +221,18 @@ def test_prefix_crashes_of_pull_never_make_the_store_inconsistent():
         root = driver.recover(ctx.materialize(CrashState(k))).root
         assert driver.store_problems(root) == [], k
         leaks += bool(driver.store_leaks(root))
-    assert leaks == 48  # every crash between the first mkdir and the image config rename
+    assert leaks == 52  # every crash between the first mkdir and the tag store rename
 
 
-def test_a_broken_mount_shows_as_an_error_entry_in_the_view():
+def test_a_broken_mount_and_a_dead_container_show_as_error_entries_in_the_view():
     spec = load_spec(SPECS / "rm-container-removes-layers-first.toml")
     ctx = context_for(spec, "prefix")
-    view = ctx.trace.mount.view(ctx.materialize(CrashState(2)))
-    app = view.entries["containers"].entries["app"]
+    mount = ctx.trace.mount
+    broken = remove_subtree(ctx.trace.initial, split("overlay2/ctr-app"))
+    app = mount.view(broken).entries["containers"].entries["app"]
     assert isinstance(app, ErrorEntry) and "layer ctr-app does not exist" in app.reason
+    app = mount.view(ctx.materialize(CrashState(6))).entries["containers"].entries["app"]
+    assert isinstance(app, ErrorEntry) and "container app is Dead" in app.reason
 
 
 class WritesIntoTheImageMount(DockerMount):

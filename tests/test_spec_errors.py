@@ -83,6 +83,11 @@ MALFORMED = {
     "expect-error-unknown": 'name = "x"\ndriver = "plain"\n[[ops]]\nop = "sync"\nexpect_error = "ENOPE"\n',
     "image-name-nul": 'name = "x"\ndriver = "docker-overlay2"\n[[ops]]\nop = "pull"\nimage = "a\\u0000"\n',
     "not-utf8": b'name = "\xff\xfe"\ndriver = "plain"\n',
+    "two-crash-ops": 'name = "x"\ndriver = "plain"\n[[ops]]\nop = "crash"\n[[ops]]\nop = "crash"\n',
+    "crash-expect-error": 'name = "x"\ndriver = "plain"\n[[ops]]\nop = "crash"\nexpect_error = "EIO"\n',
+    "usable-without-crash": 'name = "x"\ndriver = "plain"\ncheck = ["usable-after-recovery"]\n',
+    "moby-unknown": 'name = "x"\ndriver = "docker-overlay2"\n[options]\nmoby = "19.03"\n',
+    "tag-name-slash": 'name = "x"\ndriver = "docker-overlay2"\n[[ops]]\nop = "tag"\ntag = "a/b"\n',
 }
 
 
@@ -107,6 +112,12 @@ def test_the_error_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFix
         "from-layer-top": "op 0: from_layer 1 leaves nothing to squash (the image has 2 layer(s): "
                           "from_layer is at most 0)",
         "deep-toml": "invalid TOML: arrays or tables nested too deeply",
+        "two-crash-ops": "ops[1]: a workload has at most one crash op",
+        "crash-expect-error": "ops[0].expect_error: a crash op has no result to expect",
+        "usable-without-crash": "check[0]: invariant 'usable-after-recovery' checks nothing here: it needs "
+                                "a crash op",
+        "moby-unknown": "options: option 'moby' must be one of '1.11', '1.13', '18.06', '20.10', '25.0', not '19.03'",
+        "tag-name-slash": "'a/b' is not a tag name",
     }
     for case, text in expected.items():
         path = write(tmp_path, MALFORMED[case], f"{case}.toml")

@@ -50,22 +50,32 @@ class Verdict:
         """The ops as the model ran them (`checker.engine.trace.OpRecord`), if known."""
         return ()
 
-    @property
-    def mismatched_ops(self) -> list[Any]:
-        """Ops with an `expect_error` that returned something else."""
-        return [op for op in self.op_records if op.op.expect_error and not op.as_expected]
+    def op_results(self) -> list[tuple[Any, int | str]]:
+        """(spec op, what it returned) for every op the model ran: the ops of the trace,
+        then a `crash` op and the ops after it (as they return without the crash)."""
+        return [(r.op, r.result) for r in self.op_records] + list(self.later_results)
 
     @property
-    def failed_ops(self) -> list[Any]:
+    def mismatched_ops(self) -> list[tuple[Any, int | str]]:
+        """Ops with an `expect_error` that returned something else."""
+        return [(op, res) for op, res in self.op_results() if op.expect_error and res != op.expect_error]
+
+    @property
+    def failed_ops(self) -> list[tuple[Any, int | str]]:
         """Ops that failed although the spec does not say they should (a warning)."""
-        return [op for op in self.op_records if not op.op.expect_error and op.errno]
+        return [(op, res) for op, res in self.op_results() if not op.expect_error and res != 0]
+
+    @property
+    def later_results(self) -> Sequence[tuple[Any, int | str]]:
+        """(op, result) of the `crash` op and the ops after it, in a run without the crash."""
+        return ()
 
     def ops_json(self) -> list[dict[str, object]]:
         out = []
-        for op in self.op_records:
-            doc: dict[str, object] = {"op": op.index, "op_text": op.text, "result": op.result}
-            if op.op.expect_error:
-                doc["expect_error"] = op.op.expect_error
+        for op, result in self.op_results():
+            doc: dict[str, object] = {"op": op.index, "op_text": op.text, "result": result}
+            if op.expect_error:
+                doc["expect_error"] = op.expect_error
             out.append(doc)
         return out
 
@@ -93,6 +103,14 @@ class Result(Verdict):
     confirmations: list[Any] | None = None  # one checker.real.confirm.Confirmation per violation
     fix: list[Any] | None = None  # fsync insertions (symbolic.repair.Fsync) removing every violation
     counts: dict[tuple[int, str], int] | None = None  # (op, invariant) -> violating crash states
+    later: tuple[int | str, ...] = ()  # results of the ops after a `crash` op, without the crash
+
+    @property
+    def later_results(self) -> Sequence[tuple[Any, int | str]]:
+        k = self.spec.crash_index
+        if k is None:
+            return ()
+        return [(self.spec.ops[k], 0)] + list(zip(self.spec.after_crash, self.later, strict=True))
 
     @property
     def op_records(self) -> Sequence[Any]:
@@ -223,6 +241,7 @@ def _check(
         verdict = "unknown"
     else:
         verdict = "pass"
+    later = ctx.after_crash.reference(len(ctx.trace.ops)).results if ctx.after_crash is not None else ()
     ctx.drop_caches()  # a long suite keeps every result: keep only what reports need
     return Result(
         spec=spec,
@@ -241,6 +260,7 @@ def _check(
         why=found.why,
         context=ctx,
         counts=found.counts,
+        later=later,
     )
 
 

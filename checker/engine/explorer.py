@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from checker.engine.aftercrash import AfterCrash, Continuation
 from checker.engine.budget import Budget, Meter
 from checker.engine.invariants import CrashContext, Finding, Invariant, selected
 from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
@@ -44,6 +45,9 @@ class Violation:
     # the evidence a report shows: what recovery did with the crash state, and the view after it
     recovery: Recovery | None = field(default=None, compare=False, repr=False)
     view: Dir | None = field(default=None, compare=False, repr=False)
+    crash_op: bool = False  # the spec has a `crash` op: the JSON says which later op broke
+    after_crash_op: int | None = None
+    later: Continuation | None = field(default=None, compare=False, repr=False)  # what the later ops did
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -56,6 +60,8 @@ class Violation:
         }
         if self.persisted is not None:
             doc["persisted"] = self.persisted
+        if self.crash_op:
+            doc["after_crash_op"] = self.after_crash_op
         return doc
 
 
@@ -111,6 +117,11 @@ class Context:
         return [ops[0].before] + [op.after for op in ops] if ops else []
 
     @cached_property
+    def after_crash(self) -> AfterCrash | None:
+        """The ops after the spec's `crash` op, run on recovered crash states."""
+        return AfterCrash(self.trace) if self.spec.crash_index is not None else None
+
+    @cached_property
     def sync_ends(self) -> list[int]:
         """The end step of each fsync/sync op, in op order."""
         return [op.end_step for op in self.trace.ops if op.op.kind in SYNC_OPS]
@@ -163,6 +174,7 @@ class Context:
         ctx = CrashContext(
             self.trace, self.trace.op_record(op), rec, view, self.trace.mount, self.recover,
             prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
+            after_crash=self.after_crash,
         )
         out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]
         _bounded_put(self.findings, key, out)
@@ -205,9 +217,10 @@ def violations_at(ctx: Context, crash: CrashState, root: Dir | None = None) -> l
     record = ctx.trace.op_record(op)
     token = None if crash.is_prefix else crash.token(ctx.constraints.pieces)
     recovery, view = ctx.recovered(root)
+    crash_op = ctx.after_crash is not None
     return [
         Violation(name, op, record.text, crash.crash_after_step, f.message, f.paths, crash, token,
-                  recovery, view)
+                  recovery, view, crash_op, f.after_crash_op, f.later)
         for name, f in found
     ]
 
@@ -253,7 +266,7 @@ def trace_level_violations(ctx: Context) -> list[Violation]:
                 crash = CrashState(step + 1)
                 recovery, view = ctx.recovered(ctx.materialize(crash))
                 out.append(Violation(inv.name, op, ctx.trace.ops[op].text, step + 1, f.message, f.paths,
-                                     crash, None, recovery, view))
+                                     crash, None, recovery, view, ctx.after_crash is not None))
     return out
 
 

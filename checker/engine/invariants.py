@@ -21,6 +21,7 @@ from models.driver import Mount, Recovery
 from models.tree import Dir, File, join, lookup, split
 
 if TYPE_CHECKING:
+    from checker.engine.aftercrash import AfterCrash, Continuation
     from checker.engine.trace import OpRecord, Trace
     from checker.spec import Spec
 
@@ -32,6 +33,8 @@ CLOSEST_SPAN = 64  # prefix views compared to name the closest one in an atomici
 class Finding:
     message: str
     paths: tuple[str, ...] = ()
+    after_crash_op: int | None = None  # the later op that broke (usable-after-recovery)
+    later: Continuation | None = field(default=None, compare=False)  # what the later ops did
 
 
 @dataclass
@@ -47,6 +50,7 @@ class CrashContext:
     prefix_views: list[Dir] = field(default_factory=list)  # views after 0, 1, ... ops
     generalized: bool = False  # the crash may keep any ideal of steps, not a prefix
     returned_syncs: int = 0  # how many fsync/sync ops (the first ones) returned before the crash
+    after_crash: AfterCrash | None = None  # the ops after a `crash` op
 
 
 class Invariant:
@@ -447,6 +451,66 @@ class Recoverable(Invariant):
         return []
 
 
+class UsableAfterRecovery(Invariant):
+    name = "usable-after-recovery"
+    description = (
+        "after a crash during the ops before a `crash` op and recovery, the ops after it "
+        "return and leave what they do after some crash-free prefix of those ops, and bring "
+        "about no store problem"
+    )
+    needs = "a crash op"
+
+    def applies(self, spec: Spec) -> bool:
+        return spec.crash_index is not None
+
+    def check(self, ctx: CrashContext) -> list[Finding]:
+        after = ctx.after_crash
+        if after is None or not after.ops:
+            return []
+        first_later = after.ops[0].index
+        root = ctx.recovery.root if ctx.recovery.root is not None else ctx.recovery.fallback
+        if root is None:
+            return [Finding(
+                f"after a crash during `{ctx.op.text}` the store does not start again "
+                f"({ctx.recovery.refusal}): the later ops cannot run", (), first_later,
+            )]
+        got = after.run(root)
+        refs = [after.reference(k) for k in after.allowed(ctx.op.index, ctx.generalized)]
+        for ref in refs:
+            if got.results == ref.results and got.view.digest == ref.view.digest and (
+                not got.problems or got.problems == ref.problems
+            ):
+                return []
+        best = max(refs, key=lambda r: _common(r.results, got.results))
+        j = _common(best.results, got.results)
+        if j < len(got.results):
+            op = after.ops[j]
+            expected = " or ".join(str(r) for r in dict.fromkeys(
+                ref.results[j] for ref in refs if ref.results[:j] == got.results[:j]
+            ))
+            return [Finding(
+                f"after a crash during `{ctx.op.text}`, later op {op.index} `{op.text}` returns "
+                f"{got.results[j]} where it returns {expected} after no crash", (), op.index, got,
+            )]
+        last = after.ops[-1].index
+        if got.view.digest != best.view.digest:
+            differs = views.diff(best.view, got.view, limit=MAX_PATHS)
+            return [Finding(
+                f"after a crash during `{ctx.op.text}`, the later ops end in a view no run "
+                f"without the crash gives (differs at {_list(differs)})", tuple(differs), last, got,
+            )]
+        [found] = _problems(f"after a crash during `{ctx.op.text}`, the later ops leave the store "
+                            "inconsistent", list(got.problems))
+        return [Finding(found.message, found.paths, last, got)]
+
+
+def _common(a: tuple[object, ...], b: tuple[object, ...]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 class ViewPreserved(Invariant):
     name = "view-preserved"
     description = (
@@ -627,6 +691,7 @@ INVARIANTS: dict[str, Invariant] = {
     for inv in (
         Atomicity(), NoDualExistence(), NoLoss(), LowerImmutable(), Recoverable(), Durability(),
         ViewPreserved(), LayerStoreConsistent(), NoLayerLeak(), SnapshotIsolation(), NoSpaceLeak(),
+        UsableAfterRecovery(),
     )
 }
 

@@ -174,13 +174,10 @@ class Recorder:
             self.records.append(TraceStep(self.log.steps[i], op.index, call, self.log.states[i]))
 
 
-def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
-    """Run the workload once on a fresh mount of the driver and record everything."""
-    driver = driver or make_driver(spec)
-    mount = driver.mount(list(spec.layers), spec.upper, spec.ops)
-    rec = Recorder(mount)
-    ops: list[OpRecord] = []
-    for op in spec.ops:
+def run_ops(mount: Mount, ops: list[Op], rec: Recorder) -> list[OpRecord]:
+    """Run ops on a mount, recording every step in `rec`."""
+    out: list[OpRecord] = []
+    for op in ops:
         before = mount.view(rec.log.root)
         first = len(rec.log.steps)
         calls: list[SyscallRecord] = []
@@ -191,7 +188,7 @@ def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
                 if failed:
                     break  # the first raw step that fails ends the op
         else:
-            gen = client_for(op, driver)
+            gen = client_for(op, mount.driver)
             try:
                 call = next(gen)
                 while True:
@@ -201,5 +198,16 @@ def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
                     call = gen.send(rec.call(op, calls, call))
             except StopIteration as stop:
                 failed = stop.value or 0
-        ops.append(OpRecord(op, calls, first, len(rec.log.steps), failed, before, mount.view(rec.log.root)))
+        out.append(OpRecord(op, calls, first, len(rec.log.steps), failed, before, mount.view(rec.log.root)))
+    return out
+
+
+def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:
+    """Run the workload once on a fresh mount of the driver and record everything; with
+    a `crash` op, the trace is of the ops before it (the ops after it run on each
+    recovered crash state: `checker.engine.aftercrash`)."""
+    driver = driver or make_driver(spec)
+    mount = driver.mount(list(spec.layers), spec.upper, spec.ops)
+    rec = Recorder(mount)
+    ops = run_ops(mount, spec.before_crash, rec)
     return Trace(spec, mount, mount.initial, rec.records, ops)

@@ -52,6 +52,8 @@ MAX_REPLAYS = 64  # solver models replayed before giving up on a disagreeing enc
 
 def unsupported(ctx: Context) -> str | None:
     """Why the symbolic engine cannot decide this trace, or None."""
+    if ctx.spec.crash_index is not None:
+        return "the ops after a crash op (usable-after-recovery)"
     if not (can(ctx.trace.mount, UnionView) or can(ctx.trace.mount, IdentityView)):
         return f"no symbolic encoding of driver {ctx.spec.driver}"  # models.capabilities
     states = ctx.trace.states
