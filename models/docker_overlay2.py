@@ -1,5 +1,7 @@
-"""Docker's overlay2 graph driver and layer store (moby `daemon/graphdriver/overlay2`,
-`layer/`, `image/`) as a driver model.
+"""Docker's overlay2 graph driver, layer store and daemon metadata (moby
+`daemon/graphdriver/overlay2/overlay.go`, `layer/layer_store.go`, `layer/filestore.go`,
+`image/fs.go`, `reference/store.go`, `container/container.go`, `daemon/create.go`,
+`daemon/delete.go`, `daemon/daemon.go` restore) as a driver model.
 
 The backing store is `/var/lib/docker`:
 
@@ -9,11 +11,14 @@ The backing store is `/var/lib/docker`:
     overlay2/<id>/work, merged   overlayfs work dir and mount point (container layers)
     overlay2/l/<link>            symlink to `../<id>/diff` (keeps mount options short)
     image/overlay2/layerdb/sha256/<chain>/{diff,size,cache-id,parent}
-    image/overlay2/layerdb/mounts/<container>/{mount-id,init-id,parent}
-    image/overlay2/imagedb/content/sha256/<image>   the image's chain ids, bottom first
+    image/overlay2/layerdb/mounts/<container id>/{mount-id,init-id,parent}
+    image/overlay2/imagedb/content/sha256/<image id>   the image's chain ids, bottom first
+    image/overlay2/repositories.json   the tag store: tag -> image id
+    containers/<id>/{config.v2.json,hostconfig.json}   each container's configs
 
-The view shows every image at `images/<name>/` and every container's file system at
-`containers/<name>/`; file ops address a running container by those paths.
+The view is what `docker images` and `docker ps -a` show: every tagged image at
+`images/<tag>/` and every container dockerd loads at `containers/<name>/`; file ops
+address a running container by those paths.
 
 Ops, with the steps moby performs:
 
@@ -22,28 +27,40 @@ Ops, with the steps moby performs:
   and `lower`, with no fsync and no staging; the layer tarball is extracted into
   `diff/` with no fsync; the layerdb entry is written into a temp write set
   (`layerdb/tmp/write-set-N`, each file fsynced) and committed by one rename. Then the
-  image config is written atomically (temp file, fsync, rename).
-- `run` (`CreateRWLayer`): the `<id>-init` layer with the init files (a subset of
-  moby's `setupInitLayer`, written straight into its diff), the container layer, the
-  mount metadata (plain writes, no fsync), then `merged/` and the kernel's `work/work`.
+  image config is written atomically (temp file, fsync, rename), then the tag store.
+- `tag`: the tag store saved with one more tag.
+- `run` (`docker create`, `CreateRWLayer`, then `docker start`): the `<id>-init` layer
+  with the init files (a subset of moby's `setupInitLayer`, written straight into its
+  diff), the container layer, the mount metadata (plain writes, no fsync),
+  `containers/<id>/` with hostconfig.json and config.v2.json; then `merged/`, the
+  kernel's `work/work`, and config.v2.json saved again as running.
 - file ops inside a running container: the overlayfs model on that container's layers.
 - `commit`: the container layer's diff (overlay private xattrs dropped) registered as a
-  new layer on the image, and a new image config.
-- `rm-container` (`ReleaseRWLayer`): for the container layer and then the init layer,
-  `overlay2.Remove` reads `link`, removes `l/<link>` (or, when `link` is empty, refuses
-  to and leaves it), removes the directory; then the mount metadata.
-- `rmi`: the image config goes first; each layer no other image uses, top down, is
-  renamed to `<chain>-<n>-removing`, its directory removed as above, then the entry.
+  new layer on the image, a new image config, its tag.
+- `rm-container` (`cleanupContainer`): config.v2.json saved as Dead with
+  RemovalInProgress; `ReleaseRWLayer`: for the container layer and then the init layer,
+  `overlay2.Remove` reads `link`, removes `l/<link>`, removes the directory; then the
+  mount metadata; last `containers/<id>/`.
+- `rmi`: the tag goes first (an image another tag names stays); then the image config;
+  each layer no other image uses, top down, is renamed to `<chain>-<n>-removing`, its
+  directory removed as above, then the entry.
 
-Recovery is the next daemon lifetime: layers load from layerdb (one that fails to load
-is skipped: "layer does not exist"); `layerStore.Cleanup` removes `*-removing` entries
-and their directories (reading `link` as `Remove` does); starting a container mounts
-overlayfs, which empties its `work/work`. Temp write sets and unregistered layer
-directories stay: they are leaks.
+Recovery is dockerd 20.10's start: the tag store must decode (`reference.store.reload`;
+an empty or cut file stops the daemon); the driver's Init makes `l/`; layers load from
+layerdb (one that fails to load is skipped: "layer does not exist");
+`layerStore.Cleanup` removes `*-removing` entries and their directories (reading `link`
+as `Remove` does); a container loads when its config decodes and its layerdb mount
+loads, else it is dropped ("failed to load container mount"); starting a container
+mounts overlayfs, which empties its `work/work`. Temp write sets, unregistered layer
+directories, untagged images and mount metadata no container owns stay: they are leaks.
 
-Options: `link_files` (`write`, moby before AtomicWriteFile; `atomic`: temp, fsync,
+Options: `moby` (the version whose write discipline is modelled: MOBY_VERSIONS and the
+fixes below), `link_files` (`moby`: as that version; `write`; `atomic`: temp, fsync,
 rename), `sync_before_register` (syncfs the extracted layer before its layerdb entry is
-committed, which moby does not do) and overlayfs's `redirect_dir`.
+committed, which moby does not do) and overlayfs's `redirect_dir`. Simplifications:
+ids are the names given (a suffix when a crash left the name taken, as random ids
+never collide), image ids are 12-hex digests, and only the config fields the daemon's
+decisions read are written.
 """
 
 from __future__ import annotations
