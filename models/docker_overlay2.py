@@ -30,10 +30,11 @@ Ops, with the steps moby performs:
   image config is written atomically (temp file, fsync, rename), then the tag store.
 - `tag`: the tag store saved with one more tag.
 - `run` (`docker create`, `CreateRWLayer`, then `docker start`): the `<id>-init` layer
-  with the init files (a subset of moby's `setupInitLayer`, written straight into its
-  diff), the container layer, the mount metadata (plain writes, no fsync),
-  `containers/<id>/` with hostconfig.json and config.v2.json; then `merged/`, the
-  kernel's `work/work`, and config.v2.json saved again as running.
+  with moby's `setupInitLayer` entries (written straight into its diff; dockerd writes
+  them through a mount of the init layer, which lands the same entries there), the
+  container layer, the mount metadata (plain writes, no fsync), `containers/<id>/`
+  with hostconfig.json and config.v2.json; then `merged/`, the kernel's `work/work`,
+  and config.v2.json saved again as running.
 - file ops inside a running container: the overlayfs model on that container's layers.
 - `commit`: the container layer's diff (overlay private xattrs dropped) registered as a
   new layer on the image, a new image config, its tag.
@@ -117,10 +118,17 @@ LAYERDB_FSYNC = (1, 13)  # moby PR #25523: layerdb write-set files fsynced befor
 EMPTY_LINK_REFUSED = (18, 3)  # moby PR #36161: Remove refuses an empty `link` instead of removing l/
 LINK_FILES_ATOMIC = (25, 0)  # moby PR #46471: `link` and `lower` through AtomicWriteFile
 CONFIGS_ATOMIC = (1, 13)  # container configs through NewAtomicFileWriter (1.11 used os.Create)
-#: the part of moby's setupInitLayer that is modelled: files every container gets
+#: moby's setupInitLayer (daemon/initlayer/setup_unix.go): what every container gets,
+#: files mode 0755 as it creates them (read back from dockerd 20.10 here)
 INIT_LAYER = Dir({
     ".dockerenv": File(b"", 0o755),
-    "etc": Dir({"hostname": File(b""), "hosts": File(b""), "resolv.conf": File(b"")}),
+    "dev": Dir({"console": File(b"", 0o755), "pts": Dir(), "shm": Dir()}),
+    "etc": Dir({
+        "hostname": File(b"", 0o755), "hosts": File(b"", 0o755), "mtab": Symlink("/proc/mounts"),
+        "resolv.conf": File(b"", 0o755),
+    }),
+    "proc": Dir(),
+    "sys": Dir(),
 })
 
 

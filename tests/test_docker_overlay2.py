@@ -179,9 +179,9 @@ def test_builtin_docker_specs_exact_counts():
         "rmi-after-crash-empty-link-refused": (47, 211, []),
         "rmi-after-crash-removes-every-link": (47, 211, ["usable-after-recovery"]),
         "rmi-dangling-l-link": (36, 122, ["atomicity", "layer-store-consistent", "no-layer-leak"]),
-        "run-crash-write": (45, 46, []),
-        "run-killed-leaks-layers": (45, 46, ["no-layer-leak"]),
-        "run-power-loss-drops-container": (45, 2246, ["layer-store-consistent"]),
+        "run-crash-write": (52, 53, []),
+        "run-killed-leaks-layers": (52, 53, ["no-layer-leak"]),
+        "run-power-loss-drops-container": (52, 2274, ["layer-store-consistent"]),
         "tag-store-atomic": (4, 5, []),
         "tag-store-in-place": (2, 3, ["recoverable"]),
     }

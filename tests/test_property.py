@@ -76,8 +76,10 @@ def _plain_twin_of_container(table, init_layer):
     layer's files (overlay2), then the container layer; op paths container-relative."""
     if init_layer:
         table["layers"] = table["layers"] + [{
-            ".dockerenv": {"type": "file", "content": "", "mode": 0o755},
-            "etc/hostname": "", "etc/hosts": "", "etc/resolv.conf": "",
+            **{path: {"type": "file", "content": "", "mode": 0o755}
+               for path in (".dockerenv", "dev/console", "etc/hostname", "etc/hosts", "etc/resolv.conf")},
+            **{path: {"type": "dir"} for path in ("dev/pts", "dev/shm", "proc", "sys")},
+            "etc/mtab": {"type": "symlink", "target": "/proc/mounts"},
         }]
     for op in table["ops"]:
         for key in ("path", "src", "dst"):

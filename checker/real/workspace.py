@@ -130,11 +130,16 @@ def mounts_under(root: Path) -> list[Path]:
 
 def processes_using(root: Path) -> list[int]:
     """Processes (other than this one) that name `root` in their command line (a FUSE
-    daemon's dirs, a tracer's log) or are chrooted below it (a confined client). A shell
-    that merely has its cwd there is not one of ours, and is left alone."""
+    daemon's dirs, a tracer's log, dockerd and its containerd and shims), are chrooted
+    below it (a confined client), or live in a mount namespace of their own whose mounts
+    name it (a container started by a daemon of ours). A shell that merely has its cwd
+    there is not one of ours, and is left alone."""
     top = str(root)
     me = os.getpid()
     out = []
+    own_ns = ""
+    with suppress(OSError):
+        own_ns = os.readlink("/proc/self/ns/mnt")
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -146,9 +151,31 @@ def processes_using(root: Path) -> list[int]:
         chroot = ""
         with suppress(OSError):
             chroot = os.readlink(f"/proc/{pid}/root")
-        if top in cmdline or chroot == top or chroot.startswith(top + "/"):
+        if top in cmdline or chroot == top or chroot.startswith(top + "/") or _container_of(pid, top, own_ns):
             out.append(pid)
     return sorted(out)
+
+
+def _container_of(pid: int, top: str, own_ns: str) -> bool:
+    """Whether `pid` lives in another mount namespace whose mount table names `top`."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") == own_ns:
+            return False
+        return top in Path(f"/proc/{pid}/mountinfo").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def release(root: Path) -> None:
+    """End every process of ours under `root` and undo its mounts (deepest first); the
+    files stay."""
+    _kill_all(processes_using(root))
+    for _ in range(3):  # a lazy unmount can uncover a mount below it
+        targets = mounts_under(root)
+        if not targets:
+            break
+        for target in targets:
+            umount(target)
 
 
 def _kill_all(pids: list[int]) -> None:
@@ -180,13 +207,7 @@ def umount(target: Path) -> None:
 def teardown(root: Path) -> bool:
     """Kill what runs in `root`, unmount what is mounted under it, remove it. True when
     nothing of it is left."""
-    _kill_all(processes_using(root))
-    for _ in range(3):  # a lazy unmount can uncover a mount below it
-        targets = mounts_under(root)
-        if not targets:
-            break
-        for target in targets:
-            umount(target)
+    release(root)
     if mounts_under(root):
         return False  # never remove files through a mount that is still there
     shutil.rmtree(root, ignore_errors=True)

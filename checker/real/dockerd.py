@@ -1,0 +1,494 @@
+"""dockerd on this machine (DESIGN section 9): a private daemon per run, the spec's ops
+through its API, and its data root read back in the docker-overlay2 model's vocabulary.
+
+- `Dockerd` starts Debian's dockerd 20.10 with `--data-root`, `--exec-root`,
+  `--pidfile` and a unix socket inside a crashcheck workspace, with
+  `--iptables=false --ip6tables=false --bridge=none`; it never touches
+  `/var/lib/docker` or a system socket. The daemon, its containerd, the shims and the
+  containers' processes all name the workspace (command line or mount table), so the
+  workspace's teardown ends them and undoes their mounts on any exit, and a later run
+  cleans what a killed run left.
+- `image_tarball` writes a `docker save` archive of a spec's layers (whiteouts as
+  `.wh.` files, opaque directories as `.wh..wh..opq`); no registry is needed.
+- `DockerApi` performs each docker-overlay2 op: `pull` is `docker load` of that archive,
+  `run` is create and start of a container whose process is the host's static busybox
+  bind-mounted at `/dev/busybox` (a tmpfs inside the container, so the image's layers
+  stay exactly the spec's), `commit`, `rm-container` (`rm -f`), `rmi` and `tag`; file
+  ops run on the container's real overlay mount, confined to it.
+- `read_store` reads `/var/lib/docker` as the model lays it out: the layer store,
+  layerdb, mounts, the tag store and the container configs; an image config becomes
+  its chain ids (moby's ChainID), and each layerdb `diff` the model's digest of the
+  layer's files, so the model's view and store checks run on the real tree unchanged.
+
+Sources: moby v20.10 `cmd/dockerd`, `daemon/initlayer/setup_unix.go`,
+`layer/layer.go` (CreateChainID), `image/tarexport/load.go`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from checker.errors import CrashcheckError
+from checker.real import kernel
+from checker.real.workspace import Workspace, release
+from models.docker_overlay2 import (
+    CONFIGS,
+    IMAGEDB,
+    LAYERS,
+    MOUNTS,
+    OVERLAY,
+    TAGS,
+    diff_id,
+)
+from models.format import OPAQUE
+from models.tree import Dir, File, Node, Symlink, Whiteout
+
+DOCKERD = "/usr/sbin/dockerd"
+BUSYBOX = "/bin/busybox"
+IN_CONTAINER_BUSYBOX = "/dev/busybox"  # /dev is a tmpfs in the container: no layer changes
+COMMAND = [IN_CONTAINER_BUSYBOX, "sleep", "1000000"]
+START_TIMEOUT = 60.0  # seconds for dockerd to answer /_ping
+API_TIMEOUT = 120.0  # seconds for one API call
+STOP_TIMEOUT = 30.0
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+class DockerdUnavailable(CrashcheckError):
+    """dockerd cannot run here; the message says why and what to install."""
+
+
+def unavailable_reason() -> str | None:
+    """Why dockerd cannot run here, or None when it can."""
+    reason = kernel.overlay_unavailable_reason()
+    if reason:
+        return reason
+    if not os.path.exists(DOCKERD):
+        return f"{DOCKERD} is not installed (apt-get install docker.io)"
+    if not os.path.exists(BUSYBOX):
+        return f"{BUSYBOX} is not installed (apt-get install busybox-static): containers need a static binary"
+    if shutil.which("strace") is None:
+        return "strace is not installed (apt-get install strace)"
+    return None
+
+
+# --- the image archive ----------------------------------------------------------------
+
+
+def layer_tar(layer: Dir) -> bytes:
+    """A layer as an image layer tarball: entries sorted, owner 0, mtime 0; a whiteout
+    is an empty `.wh.<name>`, an opaque directory holds `.wh..wh..opq`; user xattrs go
+    in PAX headers as docker reads them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, node in _walk(layer, ""):
+            _add(tar, path, node)
+    return buf.getvalue()
+
+
+def _walk(node: Dir, prefix: str) -> list[tuple[str, Node]]:
+    out: list[tuple[str, Node]] = []
+    for name in sorted(node.entries):
+        child = node.entries[name]
+        path = f"{prefix}{name}"
+        out.append((path, child))
+        if isinstance(child, Dir):
+            if any(k == OPAQUE for k, _ in child.xattrs):
+                out.append((f"{path}/{OPAQUE_MARKER}", File(b"", 0o644)))
+            out.extend(_walk(child, path + "/"))
+    return out
+
+
+def _add(tar: tarfile.TarFile, path: str, node: Node) -> None:
+    parent, _, name = path.rpartition("/")
+    if isinstance(node, Whiteout):
+        path = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
+        node = File(b"", 0o644)
+    info = tarfile.TarInfo(path)
+    info.mtime = 0
+    info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                        for k, v in node.xattrs if k.startswith("user.")}
+    if isinstance(node, Dir):
+        info.type, info.mode = tarfile.DIRTYPE, node.mode
+        tar.addfile(info)
+    elif isinstance(node, Symlink):
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, node.target, 0o777
+        tar.addfile(info)
+    elif isinstance(node, File):
+        info.size, info.mode = len(node.content), node.mode
+        tar.addfile(info, io.BytesIO(node.content))
+
+
+def image_tarball(layers: list[Dir], tag: str) -> bytes:
+    """A `docker save` archive of an image with these layers (bottom first), tagged
+    `tag:latest`; the same layers give the same bytes."""
+    tars = [layer_tar(layer) for layer in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": COMMAND},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }, sort_keys=True).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    names = [f"{d.removeprefix('sha256:')}/layer.tar" for d in diff_ids]
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [f"{tag}:latest"], "Layers": names}]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        members = [*zip(names, tars, strict=True), (config_name, config), ("manifest.json", manifest)]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# --- the daemon -------------------------------------------------------------------------
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+
+    @property
+    def message(self) -> str:
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            return self.body.decode(errors="replace").strip()
+        return str(doc.get("message", doc)) if isinstance(doc, dict) else str(doc)
+
+
+class Dockerd:
+    """One dockerd on a data root inside a workspace; it can be stopped, killed and
+    started again on the same data root (its own start-up recovery)."""
+
+    def __init__(self, ws: Workspace, name: str = "docker") -> None:
+        self.ws = ws
+        self.home = ws.path(name)
+        self.data = self.home / "root"
+        self.exec_root = self.home / "x"  # short: unix socket paths are at most 107 bytes
+        self.sock = self.home / "d.sock"
+        self.pidfile = self.home / "d.pid"
+        self.log = self.home / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.home.mkdir(exist_ok=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        argv = [
+            DOCKERD, "--data-root", str(self.data), "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}", "--storage-driver", "overlay2",
+            "--iptables=false", "--ip6tables=false", "--bridge=none", "--log-level", "warn",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = self.ws.spawn(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                status = self.proc.returncode
+                raise DockerdUnavailable(f"dockerd exited with status {status}: {self.log_tail()}")
+            try:
+                if self.request("GET", "/_ping", timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise DockerdUnavailable(f"dockerd did not answer within {START_TIMEOUT:.0f} s: {self.log_tail()}")
+
+    def start_refused(self) -> str | None:
+        """Start the daemon; None when it runs, else why it did not start (the log)."""
+        try:
+            self.start()
+        except DockerdUnavailable as e:
+            self.kill()
+            return str(e)
+        return None
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line[-300:] for line in text[-lines:])
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM: containers stopped, mounts undone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        self._leftovers()
+
+    def kill(self) -> None:
+        """The crash: SIGKILL for the daemon, then for its containerd, shims and
+        containers, the mounts they held undone and the exec root emptied, as a reboot
+        does (it is a tmpfs, /run/docker). What the daemon wrote to the data root stays,
+        as after a process kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        self._leftovers()
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        self.pidfile.unlink(missing_ok=True)
+        self.sock.unlink(missing_ok=True)
+
+    def _leftovers(self) -> None:
+        release(self.home)
+        if self.proc is not None and self.proc in self.ws.processes:
+            self.ws.processes.remove(self.proc)
+        self.proc = None
+
+    # -- the API ---------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None, timeout: float = API_TIMEOUT) -> Reply:
+        conn = _UnixConnection(self.sock, timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return Reply(resp.status, resp.read())
+        finally:
+            conn.close()
+
+    def api(self, method: str, path: str, query: Mapping[str, str] | None = None, doc: Any = None,
+            raw: bytes | None = None, content_type: str = "application/json") -> Reply:
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        body = raw if raw is not None else (json.dumps(doc).encode() if doc is not None else None)
+        return self.request(method, path, body, {"Content-Type": content_type} if body is not None else None)
+
+    def containers(self) -> dict[str, Any]:
+        """Name -> `docker inspect` document of every container the daemon lists."""
+        listed = json.loads(self.api("GET", "/containers/json", {"all": "1"}).body)
+        out = {}
+        for c in listed:
+            doc = json.loads(self.api("GET", f"/containers/{c['Id']}/json").body)
+            out[doc["Name"].lstrip("/")] = doc
+        return dict(sorted(out.items()))
+
+    def merged(self, container: str) -> Path | None:
+        """The host path of a running container's overlay mount."""
+        reply = self.api("GET", f"/containers/{container}/json")
+        if reply.status != 200:
+            return None
+        data = json.loads(reply.body).get("GraphDriver", {}).get("Data") or {}
+        path = data.get("MergedDir")
+        return Path(path) if path and os.path.ismount(path) else None
+
+
+# --- ops ----------------------------------------------------------------------------------
+
+#: HTTP status of a failed daemon op -> the errno the model's op fails with
+STATUS_ERRNO = {404: "ENOENT", 409: "EBUSY", 400: "EINVAL", 500: "EIO"}
+
+
+def errno_of(reply: Reply, ok: tuple[int, ...]) -> int | str:
+    if reply.status in ok:
+        return 0
+    return STATUS_ERRNO.get(reply.status, f"HTTP {reply.status}")
+
+
+@dataclass
+class DockerOps:
+    """The spec's daemon ops through dockerd's API."""
+
+    daemon: Dockerd
+    layers: list[Dir]
+
+    def pull(self, image: str) -> int | str:
+        reply = self.daemon.api("POST", "/images/load", {"quiet": "1"}, raw=image_tarball(self.layers, image),
+                                content_type="application/x-tar")
+        if reply.status == 200 and b'"error' in reply.body:
+            return "EIO"
+        return errno_of(reply, (200,))
+
+    def tag(self, image: str, tag: str) -> int | str:
+        reply = self.daemon.api("POST", f"/images/{image}/tag", {"repo": tag, "tag": "latest"})
+        return errno_of(reply, (201,))
+
+    def create(self, container: str, image: str) -> int | str:
+        doc = {"Image": image, "Cmd": COMMAND,
+               "HostConfig": {"NetworkMode": "none", "Binds": [f"{BUSYBOX}:{IN_CONTAINER_BUSYBOX}:ro"]}}
+        reply = self.daemon.api("POST", "/containers/create", {"name": container}, doc)
+        if reply.status == 409:
+            return "EEXIST"
+        return errno_of(reply, (201,))
+
+    def start(self, container: str) -> int | str:
+        return errno_of(self.daemon.api("POST", f"/containers/{container}/start"), (204, 304))
+
+    def run(self, container: str, image: str) -> int | str:
+        result = self.create(container, image)
+        return result if result else self.start(container)
+
+    def commit(self, container: str, image: str) -> int | str:
+        query = {"container": container, "repo": image, "tag": "latest", "pause": "0"}
+        return errno_of(self.daemon.api("POST", "/commit", query, {}), (201,))
+
+    def rm_container(self, container: str) -> int | str:
+        return errno_of(self.daemon.api("DELETE", f"/containers/{container}", {"force": "1"}), (204,))
+
+    def rmi(self, image: str) -> int | str:
+        return errno_of(self.daemon.api("DELETE", f"/images/{image}"), (200,))
+
+
+# --- reading the data root back ----------------------------------------------------------
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """moby's CreateChainID: the first layer's diff id, then sha256("parent child")."""
+    out: list[str] = []
+    for d in diff_ids:
+        chain = d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest()
+        out.append(chain)
+    return [c.removeprefix("sha256:") for c in out]
+
+
+def read_store(data: Path) -> Dir:
+    """dockerd's data root in the docker-overlay2 model's layout (what the model does not
+    model, such as tar-split files, container logs and the network store, is left out)."""
+    root = Dir()
+    entries: dict[str, Node] = {}
+    overlay = data / OVERLAY
+    if overlay.is_dir():
+        layers: dict[str, Node] = {}
+        for name in sorted(os.listdir(overlay)):
+            if name == "l":
+                layers[name] = kernel.read_node(overlay / name)
+            else:
+                layers[name] = _layer_dir(overlay / name)
+        entries[OVERLAY] = Dir(layers, _mode(overlay))
+    image: dict[str, Node] = {}
+    base = data / "image" / OVERLAY
+    if base.is_dir():
+        image[OVERLAY] = _image_dir(base, root)
+    if image:
+        entries["image"] = Dir(image, _mode(data / "image"))
+    containers = data / CONFIGS
+    if containers.is_dir():
+        found: dict[str, Node] = {}
+        for cid in sorted(os.listdir(containers)):
+            kept = {n: kernel.read_node(containers / cid / n) for n in ("config.v2.json", "hostconfig.json")
+                    if (containers / cid / n).is_file()}
+            found[cid] = Dir(kept, _mode(containers / cid))
+        entries[CONFIGS] = Dir(found, _mode(containers))
+    return Dir(entries, _mode(data))
+
+
+def _mode(path: Path) -> int:
+    return os.lstat(path).st_mode & 0o7777
+
+
+def _layer_dir(home: Path) -> Node:
+    """overlay2/<id>: diff read whole (overlay format), work and merged as empty dirs
+    (their contents belong to a mount), the small files as they are."""
+    if not home.is_dir() or home.is_symlink():
+        return kernel.read_node(home)
+    out: dict[str, Node] = {}
+    for name in sorted(os.listdir(home)):
+        path = home / name
+        if name == "diff" and path.is_dir():
+            out[name] = kernel.read_upper(path)
+        elif name in ("work", "merged") and path.is_dir():
+            inner = path / "work"
+            work = {"work": Dir(mode=_mode(inner))} if name == "work" and inner.is_dir() else {}
+            out[name] = Dir(work, _mode(path))
+        else:
+            out[name] = kernel.read_node(path)
+    return Dir(out, _mode(home))
+
+
+def _image_dir(base: Path, root: Dir) -> Dir:
+    out: dict[str, Node] = {}
+    tags = base / "repositories.json"
+    if tags.is_file():
+        out[Path(TAGS).name] = kernel.read_node(tags)
+    layerdb = base / "layerdb"
+    if layerdb.is_dir():
+        db: dict[str, Node] = {}
+        sha = layerdb / "sha256"
+        if sha.is_dir():
+            found = {c: _layerdb_entry(sha / c, base.parent.parent) for c in sorted(os.listdir(sha))}
+            db["sha256"] = Dir(found, _mode(sha))
+        mounts = layerdb / "mounts"
+        if mounts.is_dir():
+            db["mounts"] = kernel.read_node(mounts)
+        tmp = layerdb / "tmp"
+        if tmp.is_dir():
+            db["tmp"] = kernel.read_node(tmp)
+        out["layerdb"] = Dir(db, _mode(layerdb))
+    content = base / "imagedb" / "content" / "sha256"
+    if content.is_dir():
+        configs: dict[str, Node] = {}
+        for name in sorted(os.listdir(content)):
+            configs[name] = _image_config(content / name)
+        out["imagedb"] = Dir({"content": Dir({"sha256": Dir(configs, _mode(content))})})
+    return Dir(out, _mode(base))
+
+
+def _layerdb_entry(entry: Path, data: Path) -> Node:
+    """A layerdb entry; its `diff` becomes the model's digest of the layer's files (the
+    real one is the tarball's sha256, which the model cannot compute from a tree)."""
+    if not entry.is_dir():
+        return kernel.read_node(entry)
+    out: dict[str, Node] = {}
+    for name in ("cache-id", "diff", "parent", "size"):
+        if (entry / name).is_file():
+            out[name] = kernel.read_node(entry / name)
+    cache = (entry / "cache-id").read_text().strip() if (entry / "cache-id").is_file() else ""
+    diff = data / OVERLAY / cache / "diff"
+    if cache and "diff" in out and diff.is_dir():
+        node = out["diff"]
+        assert isinstance(node, File)
+        out["diff"] = File(diff_id(kernel.read_upper(diff)).encode(), node.mode)
+    return Dir(out, _mode(entry))
+
+
+def _image_config(path: Path) -> Node:
+    """An image config as the model writes it: its chain ids, one per line."""
+    try:
+        doc = json.loads(path.read_bytes())
+        diff_ids = list(doc["rootfs"]["diff_ids"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return kernel.read_node(path)
+    return File("".join(f"{c}\n" for c in chain_ids(diff_ids)).encode(), _mode(path))
+
+
+__all__ = [
+    "IMAGEDB", "LAYERS", "MOUNTS", "DockerOps", "Dockerd", "DockerdUnavailable", "chain_ids",
+    "image_tarball", "read_store", "unavailable_reason",
+]
