@@ -26,7 +26,10 @@ from checker.real import kernel, workspace
 from checker.real.confirm import confirm
 from checker.real.conform import conform
 from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
-from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, load_spec
+from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
+from checker.real.dockerd import dockerd_version
+from checker.real.dockerd import unavailable_reason as dockerd_unavailable
+from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.symbolic.repair import suggest_fix
 from checker.workloads import explore as explore_mod
 from models import DEFAULT_DRIVER, DriverLoadError
@@ -306,9 +309,27 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def conform_on_dockerd(spec: Spec, args: argparse.Namespace) -> int:
+    """`conform` of a docker-overlay2 spec: the workload on a private dockerd."""
+    reason = dockerd_unavailable()
+    if reason is not None:
+        raise UsageError(f"conform {spec.file}: dockerd cannot run here: {reason}")
+    ops = conform_dockerd(spec, report.progress_printer())
+    version = dockerd_version()
+    if args.json:
+        doc = {"file": spec.file, "implementation": "dockerd", "version": version,
+               "ops": [o.to_json() for o in ops]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print(report.daemon_conformance_report(spec, ops, version, args.verbose))
+    return 0 if all(o.conforms for o in ops) else 1
+
+
 def cmd_conform(args: argparse.Namespace) -> int:
     [path] = spec_files([args.spec])
     spec = load_spec(path)
+    if runs_on_dockerd(spec):
+        return conform_on_dockerd(spec, args)
     ops = conform(spec)
     if args.json:
         doc = {"file": spec.file, "kernel": kernel.kernel_release(), "ops": [o.to_json() for o in ops]}

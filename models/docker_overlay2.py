@@ -67,6 +67,7 @@ decisions read are written.
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ from typing import Any, ClassVar
 from models import syscalls as sc
 from models.clients import syscall
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.docker_archive import archive_of
 from models.driver import Driver, Mount, Option, Recovery, handles
 from models.layers import build_steps, stored_bytes
 from models.overlayfs import OverlayFS, OverlayMount
@@ -87,6 +89,7 @@ from models.steps import (
     Mkdir,
     RemoveTree,
     Rename,
+    Rmdir,
     StepLog,
     Syncfs,
     Truncate,
@@ -95,7 +98,19 @@ from models.steps import (
     remove_subtree,
     replace_file,
 )
-from models.tree import Dir, ErrorEntry, File, FsError, Node, Symlink, ensure_dirs, join, lookup, split
+from models.tree import (
+    Dir,
+    ErrorEntry,
+    File,
+    FsError,
+    Node,
+    Symlink,
+    ensure_dirs,
+    join,
+    lookup,
+    replace,
+    split,
+)
 from models.union import OPAQUE, OVL_PREFIX, Union
 
 OVERLAY = "overlay2"
@@ -104,8 +119,15 @@ LAYERDB = "image/overlay2/layerdb"
 LAYERS = LAYERDB + "/sha256"
 TMP = LAYERDB + "/tmp"
 MOUNTS = LAYERDB + "/mounts"
-CONFIGS = "containers"  # containers/<id>/{config.v2.json,hostconfig.json}
+CONFIGS = "containers"  # containers/<id>/{config.v2.json,hostconfig.json,...}
 IMAGEDB = "image/overlay2/imagedb/content/sha256"
+IMAGE_META = "image/overlay2/imagedb/metadata/sha256"  # <image>/{parent,lastUpdated}
+STAGING = "tmp"  # dockerd's temp dir: `docker load` unpacks its archive here
+#: a write set's tar-split file (moby stores the layer tarball's headers in it to
+#: reproduce the tarball): its content is not modelled, only that it is there
+TAR_SPLIT = gzip.compress(b"{}", mtime=0)
+#: `lastUpdated` of an image (a timestamp in dockerd; fixed here, so runs reproduce)
+LAST_UPDATED = b"1970-01-01T00:00:00Z"
 TAGS_DIR = "image/overlay2"
 TAGS = TAGS_DIR + "/repositories.json"
 REMOVING = "-removing"
@@ -201,10 +223,11 @@ def _json(root: Dir, path: str) -> Any:
         return None
 
 
-def config_bytes(cid: str, name: str, image: str, running: bool = False, dead: bool = False) -> bytes:
+def config_bytes(cid: str, name: str, image: str, running: bool = False, dead: bool = False,
+                 removing: bool = False) -> bytes:
     """config.v2.json: the fields the model reads (json.Encoder ends it with a newline)."""
     doc = {"Driver": OVERLAY, "ID": cid, "Image": f"sha256:{image}", "Name": f"/{name}",
-           "RemovalInProgress": dead, "State": {"Dead": dead, "Running": running}}
+           "RemovalInProgress": dead or removing, "State": {"Dead": dead, "Running": running}}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
@@ -233,6 +256,12 @@ class RunContainer(sc.Syscall):
     container: str
     image: str
     NAME: ClassVar[str] = "run"
+
+
+@dataclass(frozen=True)
+class StartContainer(sc.Syscall):
+    container: str
+    NAME: ClassVar[str] = "start"
 
 
 @dataclass(frozen=True)
@@ -272,14 +301,16 @@ class DockerMount(Mount):
         the very steps of `pull` and `run`, applied before the trace starts)."""
         self.image_layers = list(layers) or [Dir()]  # no [[layers]]: one empty layer
         self._unions: dict[tuple[bytes, ...], Union] = {}
-        self.containers: dict[str, tuple[OverlayMount, dict[str, str]]] = {}  # running: mount, places
+        self.containers: dict[str, tuple[OverlayMount, dict[str, str]]] = {}  # mounted: mount, places
+        self.running: set[str] = set()  # containers started in this daemon lifetime
         empty = Dir()
-        for path in (LINKS, LAYERS, TMP, MOUNTS, IMAGEDB, CONFIGS):
+        for path in (LINKS, LAYERDB, IMAGEDB, IMAGE_META, CONFIGS):  # what dockerd makes at start
             empty = ensure_dirs(empty, split(path))
+        empty = replace(empty, (STAGING,), Dir(mode=0o700))
         log = StepLog(empty)
         if not any(op.kind == "pull" for op in ops):
             self.pull(log, DEFAULT_IMAGE)
-            if _container_exists_initially(ops):
+            if container_exists_initially(ops):
                 self.run(log, DEFAULT_CONTAINER, DEFAULT_IMAGE)
                 if upper is not None:
                     mid = self.mount_id(log.root, DEFAULT_CONTAINER)
@@ -411,7 +442,19 @@ class DockerMount(Mount):
     # -- system calls --------------------------------------------------------------------
 
     def new_lifetime(self) -> None:
-        self.containers = {}  # a restarted daemon mounts each container again
+        """A restarted daemon runs no container until `docker start` (no restart policy)."""
+        self.containers = {}
+        self.running = set()
+
+    def clean_shutdown(self, root: Dir) -> Dir:
+        """`systemctl stop docker`: every container stopped and unmounted (`merged/`
+        removed)."""
+        for cid in _names(root, MOUNTS):
+            mid = _read(root, f"{MOUNTS}/{cid}/mount-id")
+            merged = split(f"{OVERLAY}/{mid}/merged") if mid else None
+            if merged and lookup(root, merged) is not None:
+                root = remove_subtree(root, merged)
+        return root
 
     def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
         """The daemon's ops by their handlers; a file op goes to its container's mount."""
@@ -419,8 +462,8 @@ class DockerMount(Mount):
             if type(call) in self.HANDLERS:
                 return self.perform(call, log)
             container, inner_call = route(call)
-            if container not in self.containers:
-                self.start(log, container)
+            if container not in self.running:
+                raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")  # not mounted on the host
             inner, places = self.container_mount(log.root, container)
             return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
         except FsError as e:
@@ -434,6 +477,20 @@ class DockerMount(Mount):
     def run_container(self, call: RunContainer, log: StepLog) -> None:
         self.run(log, call.container, call.image)
 
+    @handles(StartContainer)
+    def start_container(self, call: StartContainer, log: StepLog) -> None:
+        """`docker start`: a stopped container (after a daemon restart) mounted again."""
+        cid = self.container_id(log.root, call.container)
+        config = read_config(log.root, cid) if cid else None
+        if cid is None or config is None or _is_dead(config):
+            raise FsError(errno.ENOENT, call.container)
+        if call.container in self.running:
+            return  # already running: 304, nothing written
+        if isinstance(self.container_layers(log.root, call.container), ErrorEntry):
+            raise FsError(errno.EIO, call.container)  # the mount fails: "error mounting"
+        image = str(config.get("Image", "")).removeprefix("sha256:")
+        self.start(log, cid, call.container, image)
+
     @handles(CommitContainer)
     def commit_container(self, call: CommitContainer, log: StepLog) -> None:
         self.commit(log, call.container, call.image)
@@ -444,10 +501,15 @@ class DockerMount(Mount):
 
     @handles(TagImage)
     def tag_image(self, call: TagImage, log: StepLog) -> None:
+        """`docker tag`: the tag store saved, then the image's `lastUpdated`."""
         image = self._tagged(log.root, call.image)
         if image is None:
             raise FsError(errno.ENOENT, call.image)
         self.set_tag(log, call.tag, image)
+        meta = f"{IMAGE_META}/{image}"
+        if lookup(log.root, split(meta)) is None:
+            log.do(Mkdir(meta, 0o700))
+        self.atomic_write(log, f"{meta}/lastUpdated", LAST_UPDATED, 0o600)
 
     @handles(RemoveImage)
     def remove_image(self, call: RemoveImage, log: StepLog) -> None:
@@ -456,23 +518,6 @@ class DockerMount(Mount):
     @handles(sc.Sync)
     def sync(self, call: sc.Sync, log: StepLog) -> None:
         log.do(Syncfs(""))
-
-    def start(self, log: StepLog, container: str) -> None:
-        """A container not running in this daemon lifetime starts on its first file op:
-        the driver's Get makes `merged/` and the kernel's mount makes `work/work` when
-        they are missing (a crash before `run` made them). A Dead container does not
-        start."""
-        cid = self.container_id(log.root, container)
-        config = read_config(log.root, cid) if cid else None
-        mid = self.mount_id(log.root, container)
-        if config is None or _is_dead(config) or not mid:
-            raise FsError(errno.ENOENT, f"{CONTAINERS_VIEW}/{container}")
-        home = f"{OVERLAY}/{mid}"
-        if not isinstance(lookup(log.root, split(home)), Dir):
-            return  # the mount fails; container_mount says so
-        for path, mode in ((f"{home}/merged", 0o700), (f"{home}/work", 0o700), (f"{home}/work/work", 0)):
-            if lookup(log.root, split(path)) is None:
-                log.do(Mkdir(path, mode))
 
     def container_mount(self, root: Dir, container: str) -> tuple[OverlayMount, dict[str, str]]:
         """The overlayfs mount of a running container, set up on first use."""
@@ -492,24 +537,58 @@ class DockerMount(Mount):
     # -- the layer store -----------------------------------------------------------------
 
     def pull(self, log: StepLog, name: str) -> None:
-        """Each layer registered, the image config written, then the tag."""
-        if self._tagged(log.root, name) is not None:
-            raise FsError(errno.EEXIST, name)
+        """`docker load` of the image's archive: unpacked into dockerd's temp dir, each
+        layer registered ("already exists": the copy dropped), the image config written,
+        the tag, the temp dir removed. Loading an image that is there does it all again."""
+        staging = self.unpack(log, name)
         chains: list[str] = []
         parent: str | None = None
         for layer in self.image_layers:
-            parent = self.register(log, layer, parent)
+            known = chain_id(parent, diff_id(layer))
+            if lookup(log.root, split(f"{LAYERS}/{known}")) is None:
+                known = self.register(log, layer, parent)  # a layer that is there is not loaded again
+            parent = known
             chains.append(parent)
         self.set_tag(log, name, self.write_image(log, chains))
+        log.do(RemoveTree(staging))
+
+    def unpack(self, log: StepLog, name: str) -> str:
+        """`tarexport.Load`: the archive untarred into `tmp/docker-import-N` by a helper
+        that pivot_roots into it (chrootarchive)."""
+        archive = archive_of(self.image_layers, name)
+        staging = f"{STAGING}/docker-import-{self.next('import')}"
+        log.do(Mkdir(staging, 0o700))
+        self.pivot(log, staging)
+        for digest, tar in archive.layers:
+            if lookup(log.root, split(f"{staging}/{digest}")) is None:
+                log.do(Mkdir(f"{staging}/{digest}"))
+                log.do(Create(f"{staging}/{digest}/layer.tar"))
+                log.do(Write(f"{staging}/{digest}/layer.tar", tar))
+        for member, data in ((archive.config_name, archive.config), ("manifest.json", archive.manifest)):
+            log.do(Create(f"{staging}/{member}"))
+            log.do(Write(f"{staging}/{member}", data))
+        return staging
+
+    def pivot(self, log: StepLog, directory: str) -> None:
+        """chrootarchive's pivot_root into `directory`: a `.pivot_rootN` made and removed."""
+        mark = f"{directory}/.pivot_root{self.next('pivot')}"
+        log.do(Mkdir(mark, 0o700))
+        log.do(Rmdir(mark))
 
     def register(self, log: StepLog, layer: Dir, parent: str | None) -> str:
         """`layerStore.Register`: graph driver dir, extraction, layerdb commit."""
         parent_cache = _read(log.root, f"{LAYERS}/{parent}/cache-id") if parent else None
         cache = f"layer{self.next('layer', 0)}"
         self.create_layer(log, cache, parent_cache)
+        if lookup(log.root, split(TMP)) is None:
+            log.do(Mkdir(TMP))
         write_set = f"{TMP}/write-set-{self.next('write-set')}"
-        log.do(Mkdir(write_set))
+        log.do(Mkdir(write_set, 0o700))
+        tar_split = f"{write_set}/tar-split.json.gz"
+        log.do(Create(tar_split))
+        log.do(Write(tar_split, TAR_SPLIT))
         diff = f"{OVERLAY}/{cache}/diff"
+        self.pivot(log, diff)
         log.do_all(build_steps(layer, diff))
         extracted = lookup(log.root, split(diff))
         assert extracted is not None
@@ -517,6 +596,8 @@ class DockerMount(Mount):
         chain = chain_id(parent, did)
         if self.options["sync_before_register"]:
             log.do(Syncfs(OVERLAY))
+        if self.version >= LAYERDB_FSYNC:
+            log.do(Fsync(tar_split))
         files = [("diff", did), ("size", str(stored_bytes(extracted))), ("cache-id", cache)]
         if parent:
             files.append(("parent", "sha256:" + parent))
@@ -531,6 +612,8 @@ class DockerMount(Mount):
             self.remove_layer(log, cache)
             log.do(RemoveTree(write_set))
             return chain
+        if lookup(log.root, split(LAYERS)) is None:
+            log.do(Mkdir(LAYERS))
         log.do(Rename(write_set, f"{LAYERS}/{chain}"))
         return chain
 
@@ -572,7 +655,7 @@ class DockerMount(Mount):
         id is its content's digest, so the same image pulled twice is one config."""
         data = "".join(f"{c}\n" for c in chains).encode()
         image = image_id(chains)
-        self.atomic_write(log, f"{IMAGEDB}/{image}", data, 0o600)
+        self.atomic_write(log, f"{IMAGEDB}/{image}", data, 0o600)  # again when it is there
         return image
 
     def set_tag(self, log: StepLog, name: str, image: str | None) -> None:
@@ -580,6 +663,8 @@ class DockerMount(Mount):
         tags = read_tags(log.root)
         if tags is None:
             raise FsError(errno.EIO, TAGS)
+        if tags.get(name) == image:
+            return  # `addReference` of a tag that is there: nothing saved
         if image is None:
             tags.pop(name, None)
         else:
@@ -610,32 +695,109 @@ class DockerMount(Mount):
 
     def run(self, log: StepLog, container: str, image: str) -> None:
         """`docker create` (`CreateRWLayer`, then the container's directory and configs)
-        and `docker start` (the mount, the config saved as running)."""
+        and `docker start` (the mount, the files the container gets, the configs saved
+        as running), in the order dockerd 20.10 makes them."""
         if self.container_id(log.root, container) is not None:
             raise FsError(errno.EEXIST, container)
         image_id_ = self._tagged(log.root, image)
         chains = self._image_chains(log.root, image_id_) if image_id_ else []
         top = chains[-1] if chains else None
         top_cache = _read(log.root, f"{LAYERS}/{top}/cache-id") if top else None
-        if not top_cache or not image_id_:
+        if not top_cache or not image_id_ or not top:
             raise FsError(errno.ENOENT, image)
         cid = self.fresh_container_id(log.root, container)
         mid = f"ctr-{cid}"
         self.create_layer(log, f"{mid}-init", top_cache)
-        log.do_all(build_steps(INIT_LAYER, f"{OVERLAY}/{mid}-init/diff"))
+        self.init_layer(log, f"{mid}-init")
         self.create_layer(log, mid, f"{mid}-init")
+        if lookup(log.root, split(MOUNTS)) is None:
+            log.do(Mkdir(MOUNTS))
         meta = f"{MOUNTS}/{cid}"
         log.do(Mkdir(meta))
         for name, value in (("mount-id", mid), ("init-id", f"{mid}-init"), ("parent", "sha256:" + top)):
             log.do(Create(f"{meta}/{name}"))
             log.do(Write(f"{meta}/{name}", value.encode(), 0, replace=True))
-        log.do(Mkdir(f"{CONFIGS}/{cid}", 0o700))
-        self.save_config(log, f"{CONFIGS}/{cid}/hostconfig.json", HOSTCONFIG)
-        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json", config_bytes(cid, container, image_id_))
-        log.do(Mkdir(f"{OVERLAY}/{mid}/merged", 0o700))
-        log.do(Mkdir(f"{OVERLAY}/{mid}/work/work", 0))
-        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json",
-                         config_bytes(cid, container, image_id_, running=True))
+        home = f"{CONFIGS}/{cid}"
+        log.do(Mkdir(home, 0o710))
+        log.do(Mkdir(f"{home}/checkpoints", 0o700))
+        self.save_config(log, f"{home}/hostconfig.json", HOSTCONFIG)
+        self.to_disk(log, cid, config_bytes(cid, container, image_id_))
+        self.start(log, cid, container, image_id_)
+
+    def start(self, log: StepLog, cid: str, container: str, image: str) -> None:
+        """`docker start`: the layer mounted to set the container up and unmounted, the
+        config saved, mounted again (the kernel makes `work/work` if it is missing), the
+        container's files written, the config saved as running."""
+        mid = _read(log.root, f"{MOUNTS}/{cid}/mount-id")
+        merged = f"{OVERLAY}/{mid}/merged"
+        if lookup(log.root, split(merged)) is None:
+            log.do(Mkdir(merged, 0o700))
+        log.do(Rmdir(merged))
+        self.to_disk(log, cid, config_bytes(cid, container, image))
+        log.do(Mkdir(merged, 0o700))
+        if lookup(log.root, split(f"{OVERLAY}/{mid}/work/work")) is None:
+            log.do(Mkdir(f"{OVERLAY}/{mid}/work/work", 0))  # the kernel's, at the mount
+        self.container_files(log, cid)
+        self.to_disk(log, cid, config_bytes(cid, container, image, running=True))
+        self.running.add(container)
+
+    def init_layer(self, log: StepLog, init: str) -> None:
+        """moby's setupInitLayer: the init layer mounted over the image (`merged/`, and
+        the kernel's `work/work`), each entry the image lacks made through the mount (a
+        directory the image has is copied up by the kernel), then unmounted."""
+        merged = f"{OVERLAY}/{init}/merged"
+        log.do(Mkdir(merged, 0o700))
+        log.do(Mkdir(f"{OVERLAY}/{init}/work/work", 0))
+        lower = _read(log.root, f"{OVERLAY}/{init}/lower") or ""
+        lowers = []
+        for item in lower.split(":"):
+            path = self._resolve_link(log.root, item)
+            node = lookup(log.root, split(path)) if path else None
+            if path and isinstance(node, Dir):
+                lowers.append((path, node))
+        inner = OverlayMount.of_layers(OverlayFS({"redirect_dir": self.options["redirect_dir"]}), lowers)
+        places = {"upper": f"{OVERLAY}/{init}/diff", "work": f"{OVERLAY}/{init}/work"}
+        relocated = RelocatedLog(log, places)
+        for call in _init_calls(INIT_LAYER, ""):
+            inner.execute(call, relocated)  # type: ignore[arg-type]  # EEXIST: the image has it
+        log.do(Rmdir(merged))
+
+    def container_files(self, log: StepLog, cid: str) -> None:
+        """What `docker start` writes in the container's directory: hosts, resolv.conf
+        and its hash (rewritten through a temp file), the hostconfig, hostname, the
+        mounts dir and the log file."""
+        home = f"{CONFIGS}/{cid}"
+        resolv = b"nameserver 127.0.0.53\n"
+        digest = b"sha256:" + blake2b(resolv, digest_size=32).hexdigest().encode()
+        for name, data in (("hosts", b"127.0.0.1\tlocalhost\n"), ("resolv.conf", resolv),
+                           ("resolv.conf.hash", digest), ("resolv.conf", resolv)):
+            self.write_in_place(log, f"{home}/{name}", data, 0o644)
+        temp = f"{home}/hash{self.next('tmp')}"
+        log.do(Create(temp, 0o600))
+        log.do(Write(temp, digest))
+        log.do(Rename(temp, f"{home}/resolv.conf.hash"))
+        self.save_config(log, f"{home}/hostconfig.json", HOSTCONFIG)
+        self.write_in_place(log, f"{home}/hostname", f"{cid}\n".encode(), 0o644)
+        if lookup(log.root, split(f"{home}/mounts")) is None:
+            log.do(Mkdir(f"{home}/mounts", 0o710))
+        if lookup(log.root, split(f"{home}/{cid}-json.log")) is None:
+            log.do(Create(f"{home}/{cid}-json.log", 0o640))
+
+    def to_disk(self, log: StepLog, cid: str, config: bytes) -> None:
+        """`Container.ToDisk`: config.v2.json through NewAtomicFileWriter, whose close
+        (fsync, rename) comes after `WriteHostConfig` saved hostconfig.json the same
+        way; before moby 1.13 both were written in place."""
+        home = f"{CONFIGS}/{cid}"
+        if self.version < CONFIGS_ATOMIC:
+            self.write_in_place(log, f"{home}/config.v2.json", config, 0o600)
+            self.write_in_place(log, f"{home}/hostconfig.json", HOSTCONFIG, 0o600)
+            return
+        temp = f"{home}/.tmp-config.v2.json{self.next('tmp')}"
+        log.do(Create(temp, 0o600))
+        log.do(Write(temp, config))
+        self.atomic_write(log, f"{home}/hostconfig.json", HOSTCONFIG, 0o600)
+        log.do(Fsync(temp))
+        log.do(Rename(temp, f"{home}/config.v2.json"))
 
     def fresh_container_id(self, root: Dir, name: str) -> str:
         """The container's id: its name, unless something a crash left holds it (dockerd's
@@ -673,8 +835,10 @@ class DockerMount(Mount):
         log.do(Write(path, data, 0, replace=True))
 
     def commit(self, log: StepLog, container: str, name: str) -> None:
-        """`docker commit`: the container layer's diff becomes a layer of a new image,
-        tagged `name`."""
+        """`docker commit`: the container layer's diff registered as a layer, the new
+        image's config and its metadata (`parent`), the tag, `lastUpdated`. A layer with
+        no changes is not part of the image (moby leaves empty layers out of rootfs): it
+        is registered and released again."""
         if self._tagged(log.root, name) is not None:
             raise FsError(errno.EEXIST, name)
         cid = self.container_id(log.root, container)
@@ -683,31 +847,52 @@ class DockerMount(Mount):
         diff = lookup(log.root, split(f"{OVERLAY}/{mid}/diff")) if mid else None
         if not isinstance(diff, Dir) or not parent:
             raise FsError(errno.ENOENT, container)
-        images = (self._image_chains(log.root, name) for name in _names(log.root, IMAGEDB))
-        base = [chains for chains in images if chains and chains[-1] == parent]
-        chain = self.register(log, _exported(diff), parent)
-        self.set_tag(log, name, self.write_image(log, (base[0] if base else [parent]) + [chain]))
+        images = [(i, self._image_chains(log.root, i)) for i in _names(log.root, IMAGEDB)]
+        base = [(i, chains) for i, chains in images if chains and chains[-1] == parent]
+        exported = _exported(diff)
+        fresh = lookup(log.root, split(LAYERS)) is None or not _names(log.root, LAYERS)
+        chain = self.register(log, exported, parent)
+        empty = not exported.entries
+        chains = (base[0][1] if base else [parent]) + ([] if empty else [chain])
+        image = self.write_image(log, chains)
+        meta = f"{IMAGE_META}/{image}"
+        if lookup(log.root, split(meta)) is None:
+            log.do(Mkdir(meta, 0o700))
+        if base:
+            self.atomic_write(log, f"{meta}/parent", f"sha256:{base[0][0]}".encode(), 0o600)
+        if empty and not fresh and lookup(log.root, split(f"{LAYERS}/{chain}")) is not None:
+            self.release_layer(log, chain)
+        self.set_tag(log, name, image)
+        self.atomic_write(log, f"{meta}/lastUpdated", LAST_UPDATED, 0o600)
 
     def rm_container(self, log: StepLog, container: str) -> None:
-        """`docker rm` (`cleanupContainer`): the config saved as Dead with
-        RemovalInProgress, `ReleaseRWLayer` (container layer, init layer, then the mount
-        metadata), then the container's directory. A Dead container (an interrupted rm)
-        is removed the same way."""
+        """`docker rm -f` (`cleanupContainer`): RemovalInProgress set first; a running
+        container is killed (its config saved), unmounted (`merged/` removed) and saved
+        stopped; then saved Dead; `ReleaseRWLayer` (container layer, init layer, the
+        mount metadata); the container's directory last. A Dead container (an
+        interrupted rm) is removed the same way."""
         cid = self.container_id(log.root, container)
         if cid is None:
             raise FsError(errno.ENOENT, container)
         config = read_config(log.root, cid) or {}
         image = str(config.get("Image", "")).removeprefix("sha256:")
-        dead = config_bytes(cid, container, image, dead=True)
-        self.save_config(log, f"{CONFIGS}/{cid}/config.v2.json", dead)
         meta = f"{MOUNTS}/{cid}"
+        mid = _read(log.root, f"{meta}/mount-id")
+        merged = f"{OVERLAY}/{mid}/merged" if mid else None
+        if container in self.running and merged and lookup(log.root, split(merged)) is not None:
+            self.to_disk(log, cid, config_bytes(cid, container, image, running=True, removing=True))
+            log.do(Rmdir(merged))
+            self.to_disk(log, cid, config_bytes(cid, container, image, removing=True))
+        self.to_disk(log, cid, config_bytes(cid, container, image, dead=True))
         for name in ("mount-id", "init-id"):
             cache = _read(log.root, f"{meta}/{name}")
             if cache:
                 self.remove_layer(log, cache)
-        log.do(RemoveTree(meta))
+        if lookup(log.root, split(meta)) is not None:
+            log.do(RemoveTree(meta))
         log.do(RemoveTree(f"{CONFIGS}/{cid}"))
         self.containers.pop(container, None)
+        self.running.discard(container)
 
     def rmi(self, log: StepLog, name: str) -> None:
         """`docker rmi`: the tag goes first (the tag store saved); an image another tag
@@ -726,30 +911,41 @@ class DockerMount(Mount):
         self.set_tag(log, name, None)
         if not last_tag:
             return
+        if lookup(log.root, split(f"{IMAGE_META}/{image}")) is not None:
+            log.do(RemoveTree(f"{IMAGE_META}/{image}"))
         if lookup(log.root, split(f"{IMAGEDB}/{image}")) is not None:
             log.do(Unlink(f"{IMAGEDB}/{image}"))
         others = {c for i in _names(log.root, IMAGEDB) for c in self._image_chains(log.root, i)}
         for chain in reversed(chains):
             if chain in others or lookup(log.root, split(f"{LAYERS}/{chain}")) is None:
                 break
-            gone = f"{LAYERS}/{chain}-{self.next('removing')}{REMOVING}"
-            log.do(Rename(f"{LAYERS}/{chain}", gone))
-            cache = _read(log.root, f"{gone}/cache-id")
-            if cache:
-                self.remove_layer(log, cache)
-            log.do(RemoveTree(gone))
+            self.release_layer(log, chain)
+
+    def release_layer(self, log: StepLog, chain: str) -> None:
+        """`layerStore.deleteLayer`: the layerdb entry renamed `<chain>-<n>-removing`,
+        the layer's directory removed, then the entry."""
+        gone = f"{LAYERS}/{chain}-{self.next('removing')}{REMOVING}"
+        log.do(Rename(f"{LAYERS}/{chain}", gone))
+        cache = _read(log.root, f"{gone}/cache-id")
+        if cache:
+            self.remove_layer(log, cache)
+        log.do(RemoveTree(gone))
 
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self, root: Dir) -> Recovery:
         """dockerd's start: the tag store must decode, or the daemon exits; the driver's
-        Init makes `l/` again; `layerStore` cleans `-removing` entries; each container's
-        mount empties its `work/work`."""
+        Init makes `l/` again; the temp dir is emptied (`prepareTempDir`: a `docker
+        load` cut short leaves its unpacked archive there); `layerStore` cleans
+        `-removing` entries; each container's mount empties its `work/work`."""
         if read_tags(root) is None:
             return Recovery(None, f"dockerd does not start: Couldn't create Tag store repositories: "
                                   f"{TAGS} does not decode (unexpected end of JSON input)")
         if lookup(root, split(LINKS)) is None:
             root = ensure_dirs(root, split(LINKS))
+        staging = lookup(root, (STAGING,))
+        if not isinstance(staging, Dir) or staging.entries:
+            root = replace(root, (STAGING,), Dir(mode=0o700))  # prepareTempDir: tmp emptied
         for name in _names(root, LAYERS):
             if name.endswith(REMOVING):
                 cache = _read(root, f"{LAYERS}/{name}/cache-id")
@@ -928,7 +1124,22 @@ class DockerMount(Mount):
         return view_scope(op, DEFAULT_IMAGE, DEFAULT_CONTAINER)
 
 
-def _container_exists_initially(ops: Sequence[Any]) -> bool:
+def _init_calls(tree: Dir, prefix: str) -> list[sc.Syscall]:
+    """The calls that make `tree` (parents first, names sorted)."""
+    calls: list[sc.Syscall] = []
+    for name in sorted(tree.entries):
+        node, path = tree.entries[name], f"{prefix}{name}"
+        if isinstance(node, Dir):
+            calls.append(sc.Mkdir(path, node.mode))
+            calls.extend(_init_calls(node, path + "/"))
+        elif isinstance(node, Symlink):
+            calls.append(sc.Symlink(node.target, path))
+        elif isinstance(node, File):
+            calls.append(sc.Create(path, node.mode))
+    return calls
+
+
+def container_exists_initially(ops: Sequence[Any]) -> bool:
     return not any(op.kind in ("pull", "run") for op in ops)
 
 
@@ -978,6 +1189,7 @@ class DockerOverlay2(Driver):
     EXTRA_OPS = {
         "pull": ((), ("image",)),
         "run": ((), ("container", "image")),
+        "start": ((), ("container",)),
         "commit": (("image",), ("container",)),
         "rm-container": ((), ("container",)),
         "rmi": ((), ("image",)),
@@ -988,7 +1200,7 @@ class DockerOverlay2(Driver):
     @classmethod
     def check_workload(cls, options: Mapping[str, Any], layers: list[Dir], upper: Dir | None,
                        ops: Sequence[Any]) -> str | None:
-        if upper is not None and not _container_exists_initially(ops):
+        if upper is not None and not container_exists_initially(ops):
             return ("[upper] is the initial container's layer, but the workload pulls the image "
                     "or runs its own container")
         return None
@@ -1000,6 +1212,8 @@ class DockerOverlay2(Driver):
             return syscall(Pull(image or DEFAULT_IMAGE))
         if kind == "run":
             return syscall(RunContainer(container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE))
+        if kind == "start":
+            return syscall(StartContainer(container or DEFAULT_CONTAINER))
         if kind == "commit":
             return syscall(CommitContainer(container or DEFAULT_CONTAINER, image))
         if kind == "rm-container":

@@ -86,7 +86,7 @@ def test_weak_docker_write_replays_copies_without_a_traceback():
     lost by the crash; the data the copy wrote is what it read when it ran."""
     spec = make_spec(PULL_RUN + '[[ops]]\nop = "write"\npath = "containers/app/etc/a"\ndata = "y"\n')
     r = check(spec, "weak", engine="enumerate", budget=Budget(max_states=5000))
-    assert r.steps == 92 and r.crash_states == 5000 and r.verdict == "violation"
+    assert r.steps == 157 and r.crash_states == 5000 and r.verdict == "violation"
 
 
 def test_thousands_of_syncs_are_checked(tmp_path: Path):

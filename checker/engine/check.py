@@ -108,8 +108,8 @@ class Result(Verdict):
     @property
     def later_results(self) -> Sequence[tuple[Any, int | str]]:
         k = self.spec.crash_index
-        if k is None:
-            return ()
+        if k is None or len(self.later) != len(self.spec.after_crash):
+            return ()  # no crash op, or the check stopped before the later ops ran
         return [(self.spec.ops[k], 0)] + list(zip(self.spec.after_crash, self.later, strict=True))
 
     @property

@@ -8,8 +8,9 @@ through its API, and its data root read back in the docker-overlay2 model's voca
   containers' processes all name the workspace (command line or mount table), so the
   workspace's teardown ends them and undoes their mounts on any exit, and a later run
   cleans what a killed run left.
-- `image_tarball` writes a `docker save` archive of a spec's layers (whiteouts as
-  `.wh.` files, opaque directories as `.wh..wh..opq`); no registry is needed.
+- `models.docker_archive.image_tarball` writes a `docker save` archive of a spec's
+  layers (whiteouts as `.wh.` files, opaque directories as `.wh..wh..opq`); no registry
+  is needed.
 - `DockerApi` performs each docker-overlay2 op: `pull` is `docker load` of that archive,
   `run` is create and start of a container whose process is the host's static busybox
   bind-mounted at `/dev/busybox` (a tmpfs inside the container, so the image's layers
@@ -28,14 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from typing import Any
 from checker.errors import CrashcheckError
 from checker.real import kernel
 from checker.real.workspace import Workspace, release
+from models.docker_archive import COMMAND, IN_CONTAINER_BUSYBOX, image_tarball
 from models.docker_overlay2 import (
     CONFIGS,
     IMAGEDB,
@@ -55,18 +55,13 @@ from models.docker_overlay2 import (
     TAGS,
     diff_id,
 )
-from models.format import OPAQUE
-from models.tree import Dir, File, Node, Symlink, Whiteout
+from models.tree import Dir, File, Node
 
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"
-IN_CONTAINER_BUSYBOX = "/dev/busybox"  # /dev is a tmpfs in the container: no layer changes
-COMMAND = [IN_CONTAINER_BUSYBOX, "sleep", "1000000"]
 START_TIMEOUT = 60.0  # seconds for dockerd to answer /_ping
 API_TIMEOUT = 120.0  # seconds for one API call
 STOP_TIMEOUT = 30.0
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 
 
 class DockerdUnavailable(CrashcheckError):
@@ -87,73 +82,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
-# --- the image archive ----------------------------------------------------------------
-
-
-def layer_tar(layer: Dir) -> bytes:
-    """A layer as an image layer tarball: entries sorted, owner 0, mtime 0; a whiteout
-    is an empty `.wh.<name>`, an opaque directory holds `.wh..wh..opq`; user xattrs go
-    in PAX headers as docker reads them."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, node in _walk(layer, ""):
-            _add(tar, path, node)
-    return buf.getvalue()
-
-
-def _walk(node: Dir, prefix: str) -> list[tuple[str, Node]]:
-    out: list[tuple[str, Node]] = []
-    for name in sorted(node.entries):
-        child = node.entries[name]
-        path = f"{prefix}{name}"
-        out.append((path, child))
-        if isinstance(child, Dir):
-            if any(k == OPAQUE for k, _ in child.xattrs):
-                out.append((f"{path}/{OPAQUE_MARKER}", File(b"", 0o644)))
-            out.extend(_walk(child, path + "/"))
-    return out
-
-
-def _add(tar: tarfile.TarFile, path: str, node: Node) -> None:
-    parent, _, name = path.rpartition("/")
-    if isinstance(node, Whiteout):
-        path = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
-        node = File(b"", 0o644)
-    info = tarfile.TarInfo(path)
-    info.mtime = 0
-    info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
-                        for k, v in node.xattrs if k.startswith("user.")}
-    if isinstance(node, Dir):
-        info.type, info.mode = tarfile.DIRTYPE, node.mode
-        tar.addfile(info)
-    elif isinstance(node, Symlink):
-        info.type, info.linkname, info.mode = tarfile.SYMTYPE, node.target, 0o777
-        tar.addfile(info)
-    elif isinstance(node, File):
-        info.size, info.mode = len(node.content), node.mode
-        tar.addfile(info, io.BytesIO(node.content))
-
-
-def image_tarball(layers: list[Dir], tag: str) -> bytes:
-    """A `docker save` archive of an image with these layers (bottom first), tagged
-    `tag:latest`; the same layers give the same bytes."""
-    tars = [layer_tar(layer) for layer in layers]
-    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": COMMAND},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }, sort_keys=True).encode()
-    config_name = hashlib.sha256(config).hexdigest() + ".json"
-    names = [f"{d.removeprefix('sha256:')}/layer.tar" for d in diff_ids]
-    manifest = json.dumps([{"Config": config_name, "RepoTags": [f"{tag}:latest"], "Layers": names}]).encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        members = [*zip(names, tars, strict=True), (config_name, config), ("manifest.json", manifest)]
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def dockerd_version() -> str:
+    """`dockerd --version`'s version number (e.g. 20.10.24+dfsg1), or "unknown"."""
+    try:
+        out = subprocess.run([DOCKERD, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    words = out.replace(",", " ").split()
+    return words[2] if len(words) > 2 and words[0] == "Docker" else (out.strip() or "unknown")
 
 
 # --- the daemon -------------------------------------------------------------------------
