@@ -29,6 +29,8 @@ from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavaila
 from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
 from checker.real.dockerd import dockerd_version
 from checker.real.dockerd import unavailable_reason as dockerd_unavailable
+from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
+from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.symbolic.repair import suggest_fix
 from checker.workloads import explore as explore_mod
@@ -143,16 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     conform_p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     conform_p.add_argument("-v", "--verbose", action="store_true", help="list every step of every op")
     real = sub.add_parser(
-        "real", help="crash-test a real implementation (the kernel, fuse-overlayfs) at every system call"
+        "real",
+        help="crash-test a real implementation (the kernel, fuse-overlayfs, dockerd) at every system call",
     )
     real.add_argument(
-        "paths", nargs="*", metavar="SPEC", help="spec files or dirs (--table: default specs/overlayfs)"
+        "paths", nargs="*", metavar="SPEC",
+        help="spec files or dirs (--table: specs/overlayfs, or specs/docker-overlay2 for dockerd)",
     )
-    real.add_argument("--impl", choices=IMPLEMENTATIONS, action="append",
-                      help="implementation to crash (repeatable; --table: default all)")
+    real.add_argument("--impl", choices=IMPLEMENTATIONS + (DOCKERD,), action="append",
+                      help="implementation to crash (repeatable; --table: default kernel and fuse-overlayfs)")
     real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     real.add_argument("--table", action="store_true",
-                      help="a findings table: model, kernel and fuse-overlayfs verdict per spec")
+                      help="a findings table: the model's verdict and each implementation's, per spec")
+    real.add_argument("--persistence", choices=sorted(MODELS),
+                      help="with --impl dockerd: power loss instead of a kill; dockerd's system calls are "
+                           "recorded and checked under this persistence model")
+    real.add_argument("-v", "--verbose", action="store_true", help="show every violating crash state")
     sub.add_parser("drivers", help="the drivers: their options, ops and what the engine can do with them")
     sub.add_parser(
         "clean",
@@ -230,13 +238,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+DOCKERD = "dockerd"
+
+
 def cmd_real(args: argparse.Namespace) -> int:
+    impls = args.impl or (list(IMPLEMENTATIONS) if args.table else [])
+    if not impls:
+        raise UsageError("real: choose --impl kernel, fuse-overlayfs or dockerd")
+    if DOCKERD in impls and len(impls) > 1:
+        raise UsageError("real: --impl dockerd runs docker-overlay2 specs; crash it on its own")
+    if DOCKERD in impls:
+        return _recorded_dockerd(args) if args.persistence else _real_dockerd(args)
+    if args.persistence:
+        raise UsageError("real: --persistence is for --impl dockerd (a recorded run); "
+                         "--impl kernel and fuse-overlayfs crash the process")
     paths = args.paths or (["specs/overlayfs"] if args.table else [])
     if not paths:
         raise UsageError("real: give at least one SPEC")
-    impls = args.impl or (list(IMPLEMENTATIONS) if args.table else [])
-    if not impls:
-        raise UsageError("real: choose --impl kernel or --impl fuse-overlayfs")
     specs = [load_spec(f) for f in spec_files(paths)]
     for impl in impls:
         reason = unavailable_reason(impl)
@@ -256,6 +274,64 @@ def cmd_real(args: argparse.Namespace) -> int:
     progress("")
     if args.table:
         print(report.findings_table(rows, impls, kernel.kernel_release()))
+        return 0
+    if args.json:
+        doc = {"version": 1, "specs": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _dockerd_specs(args: argparse.Namespace) -> list[Spec]:
+    paths = args.paths or (["specs/docker-overlay2"] if args.table else [])
+    if not paths:
+        raise UsageError("real: give at least one SPEC")
+    specs = [load_spec(f) for f in spec_files(paths)]
+    for spec in specs:
+        if not runs_on_dockerd(spec):
+            raise UsageError(f"{spec.file}: real --impl dockerd runs docker-overlay2 specs, "
+                             f"not {spec.driver}")
+    reason = dockerd_unavailable_reason()
+    if reason is not None:
+        raise UsageError(f"real --impl dockerd: {reason}")
+    return specs
+
+
+def _recorded_dockerd(args: argparse.Namespace) -> int:
+    """`real --impl dockerd --persistence P`: each spec recorded on dockerd and the
+    recording checked under P (`checker.real.recorded`)."""
+    if args.table:
+        raise UsageError("real: --table is for kill runs (without --persistence)")
+    specs = _dockerd_specs(args)
+    progress = report.progress_printer()
+    results = []
+    for spec in specs:
+        found = recorded_check(spec, args.persistence, progress)
+        progress("")
+        results.append(found)
+        if not args.json:
+            print(report.recorded_report(found, args.verbose), flush=True)
+    if args.json:
+        doc = {"version": 1, "specs": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _real_dockerd(args: argparse.Namespace) -> int:
+    """`real --impl dockerd`: each daemon op of each docker-overlay2 spec, dockerd killed
+    at each of its calls on the data root (`checker.real.dockerd_crash`)."""
+    specs = _dockerd_specs(args)
+    progress = report.progress_printer()
+    rows = []
+    results: list[RealResult] = []
+    for spec in specs:
+        found = dockerd_check(spec, progress)
+        results.append(found)
+        rows.append((spec, check(spec), found))
+        if not args.json and not args.table:
+            print(report.real_summary(found), flush=True)
+    progress("")
+    if args.table:
+        print(report.dockerd_table(rows, dockerd_version()))
         return 0
     if args.json:
         doc = {"version": 1, "specs": [r.to_json() for r in results]}

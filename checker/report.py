@@ -16,7 +16,8 @@ from checker.engine.explorer import Violation
 from checker.engine.persistence import CrashState
 from checker.real.conform import OpConformance
 from checker.real.crash import RealResult, RealViolation
-from checker.real.daemon_conform import DaemonOpConformance
+from checker.real.daemon_conform import DAEMON_OPS, DaemonOpConformance
+from checker.real.recorded import RecordedResult
 from checker.spec import Spec
 from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
@@ -366,6 +367,23 @@ def progress_printer() -> Callable[[str], None]:
     return show
 
 
+def _dockerd_notes(r: RealResult) -> list[str]:
+    out = []
+    if r.model_prefix is not None:
+        out.append(f"     expected: what the model of this dockerd (moby 20.10) predicts for a process "
+                   f"crash: {_verdict_cell(r.model_prefix[0], list(r.model_prefix[1]))}")
+    file_ops = [o.record for o in r.outcomes if o.record.op.kind not in DAEMON_OPS]
+    for rec in file_ops:
+        out.append(f"     op {rec.index} `{rec.text}` is a file op in a container: the kernel's, not crashed "
+                   "here (real --impl kernel crash-tests overlayfs)")
+    if not r.crash_points:
+        out.append("     no daemon op: nothing to crash on dockerd")
+    if r.missed:
+        out.append(f"     {r.missed} kill run(s) made fewer calls than the counting run and were not killed "
+                   "(dockerd did less that time)")
+    return out
+
+
 def real_summary(r: RealResult) -> str:
     mark = "ok  " if r.ok else "FAIL"
     inv = f" of {', '.join(r.violated)}" if r.violations else ""
@@ -374,6 +392,8 @@ def real_summary(r: RealResult) -> str:
         f"     {r.implementation}: {r.calls} system calls, {r.crash_points} crash points, "
         f"{len(r.violations)} violations{inv}; expected {r.expected}; {r.seconds:.1f}s",
     ]
+    if r.implementation == "dockerd":
+        lines.extend(_dockerd_notes(r))
     for o in r.disagreements:
         lines.append(
             f"     RESULT DIFFERS: op {o.record.index} `{o.record.text}` returns {o.record.result} "
@@ -390,6 +410,54 @@ def real_summary(r: RealResult) -> str:
             f"{_ranges([v.crash_at_call for v in vs])}; e.g. at call {first.crash_at_call} "
             f"({first.syscall}): {first.message}"
         )
+    return "\n".join(lines)
+
+
+def recorded_report(found: RecordedResult, verbose: bool = False) -> str:
+    """A recorded dockerd run checked under a persistence model: what was recorded per
+    op, then the usual verdict and counterexamples, on dockerd's own files."""
+    r, rec = found.result, found.recording
+    mark = "ok  " if found.ok else "FAIL"
+    inv = f" of {', '.join(found.violated)}" if found.violated else ""
+    bounded = f" [bounded: {r.why}]" if r.bounded else ""
+    lines = [
+        f"{mark} {found.verdict.upper():<9} {r.spec.file}: {r.spec.name}",
+        f"     dockerd {rec.version}, recorded, under {r.persistence}: {r.steps} steps, "
+        f"{r.crash_states} crash states ({r.unique_states} unique), violations{inv or ' none'} "
+        f"in daemon ops; {r.seconds:.2f}s{bounded}",
+        f"     expected: what the model of this dockerd (moby 20.10) predicts under {r.persistence}: "
+        f"{_verdict_cell(*found.predicted[:1], list(found.predicted[1]))}",
+        "     the ops as recorded (system calls through strace):",
+    ]
+    for o in rec.ops:
+        kind = "daemon op" if o.op.kind in DAEMON_OPS else "file op in a container (the kernel's steps)"
+        lines.append(f"       op {o.op.index} `{o.op.text}` = {o.result}: {len(o.steps)} steps ({kind}; "
+                     f"{o.traced} from its system calls, {o.made_parents} parents made, "
+                     f"{o.reconciled} to reach the tree dockerd left)")
+    if r.violations:
+        again = f"re-record: crashcheck real --impl dockerd --persistence {r.persistence} {r.spec.file}"
+        for line in violation_report(r, verbose):
+            lines.append(f"     {again}" if line.startswith("     reproduce: ") else line)
+    return "\n".join(lines)
+
+
+def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str) -> str:
+    """The findings table of `real --impl dockerd`: per spec, the model under the spec's
+    persistence model and options, the model of this dockerd under a process crash
+    (`prefix`, the daemon options at their defaults), and dockerd killed at every call."""
+    header = ["spec", "model (spec)", "model of 20.10, process crash", f"dockerd {version} killed",
+              "crash points"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for spec, model, found in rows:
+        predicted = found.model_prefix or (found.expected, ())
+        cells = [
+            f"`{Path(spec.file).stem}`",
+            f"{_verdict_cell(model.verdict, model.violated)} ({model.persistence})",
+            _verdict_cell(predicted[0], list(predicted[1])),
+            _verdict_cell(found.verdict, found.violated) + ("" if found.ok else " **differs**"),
+            str(found.crash_points) if found.crash_points else "0 (no daemon op)",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -148,10 +148,10 @@ class Recorder:
         self.log = StepLog(mount.initial, mount.device)
         self.records: list[TraceStep] = []
 
-    def step(self, op: Op, calls: list[SyscallRecord], step: Step) -> int:
+    def step(self, op: Op, calls: list[SyscallRecord], step: Step, label: str = "") -> int:
         """Apply one raw step (`op = "steps"`); its errno (0: applied)."""
         start = len(self.log.steps)
-        call = sc.RawStep(str(step))
+        call = sc.RawStep(label or str(step))
         try:
             self.log.do(step)
         except FsError as e:
@@ -183,8 +183,9 @@ def run_ops(mount: Mount, ops: list[Op], rec: Recorder) -> list[OpRecord]:
         calls: list[SyscallRecord] = []
         failed = 0
         if op.kind == "steps":
-            for step in op.arg("steps"):
-                failed = rec.step(op, calls, step)
+            labels = op.arg("calls") or ()  # a recorded op: the system call behind each step
+            for i, step in enumerate(op.arg("steps")):
+                failed = rec.step(op, calls, step, labels[i] if i < len(labels) else "")
                 if failed:
                     break  # the first raw step that fails ends the op
         else:

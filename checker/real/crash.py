@@ -324,6 +324,14 @@ class RealResult(Verdict):
     invariants: tuple[str, ...]
     seconds: float
     outcomes: list[OpOutcome] = field(default_factory=list)
+    missed: int = 0  # dockerd: kill runs that made fewer calls than the counting run
+    #: dockerd: what the model predicts for a process crash (its verdict and violated
+    #: invariants under `prefix`), which a daemon kill must show; None: the spec's expectation
+    model_prefix: tuple[str, tuple[str, ...]] | None = None
+
+    @property
+    def expected(self) -> str:
+        return self.model_prefix[0] if self.model_prefix is not None else self.spec.expected
 
     @property
     def op_records(self) -> Sequence[Any]:
@@ -336,7 +344,12 @@ class RealResult(Verdict):
 
     @property
     def ok(self) -> bool:
-        return super().ok and not self.disagreements
+        if self.disagreements:
+            return False
+        if self.model_prefix is None:
+            return super().ok
+        verdict, invariants = self.model_prefix
+        return self.verdict == verdict and set(invariants) <= set(self.violated)
 
     def ops_json(self) -> list[dict[str, object]]:
         return [
@@ -360,7 +373,7 @@ class RealResult(Verdict):
             "invariants": list(self.invariants),
             "ops": self.ops_json(),
             "violations": [v.to_json() for v in self.violations],
-        }
+        } | ({"missed_points": self.missed} if self.implementation == "dockerd" else {})
 
 
 @dataclass

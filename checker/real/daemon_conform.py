@@ -49,7 +49,7 @@ from checker.real import kernel, sandbox
 from checker.real.conform import OpConformance
 from checker.real.dockerd import Dockerd, DockerdUnavailable, DockerOps, read_store, unavailable_reason
 from checker.real.ops import run_op
-from checker.real.syscall_log import Recorder, parse, tree_paths
+from checker.real.syscall_log import Call, Recorder, parse, tree_paths
 from checker.real.workspace import Workspace
 from checker.spec import CRASH_OP, Op, Spec
 from models import drivers
@@ -256,9 +256,9 @@ class DaemonOpConformance(OpConformance):
 class DockerdSession:
     """dockerd brought to a spec's initial state, running its ops one by one."""
 
-    def __init__(self, ws: Workspace, spec: Spec, trace: Trace) -> None:
+    def __init__(self, ws: Workspace, spec: Spec, trace: Trace, name: str = "docker") -> None:
         self.ws, self.spec, self.trace = ws, spec, trace
-        self.daemon = Dockerd(ws)
+        self.daemon = Dockerd(ws, name)
         mount = trace.mount
         assert isinstance(mount, DockerMount)
         self.ops = DockerOps(self.daemon, list(mount.image_layers))
@@ -324,6 +324,11 @@ class DockerdSession:
     def traced(self, op: Op) -> tuple[int | str, list[Step]]:
         """Perform a daemon op with strace on every thread of dockerd: its result and
         the steps it made on the data root."""
+        result, pairs = self.traced_calls(op)
+        return result, [step for step, _ in pairs]
+
+    def traced_calls(self, op: Op) -> tuple[int | str, list[tuple[Step, str]]]:
+        """As `traced`, each step with the system call it came from."""
         existing = tree_paths(self.daemon.data)
         log = self.ws.path(f"op{op.index}.strace")
         cmd = ["strace", "-f", "-qq", "-y", "-s", "65536", "-o", str(log), "-e", f"trace={STRACE_SET}",
@@ -336,8 +341,8 @@ class DockerdSession:
         finally:
             self.ws.end(tracer, signal.SIGINT)
         calls = parse(log.read_text(errors="surrogateescape"))
-        steps = [s for s, _ in Recorder(str(self.daemon.data), existing).steps(calls)]
-        return result, steps
+        pairs = Recorder(str(self.daemon.data), existing).steps(calls)
+        return result, [(step, call_text(call, str(self.daemon.data))) for step, call in pairs]
 
     def _attached(self, tracer: subprocess.Popen[bytes]) -> None:
         assert tracer.stderr is not None
@@ -362,6 +367,17 @@ class DockerdSession:
         reason = self.daemon.start_refused()
         if reason is not None:
             raise DockerdUnavailable(f"dockerd did not start again after the crash: {reason}")
+
+
+def call_text(call: Call, root: str) -> str:
+    """A traced call as a report shows it: its name and arguments, the data root left
+    out of paths, long data cut."""
+    args = []
+    for arg in call.args:
+        arg = re.sub(r"<[^<>]*>", "", arg) if arg.startswith(("AT_FDCWD<", "-100<")) else arg
+        arg = arg.replace(root + "/", "").replace(root, ".")
+        args.append(arg if len(arg) <= 100 else arg[:96] + '..."')
+    return f"{call.name}({', '.join(args)})"
 
 
 #: what dockerd writes that is not storage: libnetwork's bolt database (left out of the

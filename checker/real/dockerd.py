@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.parse
@@ -52,7 +53,6 @@ from models.docker_overlay2 import (
     LAYERS,
     MOUNTS,
     OVERLAY,
-    TAGS,
     diff_id,
 )
 from models.tree import Dir, File, Node
@@ -314,114 +314,139 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return [c.removeprefix("sha256:") for c in out]
 
 
+RAW_PARTS = (OVERLAY, "image", CONFIGS, "tmp")
+"""The data root's top-level entries the model has; the rest (volumes/ with its block
+device node, network/, buildkit/, plugins/, ...) is never read."""
+
+
+def read_raw(data: Path) -> Dir:
+    """The parts of the data root the model has (`RAW_PARTS`), as they are on disk
+    (overlay xattrs kept, the kernel's bookkeeping left out); a mount point (a running
+    container's `merged/`) is read as the empty directory under it."""
+    root = Path(data)
+
+    def read(path: Path) -> Node:
+        if path.is_dir() and not path.is_symlink() and os.path.ismount(path):
+            return Dir(mode=_mode(path))
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return kernel.read_node(path, skip_xattrs=kernel.BOOKKEEPING_XATTRS)
+        entries = {name: read(path / name) for name in sorted(os.listdir(path))}
+        return Dir(entries, stat.S_IMODE(st.st_mode), kernel.xattrs_of(path, kernel.BOOKKEEPING_XATTRS))
+
+    parts = {name: read(root / name) for name in RAW_PARTS if (root / name).exists()}
+    return Dir(parts, _mode(root))
+
+
 def read_store(data: Path) -> Dir:
-    """dockerd's data root in the docker-overlay2 model's layout (what the model does not
-    model, such as tar-split files, container logs and the network store, is left out)."""
-    root = Dir()
+    """dockerd's data root in the docker-overlay2 model's layout."""
+    return project(read_raw(data))
+
+
+def project(raw: Dir, diff_ids: Mapping[str, str] | None = None) -> Dir:
+    """A data root in the model's layout: the layer store, layerdb (without tar-split
+    files), mounts, the tag store, image configs as their chain ids, container configs;
+    what the model does not model (libnetwork's db, buildkit, container logs, ...) left
+    out. A layerdb `diff` (the layer tarball's sha256) becomes the model's digest of the
+    layer's files: from `diff_ids` (tarball digest -> model digest, known from complete
+    layers) when it has the digest, else computed from the layer's directory as it is
+    (so only a layer whose tarball a complete run showed can read as incomplete).
+    Projecting a projected tree changes nothing."""
     entries: dict[str, Node] = {}
-    overlay = data / OVERLAY
-    if overlay.is_dir():
-        layers: dict[str, Node] = {}
-        for name in sorted(os.listdir(overlay)):
-            if name == "l":
-                layers[name] = kernel.read_node(overlay / name)
-            else:
-                layers[name] = _layer_dir(overlay / name)
-        entries[OVERLAY] = Dir(layers, _mode(overlay))
-    image: dict[str, Node] = {}
-    base = data / "image" / OVERLAY
-    if base.is_dir():
-        image[OVERLAY] = _image_dir(base, root)
-    if image:
-        entries["image"] = Dir(image, _mode(data / "image"))
-    containers = data / CONFIGS
-    if containers.is_dir():
+    overlay = _child(raw, OVERLAY)
+    if isinstance(overlay, Dir):
+        entries[OVERLAY] = overlay
+    base = _child(raw, "image", OVERLAY)
+    if isinstance(base, Dir):
+        image = _image_dir(base, raw, diff_ids)
+        entries["image"] = Dir({OVERLAY: image}, _node_mode(_child(raw, "image")))
+    containers = _child(raw, CONFIGS)
+    if isinstance(containers, Dir):
         found: dict[str, Node] = {}
-        for cid in sorted(os.listdir(containers)):
-            kept = {n: kernel.read_node(containers / cid / n) for n in ("config.v2.json", "hostconfig.json")
-                    if (containers / cid / n).is_file()}
-            found[cid] = Dir(kept, _mode(containers / cid))
-        entries[CONFIGS] = Dir(found, _mode(containers))
-    return Dir(entries, _mode(data))
+        for cid, home in containers.entries.items():
+            if isinstance(home, Dir):
+                kept = {n: c for n, c in home.entries.items() if n in ("config.v2.json", "hostconfig.json")}
+                found[cid] = Dir(kept, home.mode)
+        entries[CONFIGS] = Dir(found, containers.mode)
+    for keep in ("tmp",):
+        node = _child(raw, keep)
+        if node is not None:
+            entries[keep] = node
+    return Dir(entries, raw.mode)
+
+
+def _child(node: Node | None, *names: str) -> Node | None:
+    for name in names:
+        if not isinstance(node, Dir):
+            return None
+        node = node.entries.get(name)
+    return node
+
+
+def _node_mode(node: Node | None) -> int:
+    return node.mode if isinstance(node, Dir) else 0o755
 
 
 def _mode(path: Path) -> int:
     return os.lstat(path).st_mode & 0o7777
 
 
-def _layer_dir(home: Path) -> Node:
-    """overlay2/<id>: diff read whole (overlay format), work and merged as empty dirs
-    (their contents belong to a mount), the small files as they are."""
-    if not home.is_dir() or home.is_symlink():
-        return kernel.read_node(home)
+def _image_dir(base: Dir, raw: Dir, diff_ids: Mapping[str, str] | None) -> Dir:
     out: dict[str, Node] = {}
-    for name in sorted(os.listdir(home)):
-        path = home / name
-        if name == "diff" and path.is_dir():
-            out[name] = kernel.read_upper(path)
-        elif name in ("work", "merged") and path.is_dir():
-            inner = path / "work"
-            work = {"work": Dir(mode=_mode(inner))} if name == "work" and inner.is_dir() else {}
-            out[name] = Dir(work, _mode(path))
-        else:
-            out[name] = kernel.read_node(path)
-    return Dir(out, _mode(home))
-
-
-def _image_dir(base: Path, root: Dir) -> Dir:
-    out: dict[str, Node] = {}
-    tags = base / "repositories.json"
-    if tags.is_file():
-        out[Path(TAGS).name] = kernel.read_node(tags)
-    layerdb = base / "layerdb"
-    if layerdb.is_dir():
+    tags = base.entries.get("repositories.json")
+    if tags is not None:
+        out["repositories.json"] = tags
+    layerdb = base.entries.get("layerdb")
+    if isinstance(layerdb, Dir):
         db: dict[str, Node] = {}
-        sha = layerdb / "sha256"
-        if sha.is_dir():
-            found = {c: _layerdb_entry(sha / c, base.parent.parent) for c in sorted(os.listdir(sha))}
-            db["sha256"] = Dir(found, _mode(sha))
-        mounts = layerdb / "mounts"
-        if mounts.is_dir():
-            db["mounts"] = kernel.read_node(mounts)
-        tmp = layerdb / "tmp"
-        if tmp.is_dir():
-            db["tmp"] = kernel.read_node(tmp)
-        out["layerdb"] = Dir(db, _mode(layerdb))
-    content = base / "imagedb" / "content" / "sha256"
-    if content.is_dir():
-        configs: dict[str, Node] = {}
-        for name in sorted(os.listdir(content)):
-            configs[name] = _image_config(content / name)
-        out["imagedb"] = Dir({"content": Dir({"sha256": Dir(configs, _mode(content))})})
-    return Dir(out, _mode(base))
+        for name, node in layerdb.entries.items():
+            if name == "sha256" and isinstance(node, Dir):
+                found = {c: _layerdb_entry(e, raw, diff_ids) for c, e in node.entries.items()}
+                db[name] = Dir(found, node.mode)
+            elif name in ("mounts", "tmp"):
+                db[name] = node
+        out["layerdb"] = Dir(db, layerdb.mode)
+    content = _child(base, "imagedb", "content", "sha256")
+    if isinstance(content, Dir):
+        configs = {name: _image_config(node) for name, node in content.entries.items()}
+        imagedb = _child(base, "imagedb")
+        out["imagedb"] = Dir({"content": Dir({"sha256": Dir(configs, content.mode)})}, _node_mode(imagedb))
+    return Dir(out, base.mode)
 
 
-def _layerdb_entry(entry: Path, data: Path) -> Node:
-    """A layerdb entry; its `diff` becomes the model's digest of the layer's files (the
-    real one is the tarball's sha256, which the model cannot compute from a tree)."""
-    if not entry.is_dir():
-        return kernel.read_node(entry)
-    out: dict[str, Node] = {}
-    for name in ("cache-id", "diff", "parent", "size"):
-        if (entry / name).is_file():
-            out[name] = kernel.read_node(entry / name)
-    cache = (entry / "cache-id").read_text().strip() if (entry / "cache-id").is_file() else ""
-    diff = data / OVERLAY / cache / "diff"
-    if cache and "diff" in out and diff.is_dir():
-        node = out["diff"]
-        assert isinstance(node, File)
-        out["diff"] = File(diff_id(kernel.read_upper(diff)).encode(), node.mode)
-    return Dir(out, _mode(entry))
+def _layerdb_entry(entry: Node, raw: Dir, diff_ids: Mapping[str, str] | None) -> Node:
+    if not isinstance(entry, Dir):
+        return entry
+    out = {n: c for n, c in entry.entries.items() if n in ("cache-id", "diff", "parent", "size")}
+    diff = out.get("diff")
+    cache = entry.entries.get("cache-id")
+    if isinstance(diff, File) and diff.content.startswith(b"sha256:") and len(diff.content) == 71:
+        model = (diff_ids or {}).get(diff.content.decode())
+        if model is None:  # a layer no complete run showed (a commit's tar carries file times)
+            name = cache.content.decode().strip() if isinstance(cache, File) else ""
+            layer = _child(raw, OVERLAY, name, "diff") if name else None
+            model = models_diff_id(layer) if isinstance(layer, Dir) else None
+        if model is not None:
+            out["diff"] = File(model.encode(), diff.mode)
+    return Dir(out, entry.mode)
 
 
-def _image_config(path: Path) -> Node:
+def models_diff_id(layer: Dir) -> str:
+    """The model's digest of a layer's files as an image layer has them (no bookkeeping
+    xattrs)."""
+    return diff_id(layer)
+
+
+def _image_config(node: Node) -> Node:
     """An image config as the model writes it: its chain ids, one per line."""
+    if not isinstance(node, File):
+        return node
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(node.content)
         diff_ids = list(doc["rootfs"]["diff_ids"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return kernel.read_node(path)
-    return File("".join(f"{c}\n" for c in chain_ids(diff_ids)).encode(), _mode(path))
+    except (ValueError, KeyError, TypeError):
+        return node
+    return File("".join(f"{c}\n" for c in chain_ids(diff_ids)).encode(), node.mode)
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, works
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
     "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
-    "materialize_overlay", "overlay_unavailable_reason", "read_node", "read_upper",
+    "materialize_overlay", "overlay_unavailable_reason", "read_node", "read_upper", "xattrs_of",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
 from models.format import IMPURE, ORIGIN, OVL_PREFIX
@@ -105,6 +105,11 @@ def read_node(
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
         return Whiteout(xattrs)
     raise ValueError(f"{path}: unsupported file type {stat.filemode(st.st_mode)}")
+
+
+def xattrs_of(path: Path, skip: tuple[str, ...] = ()) -> Xattrs:
+    """The user and overlay xattrs of `path` (not following a symlink), without `skip`."""
+    return _xattrs(path, skip, KEPT_XATTR_PREFIXES)
 
 
 def _xattrs(path: Path, skip: tuple[str, ...], keep_prefixes: tuple[str, ...]) -> Xattrs:

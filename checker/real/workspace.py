@@ -151,19 +151,34 @@ def processes_using(root: Path) -> list[int]:
         chroot = ""
         with suppress(OSError):
             chroot = os.readlink(f"/proc/{pid}/root")
-        if top in cmdline or chroot == top or chroot.startswith(top + "/") or _container_of(pid, top, own_ns):
+        ours = names(cmdline, top) or chroot == top or chroot.startswith(top + "/")
+        if ours or _container_of(pid, top, own_ns):
             out.append(pid)
     return sorted(out)
 
 
+def names(text: str, top: str) -> bool:
+    """Whether `text` names the path `top` or a path below it (not merely a longer name
+    that starts the same: `.../d1` is not named by `.../d12`)."""
+    return re.search(re.escape(top) + r"(?=[/\0\s,:=]|$)", text) is not None
+
+
 def _container_of(pid: int, top: str, own_ns: str) -> bool:
-    """Whether `pid` lives in another mount namespace whose mount table names `top`."""
+    """Whether `pid` lives in another mount namespace whose root file system is one of
+    ours (a container's overlay with its dirs below `top`). Other mounts of that table
+    do not count: a container's namespace also sees mounts other runs made after it
+    (propagation), and those containers are not ours to end."""
     try:
         if os.readlink(f"/proc/{pid}/ns/mnt") == own_ns:
             return False
-        return top in Path(f"/proc/{pid}/mountinfo").read_text(errors="replace")
+        table = Path(f"/proc/{pid}/mountinfo").read_text(errors="replace")
     except OSError:
         return False
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/" and names(line, top):
+            return True
+    return False
 
 
 def release(root: Path) -> None:

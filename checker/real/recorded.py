@@ -1,0 +1,376 @@
+"""Power loss for dockerd: its recorded system calls checked under a persistence model
+(`crashcheck real --impl dockerd --persistence ordered-metadata|weak SPEC`).
+
+A process kill keeps everything the daemon wrote; a power loss keeps what the file
+system had made durable, which can be any of the orders a persistence model allows.
+As ALICE does for applications, the daemon's own calls are recorded and the model
+checker replays them under the weaker models:
+
+1. The spec runs on a private dockerd (`checker.real.daemon_conform.DockerdSession`),
+   the data root read before the first op (`dockerd.read_raw`: the parts the model
+   has, exactly as on disk). strace follows every thread of dockerd through each daemon
+   op (`-f -y -s 65536`); `checker.real.syscall_log` turns the calls into the model's
+   primitive steps on the data root: mkdir, create, write (with its data and offset),
+   truncate, chmod, setxattr, rename, link, symlink, mknod, unlink, rmdir, fsync,
+   sync. A path through a container's mount (`<id>/merged/...`, the init layer) is
+   put in that layer's `diff`, where the kernel writes a new entry.
+2. The steps are replayed on the tree before the op. Replay is lenient: a parent the
+   log did not show being made (the kernel's) is made first. What still differs from
+   the tree dockerd left (what the kernel did below the daemon: an overlay mount's
+   `work/work`, a copy-up, data strace cut at 64 KiB) is added as reconciliation steps
+   at the end of the op, so every op ends exactly where dockerd's did. File ops inside
+   a container are the kernel's: they are the reconciliation steps only (their
+   crash behaviour is the overlayfs model's, checked against the kernel).
+3. The recorded spec (one `steps` op per op, named after it) runs through the checker
+   on a mount whose view, recovery and store checks are docker-overlay2's on the data
+   root read in the model's layout (`dockerd.project`, each layer's `diff` digest the
+   one of its complete files). So findings name the daemon's own files, and the
+   report gives the system call behind each step.
+
+Not covered: the ops after a `crash` op (the recorded spec stops at it), and hard-link
+counts. Source: ALICE (Pillai et al., OSDI 2014) for the approach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from checker.engine.check import Result, check
+from checker.engine.trace import build_trace
+from checker.errors import CrashcheckError
+from checker.real.daemon_conform import DAEMON_OPS, DockerdSession, comparable, runs_on_dockerd
+from checker.real.dockerd import RAW_PARTS, dockerd_version, project, read_raw
+from checker.real.dockerd_crash import as_running_here, dockerd_unavailable_reason, learn_diff_ids
+from checker.real.workspace import workspace
+from checker.spec import Op, Spec
+from models.docker_overlay2 import DockerMount, DockerOverlay2
+from models.layers import build_steps
+from models.steps import Chmod, Link, Mkdir, RemoveTree, Rename, SetXattr, Step, StepLog, Unlink, Write
+from models.tree import Dir, File, FsError, Node, Symlink, join, lookup, split
+
+
+class RecordUnavailable(CrashcheckError):
+    """dockerd cannot run here (the message says why), or the spec is not for it."""
+
+
+@dataclass(frozen=True)
+class RecordedOp(Op):
+    """A spec op as dockerd ran it: a `steps` op with the recorded steps, named after
+    the op it stands for."""
+
+    label: str = ""
+    original: Op | None = None  # the spec op it stands for
+
+    @cached_property
+    def text(self) -> str:
+        return self.label
+
+
+@dataclass
+class OpRecording:
+    """One op on dockerd: its result, the steps, and the system call behind each."""
+
+    op: Op
+    result: int | str
+    steps: list[Step]
+    calls: list[str]  # per step: the system call it came from (reconciliation: what made it)
+    traced: int  # steps from the daemon's system calls
+    made_parents: int  # parents made for them during replay
+    reconciled: int  # steps that bring the replay to the tree dockerd left
+
+
+@dataclass
+class Recording:
+    spec: Spec
+    version: str
+    initial: Dir  # the data root before the first op, as on disk
+    ops: list[OpRecording]
+    diff_ids: dict[str, str] = field(default_factory=dict)  # tarball digest -> model digest
+
+    def recorded_spec(self, persistence: str) -> Spec:
+        """The spec with each op replaced by its recorded steps."""
+        ops = [
+            RecordedOp(i, "steps", (("steps", tuple(r.steps)), ("calls", tuple(r.calls))),
+                       label=f"{r.op.text} (dockerd: {len(r.steps)} steps)", original=r.op)
+            for i, r in enumerate(self.ops)
+        ]
+        return dataclasses.replace(self.spec, ops=ops, persistence=persistence)
+
+    def call_of(self, step: int) -> str:
+        """The system call behind the step-th step of the whole recording (0-based)."""
+        for r in self.ops:
+            if step < len(r.steps):
+                return r.calls[step]
+            step -= len(r.steps)
+        return ""
+
+
+# --- recording -------------------------------------------------------------------------------
+
+
+def record(spec: Spec, progress: Callable[[str], None] | None = None) -> Recording:
+    """Run the spec's ops before any `crash` op on dockerd, recording each."""
+    if not runs_on_dockerd(spec):
+        raise RecordUnavailable(f"{spec.file}: dockerd runs docker-overlay2 specs, not {spec.driver}")
+    reason = dockerd_unavailable_reason()
+    if reason is not None:
+        raise RecordUnavailable(reason)
+    trace = build_trace(spec)
+    with workspace("dockerd") as ws:
+        session = DockerdSession(ws, spec, trace)
+        session.start()
+        try:
+            data = session.daemon.data
+            before = read_raw(data)
+            recording = Recording(spec, dockerd_version(), before, [])
+            learn_diff_ids(before, recording.diff_ids)
+            for op in spec.before_crash:
+                if progress:
+                    progress(f"{spec.file}: recording op {op.index} `{op.text}` on dockerd")
+                if op.kind in DAEMON_OPS:
+                    result, pairs = session.traced_calls(op)
+                else:
+                    result, pairs = session.perform(op), []
+                after = read_raw(data)
+                learn_diff_ids(after, recording.diff_ids)
+                recording.ops.append(replay(op, result, before, pairs, after))
+                before = after
+        finally:
+            session.daemon.stop()
+    return recording
+
+
+def in_scope(step: Step) -> Step | None:
+    """The step on the parts of the data root the model has, with a path through a
+    container's mount put in the layer's diff; None when it is outside them."""
+    changes = {}
+    for attr in ("path", "src", "dst"):
+        value = getattr(step, attr, None)
+        if not isinstance(value, str):
+            continue
+        parts = split(value)
+        if not parts or parts[0] not in RAW_PARTS:
+            return None
+        if len(parts) > 2 and parts[0] == "overlay2" and parts[2] == "merged":
+            changes[attr] = join((parts[0], parts[1], "diff") + parts[3:])
+    return dataclasses.replace(step, **changes) if changes else step  # type: ignore[type-var]
+
+
+def replay(op: Op, result: int | str, before: Dir, pairs: list[tuple[Step, str]], after: Dir) -> OpRecording:
+    log = StepLog(before)
+    steps: list[Step] = []
+    calls: list[str] = []
+    made = traced = 0
+    for raw, call in pairs:
+        step = in_scope(raw)
+        if step is None:
+            continue
+        for parent in _missing_parents(log.root, step):
+            log.do(parent)
+            steps.append(parent)
+            calls.append(call)
+            made += 1
+        try:
+            log.do(step)
+        except FsError:
+            continue  # the kernel saw a state the log does not show; reconciliation settles it
+        steps.append(step)
+        calls.append(call)
+        traced += 1
+    fix = reconcile(log.root, after)
+    why = "(the kernel's, below dockerd)" if op.kind in DAEMON_OPS else "(the kernel's: a file op)"
+    return OpRecording(op, result, steps + fix, calls + [why] * len(fix), traced, made, len(fix))
+
+
+def _missing_parents(root: Dir, step: Step) -> list[Step]:
+    out: list[Step] = []
+    for attr in ("path", "dst"):
+        value = getattr(step, attr, None)
+        if not isinstance(value, str) or isinstance(step, Link | Rename) and attr == "path":
+            continue
+        parts = split(value)[:-1]
+        for i in range(1, len(parts) + 1):
+            if lookup(root, parts[:i]) is None and not any(
+                isinstance(s, Mkdir) and s.path == join(parts[:i]) for s in out
+            ):
+                out.append(Mkdir(join(parts[:i]), 0o755))
+    return out
+
+
+def reconcile(have: Dir, want: Dir, base: tuple[str, ...] = ()) -> list[Step]:
+    """Steps that turn `have` into `want`: removals first, then what is new or changed,
+    in name order."""
+    out: list[Step] = []
+    for name in sorted(have.entries):
+        if name not in want.entries:
+            out.append(_removal(base + (name,), have.entries[name]))
+    for name in sorted(want.entries):
+        out.extend(_reconcile_entry(base + (name,), have.entries.get(name), want.entries[name]))
+    if have.mode != want.mode and base:
+        out.append(Chmod(join(base), want.mode))
+    if have.xattrs != want.xattrs and base:
+        out.extend(SetXattr(join(base), k, v) for k, v in want.xattrs if (k, v) not in have.xattrs)
+    return out
+
+
+def _removal(parts: tuple[str, ...], node: Node) -> Step:
+    return RemoveTree(join(parts)) if isinstance(node, Dir) else Unlink(join(parts))
+
+
+def _reconcile_entry(parts: tuple[str, ...], have: Node | None, want: Node) -> list[Step]:
+    path = join(parts)
+    if have is not None and type(have) is not type(want):
+        return [_removal(parts, have)] + _reconcile_entry(parts, None, want)
+    if have is None:
+        return build_steps(Dir({parts[-1]: want}), join(parts[:-1]))
+    if isinstance(want, Dir):
+        assert isinstance(have, Dir)
+        return reconcile(have, want, parts)
+    out: list[Step] = []
+    if isinstance(want, File):
+        assert isinstance(have, File)
+        if have.content != want.content:
+            out.append(Write(path, want.content, replace=True))
+        if have.mode != want.mode:
+            out.append(Chmod(path, want.mode))
+    elif isinstance(want, Symlink) and isinstance(have, Symlink) and have.target != want.target:
+        return [Unlink(path)] + build_steps(Dir({parts[-1]: want}), join(parts[:-1]))
+    out.extend(SetXattr(path, k, v) for k, v in want.xattrs if (k, v) not in have.xattrs)
+    return out
+
+
+# --- checking ----------------------------------------------------------------------------------
+
+
+class RecordedMount(DockerMount):
+    """docker-overlay2's view, recovery and store checks on a data root as dockerd
+    lays it out (read through `project`); the workload is the recorded steps."""
+
+    driver: RecordedDockerd
+
+    def build(self, layers: list[Dir], upper: Dir | None, ops: object = ()) -> Dir:
+        self.image_layers = list(layers) or [Dir()]
+        self._unions = {}
+        self.containers = {}
+        self.running = set()
+        return self.driver.recording.initial
+
+    def projected(self, root: Dir) -> Dir:
+        return project(root, self.driver.recording.diff_ids)
+
+    def view(self, root: Dir) -> Dir:
+        return super().view(self.projected(root))
+
+    def recover(self, root: Dir):  # type: ignore[no-untyped-def]
+        return super().recover(self.projected(root))
+
+    def store_problems(self, root: Dir) -> list[tuple[str, str]]:
+        return super().store_problems(self.projected(root))
+
+    def store_leaks(self, root: Dir) -> list[tuple[str, str]]:
+        return super().store_leaks(self.projected(root))
+
+    def op_scope(self, op: object) -> tuple[str, ...]:
+        original = getattr(op, "original", None)
+        return super().op_scope(original if original is not None else op)
+
+
+class RecordedDockerd(DockerOverlay2):
+    """The docker-overlay2 model replaying a recording of dockerd."""
+
+    MOUNT = RecordedMount
+
+    def __init__(self, recording: Recording) -> None:
+        super().__init__({})
+        self.recording = recording
+
+
+@dataclass(frozen=True)
+class RecordedResult:
+    """A recorded run of dockerd checked under a persistence model. It is compared
+    with what the model of this dockerd (moby 20.10, the daemon options at their
+    defaults) predicts under the same model, over the crash states of daemon ops (a
+    file op's recorded steps are the kernel's changes in name order, not its order)."""
+
+    recording: Recording
+    result: Result
+    predicted: tuple[str, tuple[str, ...]]  # the model's verdict and violated invariants
+
+    @property
+    def daemon_ops(self) -> set[int]:
+        return {r.op.index for r in self.recording.ops if r.op.kind in DAEMON_OPS}
+
+    @property
+    def violated(self) -> list[str]:
+        """The invariants violated during daemon ops."""
+        return sorted({v.invariant for v in self.result.violations if v.op in self.daemon_ops})
+
+    @property
+    def verdict(self) -> str:
+        if self.violated:
+            return "violation"
+        return "unknown" if self.result.verdict == "unknown" else "pass"
+
+    @property
+    def ok(self) -> bool:
+        verdict, invariants = self.predicted
+        return self.verdict == verdict and set(invariants) <= set(self.violated)
+
+    def to_json(self) -> dict[str, object]:
+        doc = self.result.to_json()
+        violations = doc.get("violations")
+        if isinstance(violations, list):
+            for v in violations:
+                step = v.get("crash_after_step")
+                if isinstance(step, int) and step > 0:
+                    v["syscall"] = self.recording.call_of(step - 1)
+                    v["process"] = "dockerd"
+        return stable(doc) | {
+            "implementation": "dockerd",
+            "engine": "recorded",
+            "verdict": self.verdict,
+            "expected": self.predicted[0],
+            "expected_invariants": list(self.predicted[1]),
+            "ok": self.ok,
+            "recorded_ops": [
+                {"op": r.op.index, "op_text": r.op.text, "real_result": r.result, "traced_steps": r.traced,
+                 "made_parents": r.made_parents, "reconciled_steps": r.reconciled}
+                for r in self.recording.ops
+            ],
+        }
+
+
+def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None] | None = None,
+                   **limits: object) -> RecordedResult:
+    """Record the spec on dockerd and check the recording under `persistence`."""
+    recording = record(spec, progress)
+    recorded = recording.recorded_spec(persistence)
+    result = check(recorded, persistence, driver=RecordedDockerd(recording), **limits)  # type: ignore[arg-type]
+    model = check(as_running_here(spec), persistence, **limits)  # type: ignore[arg-type]
+    daemon = {op.index for op in spec.before_crash if op.kind in DAEMON_OPS}
+    found = sorted({v.invariant for v in model.violations if v.op in daemon} - {"usable-after-recovery"})
+    return RecordedResult(recording, result, ("violation" if found else "pass", tuple(found)))
+
+
+def stable(doc: object) -> Any:
+    """A JSON document with dockerd's random names made generic (as `conform` shows
+    them: ids as `<id>`, short links as `<link>`, temp suffixes as `*`), so a spec gives
+    the same document run after run."""
+    if isinstance(doc, dict):
+        return {k: stable(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [stable(v) for v in doc]
+    if isinstance(doc, str):
+        return _TIME.sub("<time>", comparable(doc))
+    return doc
+
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+
+
+__all__ = ["RecordUnavailable", "RecordedDockerd", "RecordedResult", "Recording", "record", "recorded_check"]
