@@ -12,16 +12,19 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from checker import report
+from checker import regression, report, tables
 from checker.engine.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
 from checker.engine.check import ENGINES, Result, check
 from checker.engine.persistence import MODELS
 from checker.errors import CrashcheckError, UsageError, one_line
+from checker.figures import FIGURE_FORMATS, PLOTS, figure, plot
+from checker.html_report import html_report
+from checker.junit import junit_xml
 from checker.real import kernel, workspace
 from checker.real.confirm import confirm
 from checker.real.conform import conform
@@ -33,6 +36,7 @@ from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
 from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.symbolic.repair import suggest_fix
+from checker.tables import FORMATS
 from checker.workloads import explore as explore_mod
 from models import DEFAULT_DRIVER, DriverLoadError
 from models.driver import OptionError
@@ -119,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggest-fix", action="store_true",
         help="for a violating spec, the fewest fsyncs to insert that remove every violation",
     )
+    run.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per spec")
+    run.add_argument("--baseline", metavar="OLD.json",
+                     help="diff this run against an earlier `run --json` document (exit 1: worse)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every violating crash point")
     run.add_argument("-q", "--quiet", action="store_true", help="only the summary line of each spec")
     ex = sub.add_parser("explore", help="generate small workloads and find driver-induced violations")
@@ -161,6 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --impl dockerd: power loss instead of a kill; dockerd's system calls are "
                            "recorded and checked under this persistence model")
     real.add_argument("-v", "--verbose", action="store_true", help="show every violating crash state")
+    diff_p = sub.add_parser("diff", help="what changed between two `run --json` documents (exit 1: worse)")
+    diff_p.add_argument("old", metavar="OLD.json")
+    diff_p.add_argument("new", metavar="NEW.json")
+    fmt = diff_p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    fmt.add_argument("--markdown", action="store_true", help="Markdown, for a pull-request comment")
+    compare_p = sub.add_parser("compare", help="the same specs on several driver variants, side by side")
+    compare_p.add_argument("paths", nargs="+", metavar="SPEC")
+    compare_p.add_argument("--variant", action="append", default=[], metavar="NAME=DRIVER[:K=V,...]",
+                           help="a driver with options (repeatable; at least two)")
+    compare_p.add_argument("--persistence", choices=sorted(MODELS),
+                           help="override every spec's persistence model")
+    compare_p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    report_p = sub.add_parser(
+        "report", help="findings tables (markdown, latex, csv) or an HTML report from `run --json`"
+    )
+    report_p.add_argument("results", metavar="RESULTS.json")
+    report_p.add_argument("--format", choices=FORMATS, default="markdown")
+    report_p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    figure_p = sub.add_parser("figure", help="a counterexample as a picture, or plots of crash states")
+    figure_p.add_argument("paths", nargs="+", metavar="SPEC")
+    what = figure_p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--crash-after", type=int, metavar="K",
+                      help="the crash state that keeps the first K steps")
+    what.add_argument("--persisted", metavar="STEPS",
+                      help="the crash state that keeps these steps (1-5,7,8:2)")
+    what.add_argument("--plot", choices=PLOTS,
+                      help="ops: crash states and violating ones per op; persistence: crash states per model")
+    figure_p.add_argument("--persistence", choices=sorted(MODELS),
+                          help="override the spec's persistence model")
+    figure_p.add_argument("--out", required=True, metavar="FILE", help="FILE.svg, FILE.pdf or FILE.png")
     sub.add_parser("drivers", help="the drivers: their options, ops and what the engine can do with them")
     sub.add_parser(
         "clean",
@@ -192,12 +230,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         reason = kernel.overlay_unavailable_reason()
         if reason is not None:
             raise UsageError(f"run --confirm: {reason}")
+    baseline = regression.load_results(args.baseline) if args.baseline else None
     budget = Budget(args.max_states, args.timeout, args.max_memory)
     cap_address_space(args.max_memory)
     started = time.perf_counter()
     results: list[Result] = []
-    progress = report.progress_printer()
-    failed: list[str] = []  # specs this run could not check (reported, the others go on)
+    progress = report.progress_printer(len(specs))
+    failed: list[tuple[str, str]] = []  # (file, why) of specs this run could not check; the others go on
     for spec in specs:
         try:
             result = check(
@@ -206,10 +245,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         except CrashcheckError as e:
             progress("")
-            failed.append(str(e))
+            failed.append((spec.file, str(e)))
             print(one_line(f"crashcheck: error: {e}"), file=sys.stderr, flush=True)
             continue
         progress("")
+        progress.advance()
         if args.confirm:
             result = replace(result, confirmations=confirm(result))
         fix_note = None
@@ -233,9 +273,74 @@ def cmd_run(args: argparse.Namespace) -> int:
         report.write_json(results, sys.stdout)
     else:
         print(report.totals_line(results, time.perf_counter() - started))
+    if args.junit:
+        Path(args.junit).write_text(junit_xml(results, failed), encoding="utf-8")
     if failed:
         return 2  # each said why in its own line
+    if baseline is not None:
+        found = regression.diff(baseline, json.loads(report.to_json(results)), args.baseline, "this run")
+        print(regression.diff_text(found), file=sys.stderr if args.json else sys.stdout)
+        return 1 if found.worse else 0
     return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    found = regression.diff(regression.load_results(args.old), regression.load_results(args.new),
+                            args.old, args.new)
+    if args.json:
+        sys.stdout.write(json.dumps(found.to_json(), indent=2) + "\n")
+    elif args.markdown:
+        sys.stdout.write(regression.diff_markdown(found))
+    else:
+        print(regression.diff_text(found))
+    return 1 if found.worse else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    doc = regression.load_results(args.results)
+    if args.format == "html":
+        text = html_report(doc)
+    else:
+        text = {"markdown": tables.markdown, "latex": tables.latex, "csv": tables.csv_text}[args.format](doc)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lstrip(".").lower() not in FIGURE_FORMATS:
+        raise UsageError(f"{out}: write the figure as .svg, .pdf or .png")
+    if args.plot:
+        specs = [load_spec(f) for f in spec_files(args.paths)]
+        plot(specs, args.plot, out, args.persistence)
+        return 0
+    if len(args.paths) != 1:
+        raise UsageError("figure: a counterexample is of one SPEC")
+    cx = figure(load_spec(args.paths[0]), out, args.crash_after, args.persisted, args.persistence)
+    verdict = "; ".join(cx.findings) if cx.findings else "no invariant violated in this crash state"
+    print(f"{out}: op `{cx.op_text}`, crash after step {cx.crash_after}: {verdict}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    variants = [regression.parse_variant(v) for v in args.variant]
+    if len(variants) < 2:
+        raise UsageError("compare: give at least two --variant NAME=DRIVER[:K=V,...]")
+    if len({v.name for v in variants}) != len(variants):
+        raise UsageError("compare: each --variant needs a name of its own")
+    specs = [load_spec(f) for f in spec_files(args.paths)]
+    for spec in specs:
+        for v in variants:
+            regression.variant_driver(v, spec)  # every input error before any work
+    found = regression.compare(specs, variants, args.persistence)
+    if args.json:
+        sys.stdout.write(json.dumps(found.to_json(), indent=2) + "\n")
+    else:
+        print(found.table())
+    return 0
 
 
 DOCKERD = "dockerd"
@@ -339,15 +444,6 @@ def _real_dockerd(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _option_value(text: str) -> object:
-    if text in ("true", "false"):
-        return text == "true"
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
 def cmd_explore(args: argparse.Namespace) -> int:
     from models import drivers
 
@@ -361,7 +457,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"explore: --option {item!r}: write KEY=VALUE")
-        options[key] = _option_value(value)
+        options[key] = regression.option_value(value)
     try:
         known[args.driver].resolve_options(options)
     except OptionError as e:
@@ -436,6 +532,13 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds every workspace: mounts undone, processes ended
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "conform": cmd_conform, "real": cmd_real, "explore": cmd_explore, "diff": cmd_diff,
+    "compare": cmd_compare, "report": cmd_report, "figure": cmd_figure, "clean": cmd_clean,
+    "drivers": cmd_drivers,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Behave like other Unix tools in a pipeline (`crashcheck run ... | head`).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -443,18 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _terminated)
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "conform":
-            return cmd_conform(args)
-        if args.command == "real":
-            return cmd_real(args)
-        if args.command == "explore":
-            return cmd_explore(args)
-        if args.command == "clean":
-            return cmd_clean(args)
-        if args.command == "drivers":
-            return cmd_drivers(args)
+        command = COMMANDS.get(args.command)
+        if command is not None:
+            return command(args)
         raise UsageError(f"unknown command {args.command}")
     except (CrashcheckError, DriverLoadError) as e:
         print(one_line(f"crashcheck: error: {e}"), file=sys.stderr)

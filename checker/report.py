@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -14,6 +13,7 @@ from checker.engine.aftercrash import Continuation
 from checker.engine.check import VIOLATIONS_STREAMED, Result, Verdict
 from checker.engine.explorer import Violation
 from checker.engine.persistence import CrashState
+from checker.progress import Progress
 from checker.real.conform import OpConformance
 from checker.real.crash import RealResult, RealViolation
 from checker.real.daemon_conform import DAEMON_OPS, DaemonOpConformance
@@ -355,16 +355,10 @@ def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], versio
     return "\n".join(lines)
 
 
-def progress_printer() -> Callable[[str], None]:
-    """Progress on stderr, overwriting one line, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return lambda text: None
-
-    def show(text: str) -> None:
-        sys.stderr.write("\r\033[K" + text[:150])
-        sys.stderr.flush()
-
-    return show
+def progress_printer(total: int | None = None) -> Progress:
+    """A progress bar on stderr when it is a terminal (`checker.progress`); `total`: the
+    specs of the run."""
+    return Progress(total)
 
 
 def _dockerd_notes(r: RealResult) -> list[str]:

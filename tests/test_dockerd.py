@@ -154,10 +154,18 @@ def _wait_for_dockerd(proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("dockerd never started")
 
 
+MODES = {
+    "conform": ["conform"],
+    "kill": ["real", "--impl", "dockerd"],
+    "recorded": ["real", "--impl", "dockerd", "--persistence", "weak"],
+}
+
+
 @needs_dockerd
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_leave_no_daemon_mount_or_directory(sig: int):
-    proc = subprocess.Popen([sys.executable, "-m", "checker.cli", "conform",
+def test_ctrl_c_and_sigterm_leave_no_daemon_mount_or_directory(sig: int, mode: str):
+    proc = subprocess.Popen([sys.executable, "-m", "checker.cli", *MODES[mode],
                              str(ROOT / "specs/docker-overlay2/commit-container.toml")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_dockerd(proc)
