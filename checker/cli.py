@@ -22,7 +22,7 @@ from checker.engine.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space,
 from checker.engine.check import ENGINES, Result, check
 from checker.engine.persistence import MODELS
 from checker.errors import CrashcheckError, UsageError, one_line
-from checker.figures import FIGURE_FORMATS, PLOTS, figure, plot
+from checker.figures import FIGURE_FORMATS, PLOTS, figure, plot, plot_explore
 from checker.html_report import html_report
 from checker.junit import junit_xml
 from checker.real import kernel, workspace
@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--persisted", metavar="STEPS",
                       help="the crash state that keeps these steps (1-5,7,8:2)")
     what.add_argument("--plot", choices=PLOTS,
-                      help="ops: crash states and violating ones per op; persistence: crash states per model")
+                      help="ops: crash states and violating ones per op; persistence: crash states per "
+                           "model; explore: driver-induced groups per op kind (SPEC: an explore --json file)")
     figure_p.add_argument("--persistence", choices=sorted(MODELS),
                           help="override the spec's persistence model")
     figure_p.add_argument("--out", required=True, metavar="FILE", help="FILE.svg, FILE.pdf or FILE.png")
@@ -313,6 +314,11 @@ def cmd_figure(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lstrip(".").lower() not in FIGURE_FORMATS:
         raise UsageError(f"{out}: write the figure as .svg, .pdf or .png")
+    if args.plot == "explore":
+        if len(args.paths) != 1:
+            raise UsageError("figure --plot explore: give the JSON document of `crashcheck explore --json`")
+        plot_explore(regression.load_json(args.paths[0]), out)
+        return 0
     if args.plot:
         specs = [load_spec(f) for f in spec_files(args.paths)]
         plot(specs, args.plot, out, args.persistence)

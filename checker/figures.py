@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from checker.engine import views
 from checker.engine.check import check
@@ -253,7 +254,7 @@ def figure(
 
 # --- plots ------------------------------------------------------------------------------------
 
-PLOTS = ("ops", "persistence")
+PLOTS = ("ops", "persistence", "explore")
 
 
 PLOT_STATES = 20_000  # crash states counted per spec for a plot
@@ -280,18 +281,8 @@ def states_per_op(spec: Spec, persistence: str | None = None) -> tuple[dict[int,
 def plot(specs: list[Spec], kind: str, out: Path, persistence: str | None = None) -> None:
     """A matplotlib plot of the specs: crash states and violating ones per op (`ops`), or
     crash states under each persistence model (`persistence`)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise FigureUnavailable("plots need matplotlib (pip install matplotlib)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fmt = out.suffix.lstrip(".").lower()
-    if fmt not in FIGURE_FORMATS:
-        raise UsageError(f"{out}: the plot must be .svg, .pdf or .png")
-    matplotlib.rcParams["svg.hashsalt"] = "crashcheck"
-    matplotlib.rcParams["font.family"] = "DejaVu Sans"
+    plt = _pyplot()
+    fmt = _plot_format(out)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(specs) + 3), 4))
     if kind == "ops":
         labels, states, bad = [], [], []
@@ -312,21 +303,71 @@ def plot(specs: list[Spec], kind: str, out: Path, persistence: str | None = None
         for k, model in enumerate(models):
             counts = [check(spec, model).crash_states for spec in specs]
             ax.bar([i + k * width for i in range(len(specs))], counts, width, label=model)
-        ax.set_xticks(
-            [i + 0.4 - width / 2 for i in range(len(specs))],
-            [Path(s.file).stem for s in specs],
-            rotation=45,
-            ha="right",
-            fontsize=7,
-        )
+        names = [Path(s.file).stem for s in specs]
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(specs))], names, rotation=45, ha="right",
+                      fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("crash states (log)")
     else:
         raise UsageError(f"--plot must be one of {', '.join(PLOTS)}")
+    _save(fig, ax, out, fmt)
+
+
+def plot_explore(doc: dict[str, object], out: Path) -> None:
+    """The driver-induced groups an `explore --json` run found, per op kind, stacked by
+    invariant."""
+    groups = doc.get("driver_induced")
+    if not isinstance(groups, list):
+        raise UsageError("--plot explore takes the JSON document of `crashcheck explore --json`")
+    plt = _pyplot()
+    fmt = _plot_format(out)
+    counts: dict[str, dict[str, int]] = {}
+    for g in groups:
+        if isinstance(g, dict):
+            by_op = counts.setdefault(str(g.get("invariant")), {})
+            by_op[str(g.get("op"))] = by_op.get(str(g.get("op")), 0) + 1
+    ops = sorted({op for by_op in counts.values() for op in by_op})
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(ops) + 3), 4))
+    bottom = [0] * len(ops)
+    for invariant in sorted(counts):
+        heights = [counts[invariant].get(op, 0) for op in ops]
+        ax.bar(ops, heights, bottom=bottom, label=invariant)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_ylabel("driver-induced groups")
+    ax.set_title(f"explore: {doc.get('workloads')} workloads, {doc.get('crash_states')} crash states",
+                 fontsize=9)
+    _save(fig, ax, out, fmt)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise FigureUnavailable("plots need matplotlib (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "crashcheck"  # the same SVG ids every run
+    matplotlib.rcParams["font.family"] = "DejaVu Sans"
+    return plt
+
+
+def _plot_format(out: Path) -> str:
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        raise UsageError(f"{out}: the plot must be .svg, .pdf or .png")
+    return fmt
+
+
+def _save(fig: Any, ax: Any, out: Path, fmt: str) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
     plt.close(fig)
 
 
-__all__ = ["Counterexample", "FigureUnavailable", "counterexample", "dot_source", "figure", "plot"]
+__all__ = [
+    "Counterexample", "FigureUnavailable", "counterexample", "dot_source", "figure", "plot", "plot_explore",
+]

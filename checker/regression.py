@@ -37,14 +37,22 @@ class ResultsError(CrashcheckError):
     """A result document that cannot be read; the message names the file."""
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
-    """A `crashcheck run --json` document."""
+def load_json(path: str | Path) -> dict[str, Any]:
+    """A JSON document crashcheck wrote (an object)."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ResultsError(f"{path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ResultsError(f"{path}: not a JSON document: {e}") from None
+    if not isinstance(doc, dict):
+        raise ResultsError(f"{path}: not a crashcheck JSON document (not an object)")
+    return doc
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A `crashcheck run --json` document."""
+    doc = load_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("specs"), list):
         raise ResultsError(f'{path}: not a crashcheck result document (no "specs" list)')
     for i, spec in enumerate(doc["specs"]):

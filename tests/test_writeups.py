@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -153,3 +154,18 @@ def test_progress_is_a_bar_on_a_terminal_and_silent_in_a_pipe():
     p.wait(timeout=60)
     os.close(main)
     assert b"/22 [" in seen and b"spec/s" in seen  # tqdm: n of the 22 specs, a rate
+
+
+def test_explore_results_plot_per_op_kind(tmp_path: Path):
+    doc = {"workloads": 3, "skipped": 0, "crash_states": 40, "inherent": 0, "driver_induced": [
+        {"invariant": "atomicity", "op": "mv"}, {"invariant": "no-dual-existence", "op": "mv"},
+        {"invariant": "atomicity", "op": "rmdir"}]}
+    src = tmp_path / "explore.json"
+    src.write_text(json.dumps(doc))
+    out = tmp_path / "explore.svg"
+    proc = _cli("figure", str(src), "--plot", "explore", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert ET.parse(out).getroot().tag == f"{SVG}svg"
+    src.write_text('{"specs": []}')
+    bad = _cli("figure", str(src), "--plot", "explore", "--out", str(out))
+    assert bad.returncode == 2 and "explore --json" in bad.stderr
