@@ -73,6 +73,7 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "setxattr": (("path", "name", "value"), ()),
     "fsync": (("path",), ()),
     "sync": ((), ()),
+    "syncfs": ((), ()),
     "mv": (("src", "dst"), ()),
     "rm": (("path",), ()),
     "cp": (("src", "dst"), ()),

@@ -335,8 +335,8 @@ class AufsMount(Mount):
         if self._in_rw(log.root, parts) is not None:
             log.do(Fsync(join(RW + parts)))
 
-    @handles(sc.Sync)
-    def sync(self, call: sc.Sync, log: StepLog) -> None:
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
         log.do(Syncfs("rw"))
 
     @handles(sc.Unlink)

@@ -204,6 +204,11 @@ def _text(a: dict[str, Any], key: str) -> bytes:
     return str(a[key]).encode()
 
 
+#: ops after which what they cover is durable: an fsync its file, a sync and a syncfs
+#: every file (`durability`)
+FULL_SYNC_OPS = ("sync", "syncfs")
+SYNC_OPS = ("fsync",) + FULL_SYNC_OPS
+
 #: The client program of each file-system op of the spec format (DESIGN section 6).
 OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
     "create": lambda a: create(a["path"], None if a.get("data") is None else _text(a, "data"),
@@ -221,6 +226,7 @@ OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
     "chmod": lambda a: syscall(sc.Chmod(a["path"], a["mode"])),
     "setxattr": lambda a: syscall(sc.SetXattr(a["path"], a["name"], _text(a, "value"))),
     "sync": lambda a: syscall(sc.Sync()),
+    "syncfs": lambda a: syscall(sc.Syncfs()),
     "mv": lambda a: mv(a["src"], a["dst"]),
     "rm": lambda a: rm(a["path"]),
     "cp": lambda a: cp(a["src"], a["dst"]),

@@ -206,8 +206,8 @@ class DeviceMapperMount(Mount):
     def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
         self.rm_container(self.pool, log, call.container)
 
-    @handles(sc.Sync)
-    def sync(self, call: sc.Sync, log: StepLog) -> None:
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
         self.commit(self.pool, log)  # every op ends committed: nothing is dirty
 
     def fs_call(self, s: PoolWrites, log: StepLog, call: sc.Syscall) -> sc.SysResult:

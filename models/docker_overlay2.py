@@ -515,8 +515,8 @@ class DockerMount(Mount):
     def remove_image(self, call: RemoveImage, log: StepLog) -> None:
         self.rmi(log, call.image)
 
-    @handles(sc.Sync)
-    def sync(self, call: sc.Sync, log: StepLog) -> None:
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
         log.do(Syncfs(""))
 
     def container_mount(self, root: Dir, container: str) -> tuple[OverlayMount, dict[str, str]]:

@@ -232,7 +232,7 @@ class OverlayMount(Mount):
     # -- system calls ------------------------------------------------------------------
 
     def perform(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
-        if not isinstance(call, sc.Rename | sc.Sync):
+        if not isinstance(call, sc.Rename | sc.Sync | sc.Syncfs):
             self.check_call(log.root, call)  # ovl_rename checks in its own order
         return super().perform(call, log)
 
@@ -305,8 +305,10 @@ class OverlayMount(Mount):
         if entry.upper is not None and self.should_sync:
             log.do(Fsync(join(entry.upper.path)))
 
-    @handles(sc.Sync)
-    def sync(self, call: sc.Sync, log: StepLog) -> None:
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
+        """sync(2) and syncfs(2): `ovl_sync_fs` syncs the upper file system (a volatile
+        mount skips it)."""
         if self.should_sync:
             log.do(Syncfs("upper"))
 

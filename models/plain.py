@@ -108,8 +108,8 @@ class PlainMount(Mount):
     def fsync(self, call: sc.Fsync, log: StepLog) -> None:
         log.do(Fsync(call.path))
 
-    @handles(sc.Sync)
-    def sync(self, call: sc.Sync, log: StepLog) -> None:
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
         log.do(Syncfs(""))
 
     @handles(sc.Utimens, sc.Chown, sc.FChown)

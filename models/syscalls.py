@@ -185,6 +185,13 @@ class Sync(Syscall):
 
 
 @dataclass(frozen=True)
+class Syncfs(Syscall):
+    """syncfs(2) on a file descriptor of the mount: the file system it is on, only."""
+
+    NAME: ClassVar[str] = "syncfs"
+
+
+@dataclass(frozen=True)
 class Utimens(Syscall):
     """utimensat(2): times are not modelled, the copy-up they cause is."""
 

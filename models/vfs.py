@@ -119,7 +119,7 @@ def check_call(lookup: Lookup, call: sc.Syscall) -> None:
     """POSIX errors every driver reports the same way, checked on the view (FsError);
     driver-specific errors (EXDEV, ...) are the driver's business."""
     match call:
-        case sc.Sync():
+        case sc.Sync() | sc.Syncfs():
             return
         case sc.Create() | sc.Mkdir() | sc.Symlink():
             check_absent(lookup, split(call.path))

@@ -23,7 +23,7 @@ MIDDLE_KINDS = LOWER_KINDS + ("whiteout", "opaque", "redirect")
 UPPER_KINDS = ("file", "dir", "opaque", "whiteout", "redirect")
 OPS = [
     "create", "write", "append", "truncate", "mkdir", "rmdir", "unlink", "rename", "mv",
-    "link", "symlink", "chmod", "setxattr", "rm", "cp", "fsync",
+    "link", "symlink", "chmod", "setxattr", "rm", "cp", "fsync", "syncfs",
 ]
 
 
@@ -95,6 +95,8 @@ def gen_layer(c: Chooser, kinds: Sequence[str]) -> dict[str, Any]:
 
 def gen_op(c: Chooser) -> dict[str, Any]:
     kind = c.choice(OPS)
+    if kind == "syncfs":
+        return {"op": kind}
     if kind in ("rename", "mv", "link"):
         return {"op": kind, "src": c.choice(NAMES), "dst": c.choice(NAMES)}
     if kind == "cp":

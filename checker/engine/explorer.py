@@ -23,13 +23,13 @@ from checker.engine.budget import Budget, Meter
 from checker.engine.invariants import CrashContext, Finding, Invariant, selected
 from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, CrashState, Persistence
 from checker.engine.trace import Trace, build_trace
+from models.clients import SYNC_OPS
 from models.driver import Driver, Recovery
 from models.tree import Dir
 
 if TYPE_CHECKING:
     from checker.spec import Spec
 
-SYNC_OPS = ("fsync", "sync")
 
 
 @dataclass(frozen=True)

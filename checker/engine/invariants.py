@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from checker.engine import views
 from models import drivers
 from models.capabilities import ScopedOps, SpaceChecks, StoreChecks, can, mount_can
+from models.clients import FULL_SYNC_OPS, SYNC_OPS
 from models.driver import Mount, Recovery
 from models.tree import Dir, File, join, lookup, split
 
@@ -319,13 +320,13 @@ class LowerImmutable(Invariant):
 class Durability(Invariant):
     name = "durability"
     description = (
-        "what a returned fsync (the file) or sync (every file) made durable survives the "
+        "what a returned fsync (the file), sync or syncfs (every file) made durable survives the "
         "crash, unless a later op changed it"
     )
-    needs = "an fsync or sync op"
+    needs = "an fsync, sync or syncfs op"
 
     def applies(self, spec: Spec) -> bool:
-        return any(op.kind in ("fsync", "sync") for op in spec.ops)
+        return any(op.kind in SYNC_OPS for op in spec.ops)
 
     def check(self, ctx: CrashContext) -> list[Finding]:
         if ctx.view is None or not ctx.returned_syncs:
@@ -349,7 +350,6 @@ class Durability(Invariant):
         ]
 
 
-SYNC_OPS = ("fsync", "sync")
 EXPECTED_MEMO = 4096  # (op in flight, syncs returned) pairs remembered; a trace has about 2 per op
 
 
@@ -416,7 +416,7 @@ def durable_index(trace: Trace, prefix_views: list[Dir]) -> DurableIndex:
         cover = [(p, n.digest) for p in paths if (n := views.at(after, p)) is not None]
         sync_ops.append(record.index)
         covers.append(cover)
-        full.append(op.kind == "sync")
+        full.append(op.kind in FULL_SYNC_OPS)
         wanted.update(p for p, _ in cover)
     changes: dict[str, list[int]] = {}
     for k in range(len(trace.ops)):

@@ -4,6 +4,7 @@ the mount (`checker.real.sandbox`): paths resolve inside it as inside a containe
 
 from __future__ import annotations
 
+import ctypes
 import errno as errno_module
 import os
 import subprocess
@@ -123,7 +124,21 @@ def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
             return [fsync]
         case "sync":
             return [os.sync]
+        case "syncfs":
+            return [lambda: _syncfs(m)]
     raise ValueError(f"no real system call for op {op.kind}")
+
+
+def _syncfs(root: Path) -> None:
+    """syncfs(2) on the mount (Python has no binding: libc's, through ctypes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
 
 
 def _write_at(path: Path, data: bytes, flags: int, offset: int | None) -> None:

@@ -39,6 +39,7 @@ from checker.engine.explorer import Context, Exploration, Violation, trace_level
 from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.capabilities import IdentityView, UnionView, can
+from models.clients import FULL_SYNC_OPS, SYNC_OPS
 from models.format import OPAQUE, OVL_PREFIX, REDIRECT
 from models.steps import Effect, Link, Step
 from models.syscalls import RenameFlags
@@ -680,13 +681,13 @@ class Invariants:
         everything = z3.And(*[enc.full[i] for i in range(n)]) if n else z3.BoolVal(True)
         terms = []
         for j, op in enumerate(ops):
-            if op.op.kind not in ("fsync", "sync"):
+            if op.op.kind not in SYNC_OPS:
                 continue
             e = op.end_step  # returned: a step issued after the op persisted, or everything did
             returned = z3.Or(everything, *[enc.some[i] for i in range(e, n)])
             synced = views[j + 1]
             files = [op.op.arg("path")] if op.op.kind == "fsync" else []
-            if op.op.kind == "sync":
+            if op.op.kind in FULL_SYNC_OPS:
                 from checker.engine import views as view_helpers
 
                 files = list(view_helpers.files(synced))
