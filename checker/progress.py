@@ -17,15 +17,21 @@ from tqdm import tqdm
 
 _COUNT = re.compile(r"(\d+)/(\d+)$")
 
+# No monitor thread: tqdm starts one for every bar (even a disabled one) unless this is 0,
+# and the real modes hold SIGINT/SIGTERM back around mounts and teardowns with a per-thread
+# signal mask (`workspace.held_signals`): a second thread would take the signal instead and
+# the interrupt would land inside the held block.
+tqdm.monitor_interval = 0
+
 
 class Progress:
     def __init__(self, total: int | None = None, unit: str = "spec") -> None:
         self.enabled = sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not self.enabled, leave=False,
-                        dynamic_ncols=True, mininterval=0.2)
+        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
+                        mininterval=0.2) if self.enabled else None
 
     def __call__(self, text: str) -> None:
-        if not self.enabled:
+        if self.bar is None:
             return
         if not text:
             self.bar.clear()
@@ -44,11 +50,12 @@ class Progress:
 
     def advance(self) -> None:
         """One more of the run's specs (or workloads) done."""
-        if self.enabled:
+        if self.bar is not None:
             self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 __all__ = ["Progress"]
