@@ -229,19 +229,23 @@ def _view_row(line: str, marked: bool) -> str:
     return f'<tr><td align="left">{text}</td></tr>'
 
 
+def layout(source: str, fmt: str) -> bytes:
+    """The DOT source laid out by Graphviz's `dot` as `fmt` (svg, pdf, png)."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise FigureUnavailable("figures need Graphviz's dot (apt-get install graphviz)")
+    proc = subprocess.run([dot, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=DOT_TIMEOUT)
+    if proc.returncode != 0:
+        raise FigureUnavailable(f"dot failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+    return proc.stdout
+
+
 def render_dot(source: str, out: Path) -> None:
     """Lay the DOT source out into `out` (its suffix picks the format)."""
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in FIGURE_FORMATS:
         raise UsageError(f"{out}: the figure must be .svg, .pdf or .png")
-    dot = shutil.which("dot")
-    if dot is None:
-        raise FigureUnavailable("figures need Graphviz's dot (apt-get install graphviz)")
-    proc = subprocess.run(
-        [dot, f"-T{fmt}", "-o", str(out)], input=source.encode(), capture_output=True, timeout=DOT_TIMEOUT
-    )
-    if proc.returncode != 0:
-        raise FigureUnavailable(f"dot failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+    out.write_bytes(layout(source, fmt))
 
 
 def figure(

@@ -15,14 +15,12 @@ from __future__ import annotations
 import html
 import re
 import shlex
-import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from checker.errors import CrashcheckError
-from checker.figures import DOT_TIMEOUT, FigureUnavailable, counterexample, dot_source
+from checker.figures import counterexample, dot_source, layout
 from checker.spec import load_spec
 from checker.tables import pivot, spec_rows
 
@@ -84,13 +82,7 @@ def _esc(text: object) -> str:
 
 def _svg(source: str) -> str:
     """DOT laid out as inline SVG (the XML prolog and doctype dropped)."""
-    dot = shutil.which("dot")
-    if dot is None:
-        raise FigureUnavailable("figures need Graphviz's dot (apt-get install graphviz)")
-    proc = subprocess.run([dot, "-Tsvg"], input=source.encode(), capture_output=True, timeout=DOT_TIMEOUT)
-    if proc.returncode != 0:
-        raise FigureUnavailable(f"dot failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
-    text = proc.stdout.decode()
+    text = layout(source, "svg").decode()
     return text[text.index("<svg") :] if "<svg" in text else text
 
 

@@ -419,22 +419,35 @@ def _layerdb_entry(entry: Node, raw: Dir, diff_ids: Mapping[str, str] | None) ->
         return entry
     out = {n: c for n, c in entry.entries.items() if n in ("cache-id", "diff", "parent", "size")}
     diff = out.get("diff")
-    cache = entry.entries.get("cache-id")
     if isinstance(diff, File) and diff.content.startswith(b"sha256:") and len(diff.content) == 71:
         model = (diff_ids or {}).get(diff.content.decode())
         if model is None:  # a layer no complete run showed (a commit's tar carries file times)
-            name = cache.content.decode().strip() if isinstance(cache, File) else ""
-            layer = _child(raw, OVERLAY, name, "diff") if name else None
-            model = models_diff_id(layer) if isinstance(layer, Dir) else None
+            model = _files_digest(entry, raw)
         if model is not None:
             out["diff"] = File(model.encode(), diff.mode)
     return Dir(out, entry.mode)
 
 
-def models_diff_id(layer: Dir) -> str:
-    """The model's digest of a layer's files as an image layer has them (no bookkeeping
-    xattrs)."""
-    return diff_id(layer)
+def _files_digest(entry: Dir, raw: Dir) -> str | None:
+    """The model's digest of the files of the layer a layerdb entry names (its
+    cache-id's `diff/`, as it is now), or None when there is no such layer."""
+    cache = entry.entries.get("cache-id")
+    name = cache.content.decode(errors="replace").strip() if isinstance(cache, File) else ""
+    layer = _child(raw, OVERLAY, name, "diff") if name else None
+    return diff_id(layer) if isinstance(layer, Dir) else None
+
+
+def learn_diff_ids(raw: Dir, known: dict[str, str]) -> None:
+    """Record, for each registered layer of a data root a complete run left, its
+    tarball digest -> the model's digest of its files (`project` reads a crash state
+    with these, so a layer whose files are incomplete no longer matches its entry)."""
+    entries = _child(raw, "image", OVERLAY, "layerdb", "sha256")
+    for entry in entries.entries.values() if isinstance(entries, Dir) else ():
+        diff = entry.entries.get("diff") if isinstance(entry, Dir) else None
+        if isinstance(entry, Dir) and isinstance(diff, File):
+            model = _files_digest(entry, raw)
+            if model is not None:
+                known.setdefault(diff.content.decode(errors="replace"), model)
 
 
 def _image_config(node: Node) -> Node:
@@ -451,5 +464,5 @@ def _image_config(node: Node) -> Node:
 
 __all__ = [
     "IMAGEDB", "LAYERS", "MOUNTS", "DockerOps", "Dockerd", "DockerdUnavailable", "chain_ids",
-    "image_tarball", "read_store", "unavailable_reason",
+    "image_tarball", "learn_diff_ids", "project", "read_raw", "read_store", "unavailable_reason",
 ]

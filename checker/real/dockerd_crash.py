@@ -6,8 +6,8 @@ rmi, tag; file ops inside a container are the kernel's, crash-tested by `real --
 kernel`):
 
 1. A counting run: a private dockerd (`checker.real.dockerd`) is brought to the spec's
-   initial state, the ops before run, and the op runs with `crashpoint` attached
-   (`crashpoint.c`, a small ptrace tool built into the run's workspace). It numbers,
+   initial state and runs every op in order, with `crashpoint` attached through each
+   daemon op (`crashpoint.c`, a small ptrace tool built into the run's workspace). It numbers,
    across every thread of dockerd and the helpers it re-executes (`exe`: docker-untar,
    chrooted into a layer), each system call that changes something under the data root:
    a namespace change, a write, an open that creates or truncates, a chmod, chown,
@@ -44,9 +44,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from checker.engine.aftercrash import Continuation
 from checker.engine.check import check
@@ -55,13 +56,13 @@ from checker.engine.trace import OpRecord, Trace, build_trace
 from checker.real import sandbox
 from checker.real.crash import OpOutcome, RealResult, RealUnavailable, RealViolation
 from checker.real.daemon_conform import DAEMON_OPS, DockerdSession, comparable, runs_on_dockerd
-from checker.real.dockerd import DockerdUnavailable, models_diff_id, project, read_raw, unavailable_reason
+from checker.real.dockerd import DockerdUnavailable, learn_diff_ids, project, read_raw, unavailable_reason
 from checker.real.workspace import Workspace, workspace
 from checker.spec import Op, Spec
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW
-from models.docker_overlay2 import OVERLAY, DockerMount
+from models.docker_overlay2 import DockerMount
 from models.driver import Recovery
-from models.tree import Dir, File
+from models.tree import Dir
 
 CRASHPOINT_SOURCE = Path(__file__).with_name("crashpoint.c")
 ATTACH_WAIT = 10.0  # seconds for crashpoint to attach to every thread of dockerd
@@ -173,29 +174,6 @@ class Lab:
 # --- what the restarted daemon shows ----------------------------------------------------------
 
 
-def learn_diff_ids(raw: Dir, known: dict[str, str]) -> None:
-    """Record, for each complete registered layer of a data root, its tarball digest ->
-    the model's digest of its files (a crash state is read with these, so a layer
-    whose files are incomplete no longer matches its layerdb entry)."""
-    layerdb = raw.entries.get("image")
-    node = layerdb.entries.get(OVERLAY) if isinstance(layerdb, Dir) else None
-    node = node.entries.get("layerdb") if isinstance(node, Dir) else None
-    node = node.entries.get("sha256") if isinstance(node, Dir) else None
-    overlay = raw.entries.get(OVERLAY)
-    if not isinstance(node, Dir) or not isinstance(overlay, Dir):
-        return
-    for entry in node.entries.values():
-        if not isinstance(entry, Dir):
-            continue
-        diff, cache = entry.entries.get("diff"), entry.entries.get("cache-id")
-        if not isinstance(diff, File) or not isinstance(cache, File):
-            continue
-        layer = overlay.entries.get(cache.content.decode(errors="replace").strip())
-        files = layer.entries.get("diff") if isinstance(layer, Dir) else None
-        if isinstance(files, Dir):
-            known.setdefault(diff.content.decode(errors="replace"), models_diff_id(files))
-
-
 def engine_findings(session: DockerdSession, view: Dir) -> list[Finding]:
     """Whether the daemon's own listing names the images and containers of the view
     its store gives, and can inspect each."""
@@ -273,17 +251,25 @@ class DockerdCrashRun:
     def view_of(self, raw: Dir) -> Dir:
         return self.mount.view(project(raw, self.diff_ids))
 
-    def baseline(self, record: OpRecord) -> OpBaseline:
-        session = self.lab.session(self.spec.before_crash[: record.index])
+    def baselines(self) -> list[OpBaseline]:
+        """Every op run to completion in one daemon, in order, with crashpoint counting
+        through each daemon op: each op's result, the views around it, its crash points."""
+        session = self.lab.session([])
+        trees: list[tuple[int | str, Dir, Dir, list[Call]]] = []
         try:
-            before = read_raw(session.daemon.data)
-            result, points, _ = self.lab.traced(session, record.op, 0)
-            after = read_raw(session.daemon.data)
+            for record in self.trace.ops:
+                before = read_raw(session.daemon.data)
+                if record.op.kind in DAEMON_OPS:
+                    result, points, _ = self.lab.traced(session, record.op, 0)
+                else:  # a file op in a container: the kernel's, not crashed here
+                    result, points = session.perform(record.op), []
+                after = read_raw(session.daemon.data)
+                learn_diff_ids(before, self.diff_ids)
+                learn_diff_ids(after, self.diff_ids)
+                trees.append((result, before, after, points))
         finally:
             self.lab.close(session)
-        learn_diff_ids(before, self.diff_ids)
-        learn_diff_ids(after, self.diff_ids)
-        return OpBaseline(result, self.view_of(before), self.view_of(after), points)
+        return [OpBaseline(r, self.view_of(b), self.view_of(a), p) for r, b, a, p in trees]
 
     def crash_op(self, record: OpRecord, base: OpBaseline, only: Sequence[int] | None = None) -> None:
         for n in range(1, len(base.points) + 1):
@@ -407,21 +393,18 @@ def dockerd_check(spec: Spec, progress: Callable[[str], None] | None = None,
     with workspace("dockerd") as ws:
         try:
             run = DockerdCrashRun(Lab(ws, spec, trace), progress)
-            for record in trace.ops:
-                if record.op.kind not in DAEMON_OPS:
-                    outcomes.append(OpOutcome(record, _file_op_result(run, record)))
-                    continue
-                base = run.baseline(record)
+            for record, base in zip(trace.ops, run.baselines(), strict=True):
                 outcomes.append(OpOutcome(record, base.result))
-                calls += len(base.points)
-                run.crash_op(record, base, only)
+                if record.op.kind in DAEMON_OPS:
+                    calls += len(base.points)
+                    run.crash_op(record, base, only)
         except DockerdUnavailable as e:
             raise RealUnavailable(str(e)) from None
     violations = sorted(run.violations, key=lambda v: (v.op, v.crash_at_call, v.invariant, v.message))
     invariants = tuple(inv.name for inv in selected(spec) if inv.crash_level) + (ENGINE_VIEW,)
     return RealResult(spec, "dockerd", "violation" if violations else "pass", run.points, calls, violations,
                       invariants, time.perf_counter() - started, outcomes, missed=run.missed,
-                      model_prefix=predicted(spec, trace, invariants))
+                      model_prefix=predicted(spec, "prefix", invariants))
 
 
 #: options that select what dockerd does (a moby version, a what-if write discipline); the
@@ -436,24 +419,16 @@ def as_running_here(spec: Spec) -> Spec:
     return dataclasses.replace(spec, options=options)
 
 
-def predicted(spec: Spec, trace: Trace, invariants: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """What the model of this dockerd predicts for kills during the daemon ops: its
-    verdict and violated invariants under `prefix` (a process crash keeps a prefix),
-    counting the crash states of daemon ops only (file ops are not crashed here)."""
-    model = check(as_running_here(spec), "prefix")
-    daemon = {r.index for r in trace.ops if r.op.kind in DAEMON_OPS}
+def predicted(spec: Spec, persistence: str, invariants: Collection[str],
+              **limits: Any) -> tuple[str, tuple[str, ...]]:
+    """What the model of this dockerd predicts under `persistence` (`prefix` for a
+    kill): its verdict and which of `invariants` it violates, counting the crash states
+    of daemon ops only (file ops are the kernel's, not crashed or recorded as it orders
+    them)."""
+    model = check(as_running_here(spec), persistence, **limits)
+    daemon = {op.index for op in spec.before_crash if op.kind in DAEMON_OPS}
     found = sorted({v.invariant for v in model.violations if v.op in daemon and v.invariant in invariants})
     return ("violation" if found else "pass"), tuple(found)
-
-
-def _file_op_result(run: DockerdCrashRun, record: OpRecord) -> int | str:
-    """A file op inside a container is the kernel's (not crash-tested here): its result
-    on dockerd, from a run of the ops up to it."""
-    session = run.lab.session(run.spec.before_crash[: record.index])
-    try:
-        return session.perform(record.op)
-    finally:
-        run.lab.close(session)
 
 
 def dockerd_unavailable_reason() -> str | None:

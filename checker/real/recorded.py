@@ -41,16 +41,17 @@ from functools import cached_property
 from typing import Any
 
 from checker.engine.check import Result, check
+from checker.engine.invariants import selected
 from checker.engine.trace import build_trace
 from checker.errors import CrashcheckError
 from checker.real.daemon_conform import DAEMON_OPS, DockerdSession, comparable, runs_on_dockerd
-from checker.real.dockerd import RAW_PARTS, dockerd_version, project, read_raw
-from checker.real.dockerd_crash import as_running_here, dockerd_unavailable_reason, learn_diff_ids
+from checker.real.dockerd import RAW_PARTS, dockerd_version, learn_diff_ids, project, read_raw
+from checker.real.dockerd_crash import dockerd_unavailable_reason, predicted
 from checker.real.workspace import workspace
 from checker.spec import Op, Spec
 from models.docker_overlay2 import DockerMount, DockerOverlay2
 from models.layers import build_steps
-from models.steps import Chmod, Link, Mkdir, RemoveTree, Rename, SetXattr, Step, StepLog, Unlink, Write
+from models.steps import Chmod, Mkdir, RemoveTree, SetXattr, Step, StepLog, Unlink, Write
 from models.tree import Dir, File, FsError, Node, Symlink, join, lookup, split
 
 
@@ -191,7 +192,7 @@ def _missing_parents(root: Dir, step: Step) -> list[Step]:
     out: list[Step] = []
     for attr in ("path", "dst"):
         value = getattr(step, attr, None)
-        if not isinstance(value, str) or isinstance(step, Link | Rename) and attr == "path":
+        if not isinstance(value, str):  # a rename or link has no `path`: its `dst` is made
             continue
         parts = split(value)[:-1]
         for i in range(1, len(parts) + 1):
@@ -351,10 +352,8 @@ def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None]
     recording = record(spec, progress)
     recorded = recording.recorded_spec(persistence)
     result = check(recorded, persistence, driver=RecordedDockerd(recording), **limits)  # type: ignore[arg-type]
-    model = check(as_running_here(spec), persistence, **limits)  # type: ignore[arg-type]
-    daemon = {op.index for op in spec.before_crash if op.kind in DAEMON_OPS}
-    found = sorted({v.invariant for v in model.violations if v.op in daemon} - {"usable-after-recovery"})
-    return RecordedResult(recording, result, ("violation" if found else "pass", tuple(found)))
+    compared = {inv.name for inv in selected(spec)} - {"usable-after-recovery"}  # recording stops at `crash`
+    return RecordedResult(recording, result, predicted(spec, persistence, compared, **limits))
 
 
 def stable(doc: object) -> Any:
