@@ -27,7 +27,7 @@ from checker.html_report import html_report
 from checker.junit import junit_xml
 from checker.real import kernel, workspace
 from checker.real.confirm import confirm
-from checker.real.conform import conform
+from checker.real.conform import conform, modelled_kernel, running_series
 from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
 from checker.real.dockerd import dockerd_version
@@ -510,7 +510,10 @@ def cmd_conform(args: argparse.Namespace) -> int:
         return conform_on_dockerd(spec, args)
     ops = conform(spec)
     if args.json:
-        doc = {"file": spec.file, "kernel": kernel.kernel_release(), "ops": [o.to_json() for o in ops]}
+        doc = {"file": spec.file, "kernel": kernel.kernel_release(),
+               "model_kernel": running_series() if modelled_kernel(spec) else None,
+               "syncs_traced": all(o.observed_syncs is not None for o in ops),
+               "ops": [o.to_json() for o in ops]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print(report.conformance_report(spec, ops, kernel.kernel_release(), args.verbose))

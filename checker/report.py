@@ -14,7 +14,7 @@ from checker.engine.check import VIOLATIONS_STREAMED, Result, Verdict
 from checker.engine.explorer import Violation
 from checker.engine.persistence import CrashState
 from checker.progress import Progress
-from checker.real.conform import OpConformance
+from checker.real.conform import OpConformance, modelled_kernel, running_series, sync_trace_note
 from checker.real.crash import RealResult, RealViolation
 from checker.real.daemon_conform import DAEMON_OPS, DaemonOpConformance
 from checker.real.recorded import RecordedResult
@@ -298,20 +298,38 @@ def totals_line(results: list[Result], seconds: float) -> str:
 def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbose: bool = False) -> str:
     """Per op: whether the kernel made the namespace changes the model's steps make."""
     lines = [f"{spec.file}: {spec.name} (Linux {release})"]
+    other = modelled_kernel(spec)
+    if other is not None:
+        lines.append(f"  (the spec models Linux {other}; compared here: the model of this "
+                     f"machine's {running_series()}, the spec's other options kept)")
+    untraced = any(o.observed_syncs is None for o in ops)
     for o in ops:
         verdict = "conforms" if o.conforms else "DIFFERS"
-        lines.append(f"  op {o.op} `{o.text}`: {verdict} ({len(o.observed_steps)} namespace changes)")
+        syncs = "" if o.observed_syncs is None else f", {len(o.observed_syncs)} syncs"
+        lines.append(f"  op {o.op} `{o.text}`: {verdict} ({len(o.observed_steps)} namespace changes{syncs})")
         if not o.same_result:
             lines.append(f"    result: the model returns {o.model_result}, the kernel {o.real_result}")
         if verbose or not o.conforms:
             lines.append("    model:    " + ("; ".join(o.model_steps) or "(none)"))
             lines.append("    observed: " + ("; ".join(o.observed_steps) or "(none)"))
-        if not o.conforms:
+        if not o.same_syncs:
+            only_model, only_kernel = o.sync_differences
+            lines.append("    syncs only in the model:  " + ("; ".join(only_model) or "(none)"))
+            lines.append("    syncs only on the kernel: " + ("; ".join(only_kernel) or "(none)"))
+        elif verbose and o.observed_syncs is not None:
+            lines.append("    syncs:    " + ("; ".join(o.observed_syncs) or "(none)"))
+        if _shape_differs(o):
             lines.append("    only in the model:  " + ("; ".join(o.missing) or "(none)"))
             lines.append("    only on the kernel: " + ("; ".join(o.unexpected) or "(none)"))
     good = sum(o.conforms for o in ops)
     lines.append(f"{good} of {len(ops)} ops conform")
+    if untraced:
+        lines.append(f"syncs not compared: {sync_trace_note() or 'the trace could not be set up'}")
     return "\n".join(lines)
+
+
+def _shape_differs(o: OpConformance) -> bool:
+    return bool(o.missing or o.unexpected)
 
 
 def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], version: str,

@@ -8,9 +8,12 @@ proper is `work/work`, as the kernel makes it; temp entries are named `#<hex>`.
 Each system call becomes the steps the kernel performs on the upper file system:
 
 - copy-up (`ovl_copy_up_flags`, `ovl_do_copy_up`): topmost missing ancestor first; mark
-  the parent impure; a file goes through an O_TMPFILE (`ovl_copy_up_tmpfile`): data,
-  xattrs, origin, fsync, then link into upper; a directory or symlink is built in the
-  work dir (`ovl_copy_up_workdir`) and renamed into upper;
+  the parent impure; a file goes through an O_TMPFILE (`ovl_copy_up_tmpfile`): data and
+  its fsync (none for an empty file), xattrs, origin, then link into
+  upper; a directory or symlink is built in the work dir (`ovl_copy_up_workdir`) and
+  renamed into upper. Which syncs a copy-up makes depends on the kernel version and
+  `fsync=` (`models.ovl_kernels`: 6.12 to 6.17, and `fsync=strict`, fsync every copied
+  file and directory after its attributes; 6.18 by default does not);
 - create/mkdir/symlink/link (`ovl_create_upper`, `ovl_create_over_whiteout`): directly in
   upper, or over a whiteout by building in work and renaming (an EXCHANGE and cleanup
   for a directory, which is made opaque);
@@ -29,11 +32,12 @@ Each system call becomes the steps the kernel performs on the upper file system:
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import Driver, Mount, Option, Recovery, handles
+from models.driver import Driver, Mount, Option, OptionError, Recovery, handles
+from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
     Chmod,
     CopyData,
@@ -132,6 +136,12 @@ class OverlayMount(Mount):
         self._union = union
         self.redirect_on = self.options["redirect_dir"] == "on"
         self.should_sync = not self.options["volatile"]
+        version = parse_kernel(self.options["kernel"])
+        assert version is not None  # checked by OverlayFS.resolve_options
+        self.kernel = KernelBehaviour(
+            version, volatile=self.options["volatile"], fsync_mode=self.options["fsync"],
+            copy_up_fsync=self.options["copy_up_fsync"],
+        )
         self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
 
@@ -146,7 +156,10 @@ class OverlayMount(Mount):
     def kernel_mount_options(self) -> list[str]:
         """The kernel mount options of this model's options (models.capabilities.KernelTwin)."""
         redirect = self.options["redirect_dir"]
-        return [f"redirect_dir={redirect}"] + (["volatile"] if self.options["volatile"] else [])
+        extra = ["volatile"] if self.options["volatile"] else []
+        if self.options["fsync"] != "ordered":
+            extra.append(f"fsync={self.options['fsync']}")
+        return [f"redirect_dir={redirect}"] + extra
 
     def refusal_remedy(self) -> str:
         return VOLATILE_REMEDY if self.options["volatile"] else ""
@@ -260,7 +273,7 @@ class OverlayMount(Mount):
     @handles(sc.Write)
     def write(self, call: sc.Write, log: StepLog) -> None:
         parts = split(call.path)
-        self.copy_up(log, parts)
+        self.copy_up(log, parts)  # open(O_WRONLY): the data is copied up (and fsynced)
         log.do(Write(join(UPPER + parts), call.data, 0, replace=True))
 
     @handles(sc.Append)
@@ -305,12 +318,18 @@ class OverlayMount(Mount):
         if entry.upper is not None and self.should_sync:
             log.do(Fsync(join(entry.upper.path)))
 
-    @handles(sc.Sync, sc.Syncfs)
-    def sync(self, call: sc.Syscall, log: StepLog) -> None:
-        """sync(2) and syncfs(2): `ovl_sync_fs` syncs the upper file system (a volatile
-        mount skips it)."""
-        if self.should_sync:
-            log.do(Syncfs("upper"))
+    @handles(sc.Syncfs)
+    def syncfs(self, call: sc.Syncfs, log: StepLog) -> None:
+        """syncfs(2): `ovl_sync_fs` syncs the upper file system (a volatile mount skips
+        it; before 4.11 nothing reached upper, before 4.15 only its metadata)."""
+        if self.kernel.syncfs_upper:
+            log.do(Syncfs("upper", data=self.kernel.syncfs_data))
+
+    @handles(sc.Sync)
+    def sync(self, call: sc.Sync, log: StepLog) -> None:
+        """sync(2) syncs every file system, the upper one on its own account: even under
+        a volatile overlay (seen through ext4's sync_fs event) and on any version."""
+        log.do(Syncfs("upper"))
 
     @handles(sc.Unlink)
     def unlink(self, call: sc.Unlink, log: StepLog) -> None:
@@ -359,15 +378,22 @@ class OverlayMount(Mount):
                     break
 
     def _copy_up_one(self, log: StepLog, entry: Entry) -> None:
+        """`ovl_copy_up_one`: build the copy in the work dir (`ovl_copy_up_tmpfile` for a
+        file, `ovl_copy_up_workdir` otherwise), copy data (`ovl_copy_up_data`, fsynced
+        unless the metadata fsync will do it), then xattrs, origin and attributes
+        (`ovl_copy_up_metadata`, fsynced with `ctx.metadata_fsync`), then link or rename."""
         lower = entry.stack[0]
         node = lower.node
         dest = join(UPPER + entry.path)
         self._set_impure(log, UPPER + entry.path[:-1])
         temp = self.temp_name()
+        metadata_fsync = self.kernel.metadata_fsync and isinstance(node, (File, Dir))
         if isinstance(node, File):
             log.do(Tmpfile(temp, node.mode, ino=self.next("ino", 1000)))
             if node.content:
                 log.do(CopyData(join(lower.path), temp))
+                if self.kernel.data_fsync and not metadata_fsync:
+                    log.do(Fsync(temp))
         elif isinstance(node, Dir):
             log.do(Mkdir(temp, 0))  # "can't properly set mode on creation" (umask)
         elif isinstance(node, Symlink):
@@ -380,7 +406,7 @@ class OverlayMount(Mount):
         log.do(SetXattr(temp, ORIGIN, join(lower.path).encode()))
         if isinstance(node, Dir):
             log.do(Chmod(temp, node.mode))
-        if isinstance(node, (File, Dir)) and self.should_sync and self.options["copy_up_fsync"]:
+        if metadata_fsync:
             log.do(Fsync(temp))
         if isinstance(node, File):
             log.do(LinkTmpfile(temp, dest))
@@ -448,8 +474,12 @@ class OverlayMount(Mount):
 
     def whiteout(self, log: StepLog) -> str:
         """`ovl_whiteout`: a whiteout in the work dir, ready to be renamed over a name;
-        one per mount is made and then shared by hard links (an extension point: kernels
-        before 5.8 made a fresh one each time)."""
+        one per mount is made and then shared by hard links (since 5.8; before, a fresh
+        one each time)."""
+        if not self.kernel.shared_whiteout:
+            fresh = self.temp_name()
+            log.do(MknodWhiteout(fresh))
+            return fresh
         cached = self._whiteout_source
         if cached is None or lookup(log.root, split(cached)) is None:
             cached = self.temp_name()
@@ -633,9 +663,40 @@ class OverlayFS(Driver):
             "the next mount refuses",
         ),
         "copy_up_fsync": Option(
-            (bool,), True,
-            "fsync copied-up data before linking it into upper (false models kernels before 4.9)",
+            (bool,), None,
+            "fsync copied-up data before linking it into upper (default: as `kernel` does; "
+            "false models kernels before 4.9)",
+        ),
+        "fsync": Option(
+            (str,), "ordered",
+            "ordered: copy-up fsyncs copied data only; strict: also every copied-up file "
+            "and directory after its attributes (Linux 6.18 and later)",
+            choices=("ordered", "strict"),
+        ),
+        "kernel": Option(
+            (str,), DEFAULT_KERNEL,
+            "the Linux version whose overlayfs to model (\"X.Y\" or \"X.Y.Z\"): copy-up "
+            "and syncfs syncs, shared whiteouts, and the options it has",
         ),
     }
+
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The options, checked against the kernel version that must have them."""
+        resolved = super().resolve_options(given)
+        version = parse_kernel(resolved["kernel"])
+        if version is None:
+            raise OptionError(
+                f"option 'kernel' must be a Linux version like \"6.18\" or \"4.14.3\", "
+                f"not {resolved['kernel']!r}"
+            )
+        lacking = missing_option(version, resolved)
+        if lacking:
+            raise OptionError(lacking)
+        if resolved["volatile"] and resolved["fsync"] == "strict":
+            raise OptionError("options volatile and fsync = 'strict' exclude each other "
+                              "(volatile is fsync=volatile)")
+        resolved["kernel"] = shown(version)
+        return resolved
 
     MOUNT = OverlayMount

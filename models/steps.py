@@ -709,9 +709,11 @@ class Fsync(Step):
 
 @dataclass(frozen=True)
 class Syncfs(Step):
-    """syncfs(2) of the file system that holds `path`."""
+    """syncfs(2) of the file system that holds `path`. With `data` false it commits
+    metadata only and leaves dirty data unwritten (overlayfs before Linux 4.15)."""
 
     path: str = ""
+    data: bool = True
     kind = "syncfs"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
@@ -721,7 +723,7 @@ class Syncfs(Step):
         return Shape(Effect.SYNCFS)
 
     def __str__(self) -> str:
-        return f"syncfs {self.path or '/'}"
+        return f"syncfs {self.path or '/'}" + ("" if self.data else " (metadata only)")
 
 
 @dataclass(frozen=True)

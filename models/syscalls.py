@@ -84,7 +84,8 @@ class Create(Syscall):
 
 @dataclass(frozen=True)
 class Write(Syscall):
-    """open(O_WRONLY|O_TRUNC) and write(2): the file becomes exactly `data`."""
+    """open(O_WRONLY), pwrite(2) at 0 and ftruncate(2) to its length: the file becomes
+    exactly `data` (no O_TRUNC, so overlayfs copies a lower file up with its data)."""
 
     path: str
     data: bytes

@@ -117,8 +117,8 @@ def test_crashcheck_drivers_lists_options_ops_and_capabilities():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     at = lines.index("overlayfs: Linux overlayfs: lower layers, one upper file system with upper/ and work/")
-    assert lines[at + 1].startswith("    option copy_up_fsync (bool; default True): fsync copied-up data")
-    assert lines[at + 4:at + 6] == [
+    assert lines[at + 1].startswith("    option copy_up_fsync (bool; default None): fsync copied-up data")
+    assert lines[at + 6:at + 8] == [
         "    ops: the file-system ops",
         "    the engine can: symbolic engine; confirm, conform and real on the kernel",
     ]

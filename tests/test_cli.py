@@ -31,12 +31,12 @@ def test_seed_text_report_names_dirs_crash_point_and_invariant():
     assert proc.returncode == 0
     out = proc.stdout
     assert "no-dual-existence violated in op 0 (`mv DirA DirX`)" in out
-    assert "crash after step 15 of 32: rename upper/DirA/f1 -> upper/DirX/f1 (whiteout)" in out
+    assert "crash after step 14 of 31: rename upper/DirA/f1 -> upper/DirX/f1 (whiteout)" in out
     assert "both DirA and DirX exist after recovery" in out
     assert ">>> crash here" in out
     assert "view before the op:" in out and "view after the op:" in out
     assert "view after the crash and recovery (mount succeeded):" in out
-    assert f"reproduce: crashcheck run {SEED} --crash-after 15" in out
+    assert f"reproduce: crashcheck run {SEED} --crash-after 14" in out
 
 
 def test_json_matches_the_contract_and_is_reproducible():
@@ -52,7 +52,7 @@ def test_json_matches_the_contract_and_is_reproducible():
         assert key in seed
     assert (seed["file"], seed["driver"], seed["persistence"]) == (SEED, "overlayfs", "prefix")
     assert (seed["verdict"], seed["expected"], seed["ok"]) == ("violation", "violation", True)
-    assert (seed["steps"], seed["crash_states"]) == (32, 33)
+    assert (seed["steps"], seed["crash_states"]) == (31, 32)
     v = seed["violations"][0]
     assert set(v) >= {"invariant", "op", "crash_after_step", "message", "paths"}
     assert (v["invariant"], v["op"], v["crash_after_step"]) == ("atomicity", 0, 1)
@@ -76,7 +76,7 @@ BAD = [
     ('name = "x"\ndriver = "zfs"\n', "driver: unknown driver 'zfs' (known: aufs, devicemapper, docker-overlay2, overlayfs, plain, squash)"),
     ('name = "x"\ndriver = "overlayfs"\n[[ops]]\nop = "mvv"\n', "ops[0].op: unknown op 'mvv' for this driver (known: "),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nindex = true\n',
-     "options: unknown option 'index' for driver overlayfs (known: copy_up_fsync, redirect_dir, volatile)"),
+     "options: unknown option 'index' for driver overlayfs (known: copy_up_fsync, fsync, kernel, redirect_dir, volatile)"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nvolatile = "yes"\n',
      "options: option 'volatile' must be a boolean, not str"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nredirect_dir = 1\n',

@@ -36,8 +36,8 @@ CASES = decidable()
 
 
 def test_the_symbolic_engine_covers_the_overlayfs_and_plain_suites():
-    # 27 overlayfs and plain specs x 3 persistence models, less link-and-symlink (hard links)
-    assert len(CASES) == 78
+    # 32 overlayfs and plain specs x 3 persistence models, less link-and-symlink (hard links)
+    assert len(CASES) == 93
 
 
 @pytest.mark.parametrize(("path", "model"), CASES)

@@ -46,13 +46,13 @@ def test_plugin_driver_is_found_through_its_entry_point_and_its_bug_is_caught(in
     (result,) = json.loads(proc.stdout)["specs"]
     assert result["driver"] == "overlayfs-unlink-first"
     assert result["verdict"] == "violation" and result["ok"]
-    assert (result["steps"], result["crash_states"]) == (15, 16)
+    assert (result["steps"], result["crash_states"]) == (14, 15)
     # Only the crash between the unlink and the whiteout: it shows the lower motd again.
     assert [(v["invariant"], v["op"], v["crash_after_step"]) for v in result["violations"]] == [
-        ("atomicity", 1, 14)
+        ("atomicity", 1, 13)
     ]
-    text = crashcheck(installed_plugin, "run", spec, "--crash-after", "14").stdout
-    assert "crash after step 14 of 15: unlink upper/etc/motd" in text
+    text = crashcheck(installed_plugin, "run", spec, "--crash-after", "13").stdout
+    assert "crash after step 13 of 14: unlink upper/etc/motd" in text
 
 
 def test_without_the_plugin_installed_the_driver_name_is_a_one_line_error():

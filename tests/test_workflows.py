@@ -45,7 +45,7 @@ def test_pytest_collects_one_item_per_spec_of_the_suite():
     proc = _run(["--collect-only", "-q", "-p", "no:cacheprovider", "specs/"], module="pytest")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     items = [line for line in proc.stdout.splitlines() if "::" in line]
-    assert len(items) == len(list(SPECS.rglob("*.toml"))) == 78
+    assert len(items) == len(list(SPECS.rglob("*.toml"))) == 83
     assert "specs/overlayfs/mv-lower-dir-redirect-off.toml::mv-lower-dir-redirect-off" in items
 
 
@@ -54,9 +54,9 @@ def test_pytest_runs_the_suite_in_parallel_with_junit(tmp_path: Path):
     proc = _run(["-q", "-p", "no:cacheprovider", "-n", "2", f"--junitxml={out}", "specs/overlayfs",
                  "specs/aufs"], module="pytest")
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "33 passed" in proc.stdout
+    assert "38 passed" in proc.stdout
     suite = ET.parse(out).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "33" and suite.get("failures") == "0"
+    assert suite is not None and suite.get("tests") == "38" and suite.get("failures") == "0"
 
 
 def test_pytest_selects_by_driver_marker_and_name():
@@ -73,7 +73,7 @@ def test_a_failing_spec_shows_its_counterexample_not_a_traceback(tmp_path: Path)
     (tmp_path / "flipped.toml").write_text(text)
     proc = _run(["-q", "-p", "no:cacheprovider", str(tmp_path)], module="pytest")
     assert proc.returncode == 1
-    assert "FAIL VIOLATION" in proc.stdout and "crash after step 15 of 32" in proc.stdout
+    assert "FAIL VIOLATION" in proc.stdout and "crash after step 14 of 31" in proc.stdout
     assert ">>> crash here" in proc.stdout and "reproduce: crashcheck run" in proc.stdout
     assert "Traceback" not in proc.stdout and "checker/" not in proc.stdout
 
@@ -115,7 +115,7 @@ def test_run_junit_has_one_testcase_per_spec_and_is_reproducible(tmp_path: Path)
     failure = cases["mv"].find("failure")
     assert failure is not None and cases["rename"].find("failure") is None
     assert failure.get("message") == ("violation of atomicity, no-dual-existence, expected pass: "
-                                      "33 crash states, 60 violations")
+                                      "32 crash states, 58 violations")
 
 
 # --- regression ---------------------------------------------------------------------------------
@@ -127,8 +127,8 @@ def test_diff_reports_a_planted_regression_as_new_findings(tmp_path: Path):
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[1:] == [
         "  WORSE  mv.toml: pass -> violation; no longer meets its expectation",
-        "           new: atomicity in op 0 `mv DirA DirX` (30 crash states)",
-        "           new: no-dual-existence in op 0 `mv DirA DirX` (30 crash states)",
+        "           new: atomicity in op 0 `mv DirA DirX` (29 crash states)",
+        "           new: no-dual-existence in op 0 `mv DirA DirX` (29 crash states)",
     ]
     back = _run(["diff", "--json", str(new), str(old)])
     assert back.returncode == 0  # the way back only fixes
@@ -175,7 +175,7 @@ def test_compare_puts_driver_variants_side_by_side():
     assert proc.stdout.splitlines() == [
         "| spec | on (overlayfs: redirect_dir=true) | off (overlayfs: redirect_dir=false) | plain (plain) |",
         "| --- | --- | --- | --- |",
-        "| `mv-lower-dir-redirect-on` | pass, 9 states | violation (atomicity, no-dual-existence), 33 states "
+        "| `mv-lower-dir-redirect-on` | pass, 8 states | violation (atomicity, no-dual-existence), 32 states "
         "| pass, 2 states |",
     ]
     doc = json.loads(_run(["compare", "--json", str(MV_ON), "--variant", "a=overlayfs",

@@ -16,8 +16,8 @@ be torn: the crash keeps its first k blocks, 0 < k < m (`--block-size`, default 
   that made its path; everything else may reorder.
 
 In every model, steps on a file before an fsync of it (steps on any file before a
-syncfs) persist before every step after the fsync, and a step needs the steps that
-created the entries it works on.
+syncfs; only its metadata steps before a metadata-only syncfs) persist before every step
+after the fsync, and a step needs the steps that created the entries it works on.
 """
 
 from __future__ import annotations
@@ -413,17 +413,28 @@ class Persistence:
         it. The crash states (the ideals) are the same."""
         barrier: int | None = None  # the latest fsync/syncfs step
         since_syncfs = 0  # steps before the latest syncfs are ordered before it
+        unsynced: list[int] = []  # data steps a metadata-only syncfs left unordered
         touching: dict[int, list[int]] = {}  # inode -> steps that touched it
-        for j, step in enumerate(trace.steps):
+        steps = trace.steps
+        for j, step in enumerate(steps):
             if barrier is not None:
                 graph.add_edge(barrier, j)
             effect = step.shape().effect
             if effect is Effect.SYNCFS:
-                graph.add_edges_from((i, j) for i in range(since_syncfs, j))
+                before = unsynced + list(range(since_syncfs, j))
+                if getattr(step, "data", True):
+                    graph.add_edges_from((i, j) for i in before)
+                    unsynced = []
+                else:  # metadata only: data steps stay free of it (and of later steps)
+                    graph.add_edges_from((i, j) for i in before if not steps[i].is_data)
+                    unsynced = [i for i in before if steps[i].is_data]
                 since_syncfs = barrier = j
             elif effect is Effect.FSYNC and facts.fsynced[j] is not None:
                 f = facts.fsynced[j]
-                graph.add_edges_from((i, j) for i in touching.get(f, ()) if i >= since_syncfs)
+                left = set(unsynced)
+                graph.add_edges_from(
+                    (i, j) for i in touching.get(f, ()) if i >= since_syncfs or i in left
+                )
                 barrier = j
             for inode in facts.touches[j]:
                 touching.setdefault(inode, []).append(j)

@@ -11,24 +11,29 @@ model's steps make, as multisets (fanotify may merge queued events, and a real
 temp names numbered `#1, #2, ...` in order of appearance. Attribute and data steps
 (setxattr, chmod, write, copy, fsync) leave no namespace trace and are checked by the
 upper-dir comparisons of the kernel tests instead. Each op's result (0 or its errno;
-for `mv`, `rm`, `cp` failed or not) must also be the model's.
+for `mv`, `rm`, `cp` failed or not) must also be the model's, and so must the syncs it
+makes: upper and work then live on a private loop-mounted ext4 whose `fsync` and
+`syncfs` calls ext4's trace events show (`checker.real.synctrace`); fsyncs are compared
+by where the synced entry is when the op ends. Where tracing is impossible the upper is
+a tmpfs, syncs are not compared, and the report says why.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from checker.engine.trace import build_trace
 from checker.errors import CrashcheckError
-from checker.real import kernel, sandbox
+from checker.real import kernel, sandbox, synctrace
 from checker.real.fanotify import FanotifyUnavailable, FsWatcher
 from checker.real.ops import agrees, run_op
 from checker.spec import Spec
 from models import drivers
 from models.capabilities import KernelTwin, can, mount_can
 from models.driver import Driver
+from models.ovl_kernels import parse_kernel
 from models.steps import (
     Step,
 )
@@ -63,6 +68,8 @@ class OpConformance:
     observed_steps: list[str]
     model_result: int | str = 0
     real_result: int | str = 0
+    model_syncs: list[str] | None = field(default=None, kw_only=True)  # None: not traced
+    observed_syncs: list[str] | None = field(default=None, kw_only=True)
 
     @property
     def missing(self) -> list[str]:
@@ -79,8 +86,20 @@ class OpConformance:
         return agrees(self.model_result, self.real_result)
 
     @property
+    def sync_differences(self) -> tuple[list[str], list[str]]:
+        """(syncs only the model makes, syncs only the kernel made); empty when untraced."""
+        if self.model_syncs is None or self.observed_syncs is None:
+            return [], []
+        return synctrace.differences(self.model_syncs, self.observed_syncs)
+
+    @property
+    def same_syncs(self) -> bool:
+        return self.sync_differences == ([], [])
+
+    @property
     def conforms(self) -> bool:
-        return self.same_result and _shapes(self.model_steps) == _shapes(self.observed_steps)
+        return (self.same_result and self.same_syncs
+                and _shapes(self.model_steps) == _shapes(self.observed_steps))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -90,6 +109,8 @@ class OpConformance:
             "real_result": self.real_result,
             "model_steps": self.model_steps,
             "observed_steps": self.observed_steps,
+            "model_syncs": self.model_syncs,
+            "observed_syncs": self.observed_syncs,
             "conforms": self.conforms,
         }
 
@@ -103,12 +124,12 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
     reason = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
     if reason is not None:
         raise kernel.KernelUnavailable(reason)
-    trace = build_trace(spec, driver)
+    trace = build_trace(spec, driver or machine_kernel_twin(spec))
     out: list[OpConformance] = []
     with kernel.workspace("conform") as ws:
         shim = sandbox.build_shim(ws.root)
         fs = ws.path("fs")
-        ws.mount_tmpfs(fs)
+        tracer = synctrace.traced_file_system(ws, fs)
         lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
         target = ws.path("mnt")
         assert can(trace.mount, KernelTwin)
@@ -120,14 +141,51 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         try:
             for record in trace.ops:
                 watcher.drain()
+                if tracer is not None:
+                    tracer.drain()
                 result = run_op(target, record.op, shim)
                 observed = [str(e) for e in watcher.drain()]
-                model = [
-                    e for i in range(record.first_step, record.end_step)
-                    for e in namespace_events(trace.steps[i])
-                ]
-                out.append(OpConformance(record.index, record.text, normalize(model), normalize(observed),
-                                         record.result, result))
+                steps = trace.steps[record.first_step:record.end_step]
+                model = [e for step in steps for e in namespace_events(step)]
+                op = OpConformance(record.index, record.text, normalize(model), normalize(observed),
+                                   record.result, result)
+                if tracer is not None:
+                    op.model_syncs = synctrace.model_syncs(steps)
+                    op.observed_syncs = synctrace.observed_syncs(
+                        tracer.drain(), synctrace.inode_paths(upper.parent))
+                out.append(op)
         finally:
             watcher.close()
+            if tracer is not None:
+                tracer.close()
     return out
+
+
+def modelled_kernel(spec: Spec) -> str | None:
+    """The kernel version a spec's overlayfs model follows, when it is not this
+    machine's series (conform then compares the model of this machine's kernel)."""
+    driver_cls = drivers()[spec.driver]
+    if "kernel" not in driver_cls.OPTIONS:
+        return None
+    modelled = driver_cls.resolve_options(spec.options)["kernel"]
+    running = running_series()
+    return None if modelled == running else modelled
+
+
+def running_series() -> str:
+    """This machine's kernel as the `kernel` option names it ("6.18")."""
+    version = parse_kernel(kernel.kernel_release().split("-")[0])
+    return "" if version is None else f"{version[0]}.{version[1]}"
+
+
+def machine_kernel_twin(spec: Spec) -> Driver | None:
+    """The spec's driver with `kernel` set to this machine's series when the spec
+    models another version (None: the spec's own driver)."""
+    if modelled_kernel(spec) is None:
+        return None
+    return drivers()[spec.driver](dict(spec.options, kernel=running_series()))
+
+
+def sync_trace_note() -> str | None:
+    """Why `conform` cannot compare syncs on this machine (said with its results), or None."""
+    return synctrace.unavailable_reason()

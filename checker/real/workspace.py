@@ -222,6 +222,10 @@ def umount(target: Path) -> None:
 def teardown(root: Path) -> bool:
     """Kill what runs in `root`, unmount what is mounted under it, remove it. True when
     nothing of it is left."""
+    from checker.real.synctrace import remove_instances
+
+    _kill_all(processes_using(root))
+    remove_instances(root)  # a tracefs instance lives on after its mount goes
     release(root)
     if mounts_under(root):
         return False  # never remove files through a mount that is still there
@@ -271,6 +275,22 @@ class Workspace:
     def mount_tmpfs(self, target: Path) -> None:
         """A private tmpfs (its own file system, so fanotify can watch all of it)."""
         self.run_mount(["mount", "-t", "tmpfs", "-o", "mode=0755", "crashcheck", str(target)], target)
+
+    def mount_ext4(self, target: Path, size_mb: int) -> None:
+        """A private ext4 file system of `size_mb` MiB, on a loop device over an image
+        file in the workspace (the loop device goes with the unmount: autoclear)."""
+        image = self.path(target.name + ".ext4")
+        with open(image, "wb") as f:
+            f.truncate(size_mb << 20)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", str(image)],
+                              capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if made.returncode != 0:
+            raise MountRefused(made.stderr.strip() or "mkfs.ext4 failed")
+        self.run_mount(["mount", "-t", "ext4", "-o", "loop", str(image), str(target)], target)
+
+    def mount_tracefs(self, target: Path) -> None:
+        """tracefs (one kernel-wide instance tree) mounted inside the workspace."""
+        self.run_mount(["mount", "-t", "tracefs", "crashcheck", str(target)], target)
 
     def umount(self, target: Path) -> None:
         umount(target)

@@ -1,0 +1,91 @@
+"""Fidelity: one workload on the model and on the kernel, op by op.
+
+Used by the generated-sequence kernel tests and by `benchmarks/fidelity.py` (10,000
+generated sequences). For each op the result (0 or the errno; failed or not for the
+client programs `mv`, `rm`, `cp`), the merged view after it, and, when a `SyncTracer`
+watches the file system upper lives on, the syncs it made must be the model's; at the
+end the upper dirs must be equal (work-dir temp names and the kernel's bookkeeping
+xattrs left out). Everything happens in the caller's workspace and is removed after
+each workload.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from checker.engine import views
+from checker.engine.trace import Trace, build_trace
+from checker.real import kernel, synctrace
+from checker.real.ops import run_op
+from checker.spec import Spec
+from models.tree import Dir
+
+CLIENTS = ("mv", "rm", "cp")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One way the kernel and the model differed on a workload."""
+
+    op: int | None  # None: the final upper dir
+    text: str
+    what: str  # "result", "view", "syncs", "upper"
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"op {self.op} `{self.text}`" if self.op is not None else "upper dir"
+        return f"{where}: {self.what}: {self.detail}"
+
+
+def mismatch(model: Dir, real: Dir) -> str:
+    return f"differs at {views.diff(model, real)}"
+
+
+def compare_workload(ws: kernel.Workspace, shim: Path, spec: Spec, base: Path,
+                     tracer: synctrace.SyncTracer | None = None) -> tuple[int, list[Disagreement]]:
+    """Run `spec` on the model and on the kernel (in `base`, removed afterwards): the
+    number of ops compared and every disagreement found."""
+    trace = build_trace(spec)
+    base.mkdir(parents=True)
+    lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, base / "state", fresh_work=True)
+    target = base / "mnt"
+    ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
+    found: list[Disagreement] = []
+    try:
+        for record in trace.ops:
+            if tracer is not None:
+                tracer.drain()
+            real = run_op(target, record.op, shim)
+            found += _op_disagreements(trace, record.index, real, target, upper.parent, tracer)
+    finally:
+        ws.umount(target)
+    model_upper = kernel.without_xattrs(trace.states[-1].entries["upper"])
+    real_upper = kernel.read_upper(upper)
+    if model_upper.digest != real_upper.digest:
+        found.append(Disagreement(None, "", "upper", mismatch(model_upper, real_upper)))
+    shutil.rmtree(base)
+    return len(trace.ops), found
+
+
+def _op_disagreements(trace: Trace, index: int, real: int | str, target: Path, state: Path,
+                      tracer: synctrace.SyncTracer | None) -> list[Disagreement]:
+    record = trace.ops[index]
+    out: list[Disagreement] = []
+    if record.op.kind in CLIENTS:
+        if (real != 0) != (record.errno != 0):
+            out.append(Disagreement(index, record.text, "result", f"kernel {real}, model {record.result}"))
+    elif real != record.result:
+        out.append(Disagreement(index, record.text, "result", f"kernel {real}, model {record.result}"))
+    if tracer is not None:
+        steps = trace.steps[record.first_step:record.end_step]
+        observed = synctrace.observed_syncs(tracer.drain(), synctrace.inode_paths(state))
+        only_model, only_kernel = synctrace.differences(synctrace.model_syncs(steps), observed)
+        if only_model or only_kernel:
+            out.append(Disagreement(index, record.text, "syncs",
+                                    f"only in the model {only_model}, only on the kernel {only_kernel}"))
+    view = kernel.read_view(target)
+    if view.digest != record.after.digest:
+        out.append(Disagreement(index, record.text, "view", mismatch(record.after, view)))
+    return out
