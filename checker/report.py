@@ -318,7 +318,7 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
             lines.append("    syncs only on the kernel: " + ("; ".join(only_kernel) or "(none)"))
         elif verbose and o.observed_syncs is not None:
             lines.append("    syncs:    " + ("; ".join(o.observed_syncs) or "(none)"))
-        if _shape_differs(o):
+        if o.missing or o.unexpected:
             lines.append("    only in the model:  " + ("; ".join(o.missing) or "(none)"))
             lines.append("    only on the kernel: " + ("; ".join(o.unexpected) or "(none)"))
     good = sum(o.conforms for o in ops)
@@ -326,10 +326,6 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
     if untraced:
         lines.append(f"syncs not compared: {sync_trace_note() or 'the trace could not be set up'}")
     return "\n".join(lines)
-
-
-def _shape_differs(o: OpConformance) -> bool:
-    return bool(o.missing or o.unexpected)
 
 
 def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], version: str,

@@ -135,7 +135,6 @@ class OverlayMount(Mount):
     def _start(self, union: Union) -> None:
         self._union = union
         self.redirect_on = self.options["redirect_dir"] == "on"
-        self.should_sync = not self.options["volatile"]
         version = parse_kernel(self.options["kernel"])
         assert version is not None  # checked by OverlayFS.resolve_options
         self.kernel = KernelBehaviour(
@@ -315,7 +314,7 @@ class OverlayMount(Mount):
     def fsync(self, call: sc.Fsync, log: StepLog) -> None:
         """`ovl_fsync`: fsync the real upper file; nothing for a lower file or volatile."""
         _, entry = self.resolve(log.root, split(call.path))
-        if entry.upper is not None and self.should_sync:
+        if entry.upper is not None and self.kernel.should_sync:
             log.do(Fsync(join(entry.upper.path)))
 
     @handles(sc.Syncfs)

@@ -9,7 +9,8 @@ The behaviours that change crash states, each with the commit that changed it:
   properly implement sync_filesystem()"), and writes back upper dirty data only since
   4.15 (e8d4bfe3a715, "ovl: Sync upper dirty data when syncing overlayfs", also in
   4.14 stable): between the two, syncfs commits metadata and leaves data unwritten;
-- `redirect_dir` exists since 4.10, `metacopy` since 4.19, `volatile` since 5.10;
+- `redirect_dir` exists since 4.10, `volatile` since 5.10 (`metacopy`, 4.19, is not
+  modelled yet: copy-up is always a full copy, as with `metacopy=off`);
 - the work dir's whiteout is made once and shared by hard links since 5.8 (c21c839b8448,
   "ovl: whiteout inode sharing"); before, each removal made its own;
 - "ovl: fsync after metadata copy-up" (7d6899fb69d2, 6.12) fsyncs every copied-up file
@@ -45,7 +46,6 @@ FSYNC_OPTION = (6, 18, 0)
 OPTION_SINCE: dict[tuple[str, object], Version] = {
     ("redirect_dir", "on"): (4, 10, 0),
     ("redirect_dir", "follow"): (4, 10, 0),
-    ("metacopy", True): (4, 19, 0),
     ("volatile", True): (5, 10, 0),
     ("fsync", "strict"): FSYNC_OPTION,
 }
@@ -81,14 +81,18 @@ class KernelBehaviour:
 
     version: Version
     volatile: bool = False
-    metacopy: bool = False
     fsync_mode: str = "ordered"  # `fsync=`: ordered (default) or strict
     copy_up_fsync: bool | None = None  # the legacy option: overrides the data fsync
 
     @property
+    def should_sync(self) -> bool:
+        """`ovl_should_sync`: fsync reaches upper (not on a volatile mount)."""
+        return not self.volatile
+
+    @property
     def data_fsync(self) -> bool:
         """fsync the copied-up data before linking it into upper."""
-        if self.volatile:
+        if not self.should_sync:
             return False
         if self.copy_up_fsync is not None:
             return self.copy_up_fsync
@@ -97,16 +101,16 @@ class KernelBehaviour:
     @property
     def metadata_fsync(self) -> bool:
         """fsync a copied-up file or directory after its attributes (`ctx.metadata_fsync`)."""
-        if self.volatile or self.copy_up_fsync is False:
+        if not self.should_sync or self.copy_up_fsync is False:
             return False
         if self.version >= FSYNC_OPTION:
             return self.fsync_mode == "strict"
-        return self.version >= METADATA_FSYNC and not self.metacopy
+        return self.version >= METADATA_FSYNC  # and metacopy=off, the only mode modelled
 
     @property
     def syncfs_upper(self) -> bool:
         """syncfs(2) reaches the upper file system at all."""
-        return not self.volatile and self.version >= SYNCFS_UPPER
+        return self.should_sync and self.version >= SYNCFS_UPPER
 
     @property
     def syncfs_data(self) -> bool:

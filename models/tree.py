@@ -310,6 +310,16 @@ def join(parts: Parts) -> str:
     return "/".join(parts)
 
 
+def moved_path(path: str, src: str, dst: str) -> str | None:
+    """Where `path` is after `src` moved to `dst` (it, or something below it), or None
+    when the move does not touch it."""
+    if path == src:
+        return dst
+    if path.startswith(src + "/"):
+        return dst + path[len(src) :]
+    return None
+
+
 def lookup(root: Dir, parts: Parts) -> Node | None:
     """The node at `parts` (no symlink following), or None."""
     node: Node | None = root

@@ -19,7 +19,7 @@ from models import drivers
 from models.capabilities import ScopedOps, SpaceChecks, StoreChecks, can, mount_can
 from models.clients import FULL_SYNC_OPS, SYNC_OPS
 from models.driver import Mount, Recovery
-from models.tree import Dir, File, join, lookup, split
+from models.tree import Dir, File, join, lookup, moved_path, split
 
 if TYPE_CHECKING:
     from checker.engine.aftercrash import AfterCrash, Continuation
@@ -158,14 +158,6 @@ class NoDualExistence(Invariant):
         ]
 
 
-def _relocate(path: str, src: str, dst: str) -> str | None:
-    if path == src:
-        return dst
-    if path.startswith(src + "/"):
-        return dst + path[len(src) :]
-    return None
-
-
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched
 
 
@@ -234,7 +226,7 @@ def kept_files(op: OpRecord) -> list[tuple[str, str, File, File]]:
     moves = _moves(op)
     kept = []
     for path, node in before.items():
-        new = _relocate(path, *moves) if moves else None
+        new = moved_path(path, *moves) if moves else None
         if new is not None and new in after:
             kept.append((path, new, node, after[new]))
         elif path in after:

@@ -31,7 +31,7 @@ from checker.engine.budget import checkpoint
 if TYPE_CHECKING:
     import networkx as nx
 from checker.engine.trace import Trace
-from models.steps import CopyData, Device, Effect, Step, Write
+from models.steps import CopyData, Device, Effect, Step, Syncfs, Write
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Parts, lookup, split
 
@@ -422,7 +422,7 @@ class Persistence:
             effect = step.shape().effect
             if effect is Effect.SYNCFS:
                 before = unsynced + list(range(since_syncfs, j))
-                if getattr(step, "data", True):
+                if not isinstance(step, Syncfs) or step.data:
                     graph.add_edges_from((i, j) for i in before)
                     unsynced = []
                 else:  # metadata only: data steps stay free of it (and of later steps)

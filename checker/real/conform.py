@@ -151,8 +151,7 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
                                    record.result, result)
                 if tracer is not None:
                     op.model_syncs = synctrace.model_syncs(steps)
-                    op.observed_syncs = synctrace.observed_syncs(
-                        tracer.drain(), synctrace.inode_paths(upper.parent))
+                    op.observed_syncs = tracer.syncs_named_in(upper.parent)
                 out.append(op)
         finally:
             watcher.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 from checker.engine import views
 from checker.engine.trace import Trace, build_trace
 from checker.real import kernel, synctrace
-from checker.real.ops import run_op
+from checker.real.ops import agrees, run_op
 from checker.spec import Spec
 from models.tree import Dir
 
@@ -73,16 +73,13 @@ def _op_disagreements(trace: Trace, index: int, real: int | str, target: Path, s
                       tracer: synctrace.SyncTracer | None) -> list[Disagreement]:
     record = trace.ops[index]
     out: list[Disagreement] = []
-    if record.op.kind in CLIENTS:
-        if (real != 0) != (record.errno != 0):
-            out.append(Disagreement(index, record.text, "result", f"kernel {real}, model {record.result}"))
-    elif real != record.result:
+    if not agrees(record.result, real):
         out.append(Disagreement(index, record.text, "result", f"kernel {real}, model {record.result}"))
     if tracer is not None and record.op.kind not in CLIENTS:
         # A client's syncs are not compared yet: cp opens an existing target with O_TRUNC,
         # which the kernel copies up without data (no fsync), and the model does not.
         steps = trace.steps[record.first_step:record.end_step]
-        observed = synctrace.observed_syncs(tracer.drain(), synctrace.inode_paths(state))
+        observed = tracer.syncs_named_in(state)
         only_model, only_kernel = synctrace.differences(synctrace.model_syncs(steps), observed)
         if only_model or only_kernel:
             out.append(Disagreement(index, record.text, "syncs",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from checker.errors import CrashcheckError
 from models.steps import Fsync, LinkTmpfile, Rename, Rmdir, Step, Syncfs, Unlink
 from models.syscalls import RenameFlags
+from models.tree import moved_path
 
 if TYPE_CHECKING:
     from checker.real.workspace import Workspace
@@ -91,6 +92,11 @@ class SyncTracer:
                 out.append(("syncfs", 0))
         return out
 
+    def syncs_named_in(self, base: Path) -> list[str]:
+        """The syncs since the last drain, each fsync named by where its inode is under
+        `base` now (`fsync upper/a`, `fsync (removed)`, `syncfs`)."""
+        return observed_syncs(self.drain(), inode_paths(base))
+
     def close(self) -> None:
         remove_instance(self.instance)
 
@@ -131,14 +137,6 @@ def observed_syncs(events: list[tuple[str, int]], inodes: dict[int, str]) -> lis
     return [f"fsync {inodes.get(ino, REMOVED)}" if kind == "fsync" else "syncfs" for kind, ino in events]
 
 
-def _moved(path: str, src: str, dst: str) -> str | None:
-    if path == src:
-        return dst
-    if path.startswith(src + "/"):
-        return dst + path[len(src):]
-    return None
-
-
 def model_syncs(steps: list[Step]) -> list[str]:
     """The syncs of one op's steps, each fsync named by where its entry is at the op's
     end (the same naming as `observed_syncs`)."""
@@ -159,13 +157,13 @@ def _final_place(path: str, later: list[Step]) -> str:
         if isinstance(step, LinkTmpfile) and step.src == where:
             where = step.dst
         elif isinstance(step, Rename):
-            moved = _moved(where, step.src, step.dst)
+            moved = moved_path(where, step.src, step.dst)
             if step.flags is RenameFlags.EXCHANGE and moved is None:
-                moved = _moved(where, step.dst, step.src)
+                moved = moved_path(where, step.dst, step.src)
             if moved is not None:
                 where = moved
-        elif isinstance(step, Unlink | Rmdir) and (where == step.path or where.startswith(step.path + "/")):
-            where = None
+        elif isinstance(step, Unlink | Rmdir) and moved_path(where, step.path, "") is not None:
+            where = None  # the entry, or a directory above it, went
     return REMOVED if where is None else where
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from checker.errors import CrashcheckError
+from checker.real.synctrace import remove_instances
 
 PREFIX = "crashcheck-ws-"
 OWNER = ".crashcheck-owner"  # JSON: pid, start time, boot id, what the run is
@@ -185,6 +186,7 @@ def release(root: Path) -> None:
     """End every process of ours under `root` and undo its mounts (deepest first); the
     files stay."""
     _kill_all(processes_using(root))
+    remove_instances(root)  # a tracefs instance lives on after its mount goes
     for _ in range(3):  # a lazy unmount can uncover a mount below it
         targets = mounts_under(root)
         if not targets:
@@ -222,10 +224,6 @@ def umount(target: Path) -> None:
 def teardown(root: Path) -> bool:
     """Kill what runs in `root`, unmount what is mounted under it, remove it. True when
     nothing of it is left."""
-    from checker.real.synctrace import remove_instances
-
-    _kill_all(processes_using(root))
-    remove_instances(root)  # a tracefs instance lives on after its mount goes
     release(root)
     if mounts_under(root):
         return False  # never remove files through a mount that is still there
