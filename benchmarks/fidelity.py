@@ -5,7 +5,8 @@
 
 Sequence k uses seed S + k (tests/strategies.py: two lower layers, an upper layer, 1 to 6
 ops over a small name space, among them mv/rm/cp through coreutils) and the mount
-options of combination k mod 4: redirect_dir off or on, fsync ordered or strict. For
+options of combination k mod 6: redirect_dir off or on with fsync ordered or strict,
+and metacopy on with fsync ordered or strict. For
 every op the result, the merged view and the syncs must be the model's, and at the end
 the upper dirs. Prints the agreement figure and every disagreement with its seed.
 """
@@ -28,7 +29,7 @@ from tests.strategies import RandomChooser, gen_workload  # noqa: E402
 COMBINATIONS = [
     {"redirect_dir": redirect, "fsync": fsync}
     for redirect, fsync in itertools.product(("off", "on"), ("ordered", "strict"))
-]
+] + [{"metacopy": True, "fsync": fsync} for fsync in ("ordered", "strict")]
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from checker.errors import SpecError
 from models import DriverLoadError, driver_named, drivers
 from models.driver import OptionError
 from models.format import OPAQUE, REDIRECT
-from models.syscalls import RenameFlags
+from models.syscalls import ACCESS_MODES, OPEN_FLAGS, RenameFlags
 from models.tree import (
     DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,
@@ -62,6 +62,8 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "create": (("path",), ("data", "mode")),
     "write": (("path", "data"), ()),
     "append": (("path", "data"), ()),
+    "open": (("path", "flags"), ("mode", "data")),
+    "pwrite": (("path", "offset", "data"), ()),
     "truncate": (("path", "size"), ()),
     "mkdir": (("path",), ("mode",)),
     "rmdir": (("path",), ()),
@@ -70,6 +72,8 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "link": (("src", "dst"), ()),
     "symlink": (("target", "path"), ()),
     "chmod": (("path", "mode"), ()),
+    "chown": (("path", "uid", "gid"), ()),
+    "utimes": (("path", "mtime"), ()),
     "setxattr": (("path", "name", "value"), ()),
     "fsync": (("path",), ()),
     "sync": ((), ()),
@@ -80,7 +84,10 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "crash": ((), ()),  # at most one: the ops after it run on every recovered crash state
 }
 PATH_ARGS = ("path", "src", "dst")
-INT_ARGS = ("size", "mode", "from_layer")
+INT_ARGS = ("size", "mode", "from_layer", "offset")
+ID_ARGS = ("uid", "gid", "user")
+#: client programs: their paths take no trailing slash (coreutils treats one its own way)
+CLIENT_OPS = ("mv", "rm", "cp")
 NAME_ARGS = ("image", "container", "tag")
 #: `op = "steps"`: raw primitive steps on the backing store ("what if the driver did this")
 STEPS_OP = (("steps",), ())
@@ -88,11 +95,13 @@ STEPS_OP = (("steps",), ())
 CRASH_OP = "crash"
 
 ENTRY_KEYS = {
-    "file": ("type", "content", "mode", "xattrs"),
-    "dir": ("type", "opaque", "redirect", "mode", "xattrs"),
-    "symlink": ("type", "target", "xattrs"),
+    "file": ("type", "content", "mode", "xattrs", "uid", "gid", "mtime"),
+    "dir": ("type", "opaque", "redirect", "mode", "xattrs", "uid", "gid"),
+    "symlink": ("type", "target", "xattrs", "uid", "gid"),
     "whiteout": ("type", "xattrs"),
 }
+MAX_ID = 65534  # uids and gids: below nobody's (65535 is "no change" to chown)
+MAX_TIME = 2**32  # seconds since the epoch, to 2106
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,10 @@ class Op:
                 shown.append(f"{value:o}")
             elif key == "steps":
                 shown.append("; ".join(str(step) for step in value))
+            elif key == "flags":
+                shown.append("|".join(value))
+            elif key == "user":
+                shown.append(f"as uid {value}")
             else:
                 shown.append(str(value))
         return " ".join([self.kind] + shown)
@@ -304,9 +317,10 @@ def _required_str(data: dict[str, Any], key: str, file: str) -> str:
     return value
 
 
-def check_path(path: Any, file: str, key: str) -> str:
+def check_path(path: Any, file: str, key: str, trailing_slash: bool = False) -> str:
     """A relative, '/'-separated path without '.' or '..' components, within the limits
-    of a real system call (NAME_MAX, PATH_MAX, no NUL byte) and MAX_PATH_DEPTH."""
+    of a real system call (NAME_MAX, PATH_MAX, no NUL byte) and MAX_PATH_DEPTH; with
+    `trailing_slash`, one '/' may end it (the kernel's meaning: `models.vfs`)."""
     if not isinstance(path, str) or not path:
         raise SpecError(file, "must be a non-empty path string", key)
     if path.startswith("/"):
@@ -314,6 +328,8 @@ def check_path(path: Any, file: str, key: str) -> str:
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise SpecError(file, f"path {_short(path)} is longer than {MAX_PATH_BYTES} bytes (PATH_MAX)", key)
     parts = path.split("/")
+    if trailing_slash and len(parts) > 1 and parts[-1] == "" and parts[-2] != "":
+        parts = parts[:-1]
     if len(parts) > MAX_PATH_DEPTH:
         raise SpecError(file, f"path {_short(path)} has more than {MAX_PATH_DEPTH} components", key)
     if any(p in (".", "..") for p in parts):
@@ -409,10 +425,15 @@ def build_node(value: Any, file: str, key: str) -> Node:
                 f"{key}.{k}",
             )
     xattrs = _xattrs(value.get("xattrs", {}), file, key + ".xattrs")
+    uid = _number(value.get("uid", 0), file, key + ".uid", MAX_ID)
+    gid = _number(value.get("gid", 0), file, key + ".gid", MAX_ID)
     if kind == "file":
         content = _text(value.get("content", ""), file, key + ".content")
         mode = _mode(value.get("mode", DEFAULT_FILE_MODE), file, key + ".mode")
-        return File(content.encode(), mode, xattrs)
+        mtime = value.get("mtime")
+        if mtime is not None:
+            mtime = _number(mtime, file, key + ".mtime", MAX_TIME)
+        return File(content.encode(), mode, xattrs, uid=uid, gid=gid, mtime=mtime)
     if kind == "dir":
         mode = _mode(value.get("mode", DEFAULT_DIR_MODE), file, key + ".mode")
         extra = dict(xattrs)
@@ -432,10 +453,16 @@ def build_node(value: Any, file: str, key: str) -> Node:
                 )
             _text(redirect, file, key + ".redirect", MAX_PATH_BYTES, nul=False)
             extra[REDIRECT] = redirect.encode()
-        return Dir({}, mode, tuple(sorted(extra.items())))
+        return Dir({}, mode, tuple(sorted(extra.items())), uid=uid, gid=gid)
     if kind == "symlink":
-        return Symlink(check_target(value.get("target"), file, key + ".target"), xattrs)
+        return Symlink(check_target(value.get("target"), file, key + ".target"), xattrs, uid=uid, gid=gid)
     return Whiteout(xattrs)
+
+
+def _number(value: Any, file: str, key: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise SpecError(file, f"must be an integer from 0 to {limit}", key)
+    return value
 
 
 def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
@@ -457,7 +484,7 @@ def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
                 raise SpecError(file, f"'{'/'.join(parts[:i])}' is not a directory", key)
         existing = lookup(root, parts)
         if isinstance(existing, Dir) and isinstance(node, Dir):
-            node = Dir(existing.entries, node.mode, node.xattrs)  # keep implied children
+            node = Dir(existing.entries, node.mode, node.xattrs, uid=node.uid, gid=node.gid)  # keep children
         root = replace(root, parts, node)
     return root
 
@@ -492,11 +519,16 @@ def _parse_ops(
             if arg == "expect_error":
                 expect_error = _errno_name(value, file, f"{key}.{arg}")
                 continue
+            if arg == "user":
+                if kind not in OPS or kind in CLIENT_OPS or kind == CRASH_OP:
+                    raise SpecError(file, "only a system-call op runs as another user", f"{key}.user")
+                args.append((arg, _number(value, file, f"{key}.user", MAX_ID)))
+                continue
             if arg not in required + optional:
-                allowed = ", ".join(required + optional + ("expect_error",))
+                allowed = ", ".join(required + optional + ("expect_error", "user"))
                 raise SpecError(file, f"unknown argument for {kind} (allowed: {allowed})", f"{key}.{arg}")
             args.append((arg, _op_arg(kind, arg, value, file, f"{key}.{arg}")))
-        order = required + optional
+        order = required + optional + ("user",)
         args.sort(key=lambda kv: order.index(kv[0]))
         ops.append(Op(i, kind, tuple(args), expect_error))
     crashes = [op.index for op in ops if op.kind == CRASH_OP]
@@ -505,6 +537,21 @@ def _parse_ops(
     if crashes and ops[crashes[0]].expect_error:
         raise SpecError(file, "a crash op has no result to expect", f"ops[{crashes[0]}].expect_error")
     return ops
+
+
+def _open_flags(value: Any, file: str, key: str) -> tuple[str, ...]:
+    """open(2) flag names, each at most once and one access mode at most; kept in the
+    order of OPEN_FLAGS (so equal sets are equal ops)."""
+    if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+        raise SpecError(file, "must be a list of open(2) flag names such as [\"O_WRONLY\", \"O_TRUNC\"]", key)
+    unknown = [f for f in value if f not in OPEN_FLAGS]
+    if unknown:
+        raise SpecError(file, f"unknown open flag {unknown[0]!r} (known: {', '.join(OPEN_FLAGS)})", key)
+    if len(set(value)) != len(value):
+        raise SpecError(file, "a flag is named twice", key)
+    if sum(f in ACCESS_MODES for f in value) > 1:
+        raise SpecError(file, f"at most one of {', '.join(ACCESS_MODES)}", key)
+    return tuple(f for f in OPEN_FLAGS if f in value)
 
 
 def _errno_name(value: Any, file: str, key: str) -> str:
@@ -517,13 +564,19 @@ def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
     if arg == "steps":
         return _steps(value, file, key)
     if arg in PATH_ARGS:
-        return check_path(value, file, key)
+        return check_path(value, file, key, trailing_slash=kind not in CLIENT_OPS)
+    if arg == "flags":
+        return _open_flags(value, file, key)
+    if arg in ID_ARGS:
+        return _number(value, file, key, MAX_ID)
+    if arg == "mtime":
+        return _number(value, file, key, MAX_TIME)
     if arg == "mode":
         return _mode(value, file, key)
     if arg in INT_ARGS:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(file, "must be a non-negative integer", key)
-        if arg == "size" and value > MAX_DATA_BYTES:
+        if arg in ("size", "offset") and value > MAX_DATA_BYTES:
             raise SpecError(
                 file, f"{value} bytes is beyond the model's file size limit of {MAX_DATA_BYTES} bytes", key
             )

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import Driver, Mount, Option, handles
+from models.driver import REMOUNT_OP, Driver, Mount, Option, handles
 from models.format import OPAQUE as OPAQUE_XATTR
 from models.steps import (
     Chmod,
@@ -45,6 +45,7 @@ from models.steps import (
     Mkdir,
     Rename,
     Rmdir,
+    SetTimes,
     SetXattr,
     StepLog,
     Syncfs,
@@ -52,6 +53,7 @@ from models.steps import (
     Unlink,
     Write,
 )
+from models.steps import Chown as ChownStep
 from models.syscalls import RenameFlags
 from models.tree import (
     Dir,
@@ -96,7 +98,7 @@ def to_branch(tree: Dir) -> Dir:
         xattrs = tuple((k, v) for k, v in node.xattrs if k != OPAQUE_XATTR)
         if node.xattr(OPAQUE_XATTR) == b"y":
             entries[OPAQUE] = File(b"", WH_MODE)
-        return Dir(entries, node.mode, xattrs)
+        return Dir(entries, node.mode, xattrs, uid=node.uid, gid=node.gid)
 
     return convert(tree)
 
@@ -177,10 +179,11 @@ class AufsMount(Mount):
                 if isinstance(node, Dir):
                     entries[name] = self._merge(tuple((b, d) for b, d in found if isinstance(d, Dir)))
                 elif isinstance(node, File):
-                    entries[name] = File(node.content, node.mode, node.xattrs)
+                    entries[name] = File(node.content, node.mode, node.xattrs, uid=node.uid,
+                                         gid=node.gid, mtime=node.mtime)
                 else:
                     entries[name] = node
-        merged = Dir(entries, top.mode, top.xattrs)
+        merged = Dir(entries, top.mode, top.xattrs, uid=top.uid, gid=top.gid)
         if len(self._memo) >= MERGE_MEMO:
             self._memo.clear()
         self._memo[key] = merged
@@ -221,13 +224,14 @@ class AufsMount(Mount):
 
     @handles(sc.Rename)
     def rename(self, call: sc.Rename, log: StepLog) -> None:
-        self._rename(log, split(call.src), split(call.dst), call.flags)
+        self._rename(log, split(call.src), split(call.dst), call.flags, call.user)
 
     def _temp(self, parts: Parts) -> str:
         return join(RW + parts[:-1] + (f".wh..wh.{parts[-1]}.{self.next('temp'):04x}",))
 
-    def copy_up(self, log: StepLog, parts: Parts) -> None:
-        """Copy `parts` and its missing ancestors to rw (ancestors first)."""
+    def copy_up(self, log: StepLog, parts: Parts, truncate: bool = False) -> None:
+        """Copy `parts` and its missing ancestors to rw (ancestors first); with
+        `truncate` (an O_TRUNC open: `au_cpup` of length 0) the file without its data."""
         for depth in range(1, len(parts) + 1):
             here = parts[:depth]
             if self._in_rw(log.root, here) is not None:
@@ -241,18 +245,28 @@ class AufsMount(Mount):
                 log.do(Mkdir(target, node.mode))
                 for k, v in node.xattrs:
                     log.do(SetXattr(target, k, v))
+                self._copy_attrs(log, target, node)
                 continue
             temp = self._temp(here)
             if isinstance(node, File):
                 log.do(Create(temp, node.mode, ino=self.next("ino", 1000)))
-                if node.content:
+                if node.content and not (truncate and here == parts):
                     src = self.lower_names[len(self.lower_names) - frames[0][0]]
                     log.do(CopyData(join((src,) + here), temp))
             elif isinstance(node, Symlink):
                 log.do(MakeSymlink(node.target, temp))
             for k, v in node.xattrs:
                 log.do(SetXattr(temp, k, v))
+            self._copy_attrs(log, temp, node)
             log.do(Rename(temp, target))
+
+    def _copy_attrs(self, log: StepLog, path: str, node: Node) -> None:
+        """`au_cpup_attr_all`: owner and times of the copy (mode came with its creation);
+        nothing when the new inode already has them."""
+        if node.uid or node.gid:
+            log.do(ChownStep(path, node.uid, node.gid))
+        if node.mtime is not None:
+            log.do(SetTimes(path, node.mtime))
 
     def _whiteout(self, log: StepLog, parts: Parts) -> None:
         log.do(Link(join(RW + (WH_BASE,)), join(RW + parts[:-1] + (whiteout_name(parts[-1]),))))
@@ -275,17 +289,22 @@ class AufsMount(Mount):
     @handles(sc.Create)
     def create(self, call: sc.Create, log: StepLog) -> None:
         parts = split(call.path)
-        self._add(log, parts, Create(join(RW + parts), call.mode, ino=self.next("ino", 1000)))
+        uid, gid = self.new_owner(log.root, call)
+        made = Create(join(RW + parts), call.mode, ino=self.next("ino", 1000), uid=uid, gid=gid)
+        self._add(log, parts, made)
 
     @handles(sc.Mkdir)
     def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
         parts = split(call.path)
-        self._add(log, parts, Mkdir(join(RW + parts), call.mode), is_dir=True)
+        uid, gid = self.new_owner(log.root, call)
+        mode = self.new_dir_mode(log.root, call)
+        self._add(log, parts, Mkdir(join(RW + parts), mode, uid=uid, gid=gid), is_dir=True)
 
     @handles(sc.Symlink)
     def symlink(self, call: sc.Symlink, log: StepLog) -> None:
         parts = split(call.path)
-        self._add(log, parts, MakeSymlink(call.target, join(RW + parts)))
+        uid, gid = self.new_owner(log.root, call)
+        self._add(log, parts, MakeSymlink(call.target, join(RW + parts), uid=uid, gid=gid))
 
     @handles(sc.Link)
     def link(self, call: sc.Link, log: StepLog) -> None:
@@ -298,6 +317,21 @@ class AufsMount(Mount):
         parts = split(call.path)
         self.copy_up(log, parts)
         log.do(Write(join(RW + parts), call.data, 0, replace=True))
+
+    @handles(sc.Open)
+    def open(self, call: sc.Open, log: StepLog) -> None:
+        self.open_file(call, log)
+
+    def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
+        self.copy_up(log, parts, truncate=truncate)
+        if truncate:
+            log.do(Truncate(join(RW + parts), 0))
+
+    @handles(sc.Pwrite)
+    def pwrite(self, call: sc.Pwrite, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Write(join(RW + parts), call.data, call.offset))
 
     @handles(sc.Append)
     def append(self, call: sc.Append, log: StepLog) -> None:
@@ -325,9 +359,12 @@ class AufsMount(Mount):
         self.copy_up(log, parts)
         log.do(SetXattr(join(RW + parts), call.xattr, call.value))
 
-    @handles(sc.Utimens, sc.Chown, sc.FChown)
-    def times_and_owner(self, call: sc.Utimens | sc.Chown | sc.FChown, log: StepLog) -> None:
-        self.copy_up(log, split(call.path))
+    @handles(sc.Utimens, sc.LUtimens, sc.Chown, sc.FChown)
+    def times_and_owner(self, call: sc.Utimens | sc.Chown, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        for step in self.attribute_steps(log.root, call, join(RW + parts)):
+            log.do(step)
 
     @handles(sc.Fsync)
     def fsync(self, call: sc.Fsync, log: StepLog) -> None:
@@ -337,6 +374,11 @@ class AufsMount(Mount):
 
     @handles(sc.Sync, sc.Syncfs)
     def sync(self, call: sc.Syscall, log: StepLog) -> None:
+        log.do(Syncfs("rw"))
+
+    @handles(sc.Remount)
+    def remount(self, call: sc.Remount, log: StepLog) -> None:
+        """umount syncs the rw branch; aufs keeps nothing to clean at mount."""
         log.do(Syncfs("rw"))
 
     @handles(sc.Unlink)
@@ -370,8 +412,8 @@ class AufsMount(Mount):
                 log.do(Rmdir(join(sub)) if isinstance(child, Dir) else Unlink(join(sub)))
             log.do(Rmdir(temp))
 
-    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags) -> None:
-        self.check_rename(log.root, old, new, flags)
+    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags, user: int = 0) -> None:
+        self.check_rename(log.root, old, new, flags, user)
         if old == new:
             return
         src = self.view_lookup(log.root, old)
@@ -399,6 +441,7 @@ class Aufs(Driver):
     name = "aufs"
     description = "aufs: .wh. whiteout files, copy-up through temp names, no journal"
     layered = True
+    EXTRA_OPS = REMOUNT_OP
     OPTIONS = {
         "dirren": Option((bool,), False, "rename directories (recording the old name) instead of EXDEV"),
     }

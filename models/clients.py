@@ -17,6 +17,7 @@ coreutils copies part of the tree first and then reports the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from collections.abc import Callable, Generator
 from typing import Any
@@ -29,6 +30,7 @@ Client = Generator[Syscall, SysResult, int]
 
 COPY_FILE_MODE = 0o600  # cp/mv create the copy private, then restore the mode
 COPY_DIR_MODE = 0o700
+TRUNCATE_FOR_WRITE = ("O_WRONLY", "O_TRUNC")  # how cp opens an existing destination
 
 
 def syscall(call: Syscall) -> Client:
@@ -94,8 +96,8 @@ def _restore_attrs(path: str, node: Node, by_fd: bool = False) -> Client:
     """Times, owner, mode and xattrs as cp/mv restore them: on a directory by path
     (fchownat with AT_SYMLINK_NOFOLLOW), on a copied file through its open descriptor
     (fchown: when the destination was a symlink, its target gets them)."""
-    yield sc.Utimens(path)
-    yield (sc.FChown(path) if by_fd else sc.Chown(path))
+    yield sc.Utimens(path, node.mtime)
+    yield (sc.FChown(path, node.uid, node.gid) if by_fd else sc.Chown(path, node.uid, node.gid))
     if isinstance(node, (File, Dir)):
         result = yield sc.Chmod(path, node.mode)  # mv/cp set it as an ACL
         if not result.ok:
@@ -111,8 +113,8 @@ def _copy_node(src: str, dst: str, node: Node) -> Client:
         made = yield sc.Symlink(node.target, dst)
         if not made.ok:
             return made.errno
-        yield sc.Chown(dst)
-        yield sc.Utimens(dst)
+        yield sc.Chown(dst, node.uid, node.gid)
+        yield sc.LUtimens(dst)
         return 0
     if not isinstance(node, File):
         return errno.EINVAL
@@ -193,11 +195,24 @@ def _copy_tree(src: str, dst: str, node: Node) -> Client:
         return (yield from _copy_node(src, dst, node))
     if not isinstance(node, File):
         return errno.EINVAL
-    # open(O_WRONLY|O_TRUNC) follows a symlink at dst: coreutils writes through it
-    wrote = yield sc.Write(dst, node.content)
+    # open(O_WRONLY|O_TRUNC) follows a symlink at dst: coreutils writes through it;
+    # the truncating open copies a lower file up empty, then the data is written
+    wrote = yield sc.Open(dst, TRUNCATE_FOR_WRITE, data=node.content or None)
     if not wrote.ok:
         return wrote.errno
     return (yield from _restore_attrs(dst, node, by_fd=True))
+
+
+def as_user(client: Client, user: int) -> Client:
+    """The client program with every system call made by `user` (a spec op's `user`)."""
+    if not user:
+        return (yield from client)
+    try:
+        call = next(client)
+        while True:
+            call = client.send((yield dataclasses.replace(call, user=user)))
+    except StopIteration as stop:
+        return stop.value or 0  # type: ignore[no-any-return]
 
 
 def _text(a: dict[str, Any], key: str) -> bytes:
@@ -215,6 +230,9 @@ OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
                                a.get("mode", 0o644)),
     "write": lambda a: syscall(sc.Write(a["path"], _text(a, "data"))),
     "append": lambda a: syscall(sc.Append(a["path"], _text(a, "data"))),
+    "open": lambda a: syscall(sc.Open(a["path"], a["flags"], a.get("mode", 0o644),
+                                      None if a.get("data") is None else _text(a, "data"))),
+    "pwrite": lambda a: syscall(sc.Pwrite(a["path"], a["offset"], _text(a, "data"))),
     "truncate": lambda a: syscall(sc.Truncate(a["path"], a["size"])),
     "mkdir": lambda a: syscall(sc.Mkdir(a["path"], a.get("mode", 0o755))),
     "rmdir": lambda a: syscall(sc.Rmdir(a["path"])),
@@ -224,6 +242,8 @@ OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
     "link": lambda a: syscall(sc.Link(a["src"], a["dst"])),
     "symlink": lambda a: syscall(sc.Symlink(a["target"], a["path"])),
     "chmod": lambda a: syscall(sc.Chmod(a["path"], a["mode"])),
+    "chown": lambda a: syscall(sc.Chown(a["path"], a["uid"], a["gid"])),
+    "utimes": lambda a: syscall(sc.Utimens(a["path"], a["mtime"])),
     "setxattr": lambda a: syscall(sc.SetXattr(a["path"], a["name"], _text(a, "value"))),
     "sync": lambda a: syscall(sc.Sync()),
     "syncfs": lambda a: syscall(sc.Syncfs()),

@@ -31,7 +31,7 @@ def route(call: Syscall) -> tuple[str, Syscall]:
         if container is not None and parts[1] != container:
             raise FsError(errno.EXDEV, path)
         container = parts[1]
-        relative[field] = join(parts[2:])
+        relative[field] = join(parts[2:]) + ("/" if path.endswith("/") and parts[2:] else "")
     if container is None:
         raise FsError(errno.EINVAL, call.NAME)
     return container, call.with_paths(relative)

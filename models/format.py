@@ -10,3 +10,5 @@ OPAQUE = OVL_PREFIX + "opaque"  # "y": the directory hides every lower one
 REDIRECT = OVL_PREFIX + "redirect"  # a merged directory's lower directory is found here
 ORIGIN = OVL_PREFIX + "origin"  # the lower file an upper one was copied up from
 IMPURE = OVL_PREFIX + "impure"  # an upper directory that may hold non-pure entries
+METACOPY = OVL_PREFIX + "metacopy"  # an upper file whose data is still the lower file's
+INDEX_DIR = "index"  # work/index: copies of hard-linked lower files, named by origin

@@ -10,7 +10,7 @@ count the bytes a layer stores.
 
 from __future__ import annotations
 
-from models.steps import Create, Fsync, MakeSymlink, Mkdir, MknodWhiteout, SetXattr, Step, Write
+from models.steps import Create, Fsync, MakeSymlink, Mkdir, MknodWhiteout, SetTimes, SetXattr, Step, Write
 from models.tree import Dir, File, Node, Symlink, Whiteout, join, split, walk
 from models.union import OPAQUE, union_view
 
@@ -19,8 +19,9 @@ Y = b"y"
 
 def build_steps(tree: Dir, dest: str, *, fsync: bool = False, skip_root: bool = True) -> list[Step]:
     """The steps that write `tree` at `dest` (as tar extraction does: entries in name
-    order, parents first; each file created, then written; xattrs after the entry).
-    With `fsync`, each regular file is fsynced after it is written."""
+    order, parents first; each file created, then written; xattrs after the entry, and
+    the file's time last). Owners are given at creation (tar's lchown changes nothing a
+    crash could keep apart). With `fsync`, each regular file is fsynced after it is written."""
     steps: list[Step] = []
     base = split(dest)
     for parts, node in walk(tree):
@@ -28,16 +29,18 @@ def build_steps(tree: Dir, dest: str, *, fsync: bool = False, skip_root: bool = 
             continue
         path = join(base + parts)
         if isinstance(node, Dir):
-            steps.append(Mkdir(path, node.mode))
+            steps.append(Mkdir(path, node.mode, uid=node.uid, gid=node.gid))
         elif isinstance(node, File):
-            steps.append(Create(path, node.mode))
+            steps.append(Create(path, node.mode, uid=node.uid, gid=node.gid))
             if node.content:
                 steps.append(Write(path, node.content, 0, replace=True))
         elif isinstance(node, Symlink):
-            steps.append(MakeSymlink(node.target, path))
+            steps.append(MakeSymlink(node.target, path, uid=node.uid, gid=node.gid))
         elif isinstance(node, Whiteout):
             steps.append(MknodWhiteout(path))
         steps.extend(SetXattr(path, k, v) for k, v in node.xattrs)
+        if node.mtime is not None:
+            steps.append(SetTimes(path, node.mtime))
         if fsync and isinstance(node, File):
             steps.append(Fsync(path))
     return steps
@@ -57,11 +60,11 @@ def apply_layer(acc: Dir, layer: Dir) -> Dir:
         below = entries.get(name)
         if isinstance(node, Dir) and not is_opaque(node):
             if isinstance(below, Dir):
-                node = apply_layer(below, node).with_attrs(node.mode, _merged_xattrs(below, node))
+                node = apply_layer(below, node).with_attrs(node.mode, _merged_xattrs(below, node), node.owner)
             elif below is not None:
                 node = node.with_xattr(OPAQUE, Y)
         entries[name] = node
-    return Dir(entries, acc.mode, acc.xattrs)
+    return Dir(entries, acc.mode, acc.xattrs, uid=acc.uid, gid=acc.gid)
 
 
 def _merged_xattrs(below: Dir, top: Dir) -> tuple[tuple[str, bytes], ...]:
@@ -89,7 +92,7 @@ def prune(diff: Dir, below: Dir | None) -> Dir:
             if is_opaque(node) and not isinstance(under, Dir):
                 node = node.with_xattr(OPAQUE, None)
         entries[name] = node
-    return Dir(entries, diff.mode, diff.xattrs)
+    return Dir(entries, diff.mode, diff.xattrs, uid=diff.uid, gid=diff.gid)
 
 
 def flatten(layers: list[Dir], below: list[Dir], apply_whiteouts: bool = True) -> Dir:
@@ -120,7 +123,8 @@ def _without_markers(tree: Dir) -> Dir:
         if isinstance(node, Dir):
             node = _without_markers(node).with_xattr(OPAQUE, None)
         entries[name] = node
-    return Dir(entries, tree.mode, tuple((k, v) for k, v in tree.xattrs if k != OPAQUE))
+    return Dir(entries, tree.mode, tuple((k, v) for k, v in tree.xattrs if k != OPAQUE), uid=tree.uid,
+               gid=tree.gid)
 
 
 def stored_bytes(tree: Node) -> int:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import Driver, Mount, Option, OptionError, Recovery, handles
+from models.driver import REMOUNT_OP, Driver, Mount, Option, OptionError, Recovery, handles
 from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
     Chmod,
@@ -48,8 +48,11 @@ from models.steps import (
     MakeSymlink,
     Mkdir,
     MknodWhiteout,
+    RemoveTree,
+    RemoveXattr,
     Rename,
     Rmdir,
+    SetTimes,
     SetXattr,
     Step,
     StepLog,
@@ -60,6 +63,7 @@ from models.steps import (
     Write,
     remove_subtree,
 )
+from models.steps import Chown as ChownStep
 from models.syscalls import RenameFlags
 from models.tree import (
     Dir,
@@ -74,7 +78,7 @@ from models.tree import (
     replace,
     split,
 )
-from models.union import IMPURE, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Union
+from models.union import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Union
 
 UPPER: Parts = ("upper",)
 WORK: Parts = ("work", "work")
@@ -139,8 +143,9 @@ class OverlayMount(Mount):
         assert version is not None  # checked by OverlayFS.resolve_options
         self.kernel = KernelBehaviour(
             version, volatile=self.options["volatile"], fsync_mode=self.options["fsync"],
-            copy_up_fsync=self.options["copy_up_fsync"],
+            copy_up_fsync=self.options["copy_up_fsync"], metacopy=self.options["metacopy"],
         )
+        self.metacopy_on = self.options["metacopy"]
         self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
 
@@ -156,6 +161,8 @@ class OverlayMount(Mount):
         """The kernel mount options of this model's options (models.capabilities.KernelTwin)."""
         redirect = self.options["redirect_dir"]
         extra = ["volatile"] if self.options["volatile"] else []
+        if self.options["metacopy"]:
+            extra.append("metacopy=on")
         if self.options["fsync"] != "ordered":
             extra.append(f"fsync={self.options['fsync']}")
         return [f"redirect_dir={redirect}"] + extra
@@ -250,23 +257,30 @@ class OverlayMount(Mount):
 
     @handles(sc.Create)
     def create(self, call: sc.Create, log: StepLog) -> None:
-        self._create_object(log, split(call.path), "file", mode=call.mode)
+        owner = self.new_owner(log.root, call)
+        self._create_object(log, split(call.path), "file", mode=call.mode, owner=owner)
 
     @handles(sc.Mkdir)
     def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
-        self._create_object(log, split(call.path), "dir", mode=call.mode)
+        owner = self.new_owner(log.root, call)
+        mode = self.new_dir_mode(log.root, call)
+        self._create_object(log, split(call.path), "dir", mode=mode, owner=owner)
 
     @handles(sc.Symlink)
     def symlink(self, call: sc.Symlink, log: StepLog) -> None:
-        self._create_object(log, split(call.path), "symlink", target=call.target)
+        owner = self.new_owner(log.root, call)
+        self._create_object(log, split(call.path), "symlink", target=call.target, owner=owner)
 
     @handles(sc.Link)
     def link(self, call: sc.Link, log: StepLog) -> None:
         """`ovl_link`: copy up the source and the new parent, then link in upper."""
         old, new = split(call.src), split(call.dst)
-        self.copy_up(log, old)
+        self.copy_up(log, old, data=False)
         self.copy_up(log, new[:-1])
         _, entry = self.resolve(log.root, old)
+        if self._is_metacopy(entry):
+            self._set_redirect(log, entry, samedir=False)  # the new name finds the data by it
+            _, entry = self.resolve(log.root, old)
         self._create_object(log, new, "link", hardlink=UPPER + old, origin=self._has_origin(entry))
 
     @handles(sc.Write)
@@ -274,6 +288,24 @@ class OverlayMount(Mount):
         parts = split(call.path)
         self.copy_up(log, parts)  # open(O_WRONLY): the data is copied up (and fsynced)
         log.do(Write(join(UPPER + parts), call.data, 0, replace=True))
+
+    @handles(sc.Open)
+    def open(self, call: sc.Open, log: StepLog) -> None:
+        """`ovl_open`: write access or O_TRUNC copies the file up (`ovl_maybe_copy_up`)."""
+        self.open_file(call, log)
+
+    def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
+        """With O_TRUNC the copy-up takes no data ("maybe truncate regular file"), then
+        the VFS truncates the upper file."""
+        self.copy_up(log, parts, truncate=truncate)
+        if truncate:
+            log.do(Truncate(join(UPPER + parts), 0))
+
+    @handles(sc.Pwrite)
+    def pwrite(self, call: sc.Pwrite, log: StepLog) -> None:
+        parts = split(call.path)
+        self.copy_up(log, parts)
+        log.do(Write(join(UPPER + parts), call.data, call.offset))
 
     @handles(sc.Append)
     def append(self, call: sc.Append, log: StepLog) -> None:
@@ -291,22 +323,26 @@ class OverlayMount(Mount):
 
     @handles(sc.Chmod)
     def chmod(self, call: sc.Chmod, log: StepLog) -> None:
-        """`ovl_setattr`: copy up, then change the upper inode."""
+        """`ovl_setattr`: copy up (metadata only under metacopy), then change the upper inode."""
         parts = split(call.path)
-        self.copy_up(log, parts)
+        self.copy_up(log, parts, data=False)
         log.do(Chmod(join(UPPER + parts), call.mode))
 
-    @handles(sc.Utimens, sc.Chown, sc.FChown)
-    def times_and_owner(self, call: sc.Utimens | sc.Chown | sc.FChown, log: StepLog) -> None:
-        # Times and owners are not modelled, but the copy-up they cause is.
-        self.copy_up(log, split(call.path))
+    @handles(sc.Utimens, sc.LUtimens, sc.Chown, sc.FChown)
+    def times_and_owner(self, call: sc.Utimens | sc.Chown, log: StepLog) -> None:
+        """`ovl_setattr`: copy up (even when nothing changes; metadata only under
+        metacopy), then the upper inode."""
+        parts = split(call.path)
+        self.copy_up(log, parts, data=False)
+        for step in self.attribute_steps(log.root, call, join(UPPER + parts)):
+            log.do(step)
 
     @handles(sc.SetXattr)
     def setxattr(self, call: sc.SetXattr, log: StepLog) -> sc.SysResult:
         if call.xattr.startswith(OVL_PREFIX):
             return sc.fail(errno.EOPNOTSUPP)  # overlay refuses its own private xattrs
         parts = split(call.path)
-        self.copy_up(log, parts)
+        self.copy_up(log, parts, data=False)
         log.do(SetXattr(join(UPPER + parts), call.xattr, call.value))
         return sc.OK
 
@@ -330,6 +366,51 @@ class OverlayMount(Mount):
         a volatile overlay (seen through ext4's sync_fs event) and on any version."""
         log.do(Syncfs("upper"))
 
+    @handles(sc.Remount)
+    def remount(self, call: sc.Remount, log: StepLog) -> None:
+        """umount (`ovl_sync_fs` syncs upper, unless volatile; a clean umount removes a
+        volatile mount's dirty marker), then mount: `ovl_workdir_create` removes
+        work/work whatever it holds and makes it again (mode 0), `ovl_make_workdir`
+        probes it, and a volatile mount puts its marker inside. Nothing the mount kept
+        in memory survives."""
+        if self.kernel.should_sync:
+            log.do(Syncfs("upper"))
+        incompat = WORK + ("incompat",)
+        if lookup(log.root, incompat) is not None:
+            log.do(RemoveTree(join(incompat)))
+        work = lookup(log.root, WORK)
+        if isinstance(work, Dir):
+            self._cleanup_tree(log, WORK, work)  # ovl_workdir_cleanup
+        log.do(Mkdir(join(WORK), 0))
+        self._probe_workdir(log)
+        if self.options["volatile"]:
+            log.do(Mkdir(join(incompat), 0o755))
+            log.do(Mkdir(join(incompat + ("volatile",)), 0o755))
+            log.do(Create(join(incompat + ("volatile", "dirty")), 0o644, ino=self.next("ino", 1000)))
+        self.new_lifetime()
+        self._mounted = log.root
+
+    def _cleanup_tree(self, log: StepLog, parts: Parts, node: Dir) -> None:
+        """Remove a directory entry by entry, depth first, then the directory."""
+        for name in sorted(node.entries):
+            child = node.entries[name]
+            if isinstance(child, Dir):
+                self._cleanup_tree(log, parts + (name,), child)
+            else:
+                log.do(Unlink(join(parts + (name,))))
+        log.do(Rmdir(join(parts)))
+
+    def _probe_workdir(self, log: StepLog) -> None:
+        """`ovl_make_workdir`'s feature probes on a new work dir: an overlay xattr set
+        and removed, and RENAME_WHITEOUT tried on a temp file and cleaned up."""
+        log.do(SetXattr(join(WORK), OPAQUE, b"0"))
+        log.do(RemoveXattr(join(WORK), OPAQUE))
+        temp, dest = self.temp_name(), self.temp_name()
+        log.do(Create(temp, 0, ino=self.next("ino", 1000)))
+        log.do(Rename(temp, dest, RenameFlags.WHITEOUT))
+        log.do(Unlink(temp))
+        log.do(Unlink(dest))
+
     @handles(sc.Unlink)
     def unlink(self, call: sc.Unlink, log: StepLog) -> None:
         self._remove(log, split(call.path), is_dir=False)
@@ -340,7 +421,7 @@ class OverlayMount(Mount):
 
     @handles(sc.Rename)
     def rename(self, call: sc.Rename, log: StepLog) -> None:
-        self._rename(log, split(call.src), split(call.dst), call.flags)
+        self._rename(log, split(call.src), split(call.dst), call.flags, call.user)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -364,19 +445,48 @@ class OverlayMount(Mount):
 
     # -- copy-up -----------------------------------------------------------------------
 
-    def copy_up(self, log: StepLog, parts: Parts) -> None:
-        """`ovl_copy_up_flags`: copy up `parts`, topmost missing ancestor first."""
+    def copy_up(self, log: StepLog, parts: Parts, truncate: bool = False, data: bool = True) -> None:
+        """`ovl_copy_up_flags`: copy up `parts`, topmost missing ancestor first (with
+        `truncate`, an O_TRUNC open's, the file itself without its data). Without `data`
+        (a metadata change: `ovl_copy_up` with no open flags) a regular file is copied
+        up metadata only under metacopy=on; with it, a metacopy file gets its data."""
         while True:
             _, entry = self.resolve(log.root, parts)
-            if entry.upper is not None or not entry.exists:
+            if not entry.exists:
+                return
+            if entry.upper is not None:
+                if data and self._is_metacopy(entry):
+                    self._copy_up_data(log, entry, truncate)
                 return
             for i in range(1, len(parts) + 1):
                 _, anc = self.resolve(log.root, parts[:i])
                 if anc.upper is None:
-                    self._copy_up_one(log, anc)
+                    last = i == len(parts)
+                    self._copy_up_one(log, anc, truncate=truncate and last,
+                                      metacopy=self.metacopy_on and last and not data)
                     break
 
-    def _copy_up_one(self, log: StepLog, entry: Entry) -> None:
+    def _is_metacopy(self, entry: Entry) -> bool:
+        up = entry.upper
+        return up is not None and isinstance(up.node, File) and up.node.xattr(METACOPY) is not None
+
+    def _copy_up_data(self, log: StepLog, entry: Entry, truncate: bool) -> None:
+        """`ovl_copy_up_meta_inode_data`: copy the lower data into the upper file (and
+        fsync it), then drop the metacopy mark; an O_TRUNC open copies nothing."""
+        up = entry.upper
+        lower = self.union.lowerdata(entry)
+        assert up is not None
+        if lower is None:
+            raise FsError(errno.EIO, join(entry.path))
+        assert isinstance(lower.node, File)
+        if lower.node.content and not truncate:
+            log.do(CopyData(join(lower.path), join(up.path)))
+            if self.kernel.data_fsync:
+                log.do(Fsync(join(up.path)))
+        log.do(RemoveXattr(join(up.path), METACOPY))
+
+    def _copy_up_one(self, log: StepLog, entry: Entry, truncate: bool = False,
+                     metacopy: bool = False) -> None:
         """`ovl_copy_up_one`: build the copy in the work dir (`ovl_copy_up_tmpfile` for a
         file, `ovl_copy_up_workdir` otherwise), copy data (`ovl_copy_up_data`, fsynced
         unless the metadata fsync will do it), then xattrs, origin and attributes
@@ -387,9 +497,10 @@ class OverlayMount(Mount):
         self._set_impure(log, UPPER + entry.path[:-1])
         temp = self.temp_name()
         metadata_fsync = self.kernel.metadata_fsync and isinstance(node, (File, Dir))
+        metacopy = metacopy and isinstance(node, File)
         if isinstance(node, File):
             log.do(Tmpfile(temp, node.mode, ino=self.next("ino", 1000)))
-            if node.content:
+            if node.content and not truncate and not metacopy:
                 log.do(CopyData(join(lower.path), temp))
                 if self.kernel.data_fsync and not metadata_fsync:
                     log.do(Fsync(temp))
@@ -403,8 +514,11 @@ class OverlayMount(Mount):
             if not name.startswith(OVL_PREFIX):
                 log.do(SetXattr(temp, name, value))
         log.do(SetXattr(temp, ORIGIN, join(lower.path).encode()))
-        if isinstance(node, Dir):
-            log.do(Chmod(temp, node.mode))
+        if metacopy:
+            log.do(SetXattr(temp, METACOPY, b""))
+            if node.content:
+                log.do(Truncate(temp, len(node.content)))  # ovl_set_size: a sparse file
+        self._set_attr(log, temp, node)
         if metadata_fsync:
             log.do(Fsync(temp))
         if isinstance(node, File):
@@ -412,42 +526,56 @@ class OverlayMount(Mount):
         else:
             log.do(Rename(temp, dest))
 
+    def _set_attr(self, log: StepLog, temp: str, node: Node) -> None:
+        """`ovl_set_attr`: mode (a file was made with it already), owner, times; an
+        owner or time equal to what the new inode has makes no change, so no step."""
+        if isinstance(node, Dir):
+            log.do(Chmod(temp, node.mode))
+        if node.uid or node.gid:
+            log.do(ChownStep(temp, node.uid, node.gid))
+        if node.mtime is not None:
+            log.do(SetTimes(temp, node.mtime))
+
     # -- create ------------------------------------------------------------------------
 
     def _create_object(
         self, log: StepLog, parts: Parts, kind: str, *, mode: int = 0,
         target: str = "", hardlink: Parts = (), origin: bool = False,
+        owner: tuple[int, int] = (0, 0),
     ) -> None:
-        """`ovl_create_or_link`: copy up the parent, then create in upper."""
+        """`ovl_create_or_link`: copy up the parent, then create in upper, owned by the
+        caller (the creds it overrides keep the caller's fsuid and fsgid)."""
         self.copy_up(log, parts[:-1])
         parent, entry = self.resolve(log.root, parts)
         if origin:
             self._set_impure(log, UPPER + parts[:-1])
         if entry.whiteout:
-            self._create_over_whiteout(log, parts, kind, mode, target, hardlink)
+            self._create_over_whiteout(log, parts, kind, mode, target, hardlink, owner)
             return
         dest = join(UPPER + parts)
-        log.do(self._make(kind, dest, mode, target, hardlink))
+        log.do(self._make(kind, dest, mode, target, hardlink, owner))
         if kind == "dir" and parent.is_merge and not self._allow_offline_changes():
             log.do(SetXattr(dest, OPAQUE, Y))  # "just an optimization"
 
-    def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts) -> Step:
+    def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts,
+              owner: tuple[int, int] = (0, 0)) -> Step:
+        uid, gid = owner
         if kind == "file":
-            return Create(path, mode, ino=self.next("ino", 1000))
+            return Create(path, mode, ino=self.next("ino", 1000), uid=uid, gid=gid)
         if kind == "dir":
-            return Mkdir(path, mode)
+            return Mkdir(path, mode, uid=uid, gid=gid)
         if kind == "symlink":
-            return MakeSymlink(target, path)
+            return MakeSymlink(target, path, uid=uid, gid=gid)
         return Link(join(hardlink), path, ino=self.next("ino", 1000))
 
     def _create_over_whiteout(
         self, log: StepLog, parts: Parts, kind: str, mode: int, target: str,
-        hardlink: Parts,
+        hardlink: Parts, owner: tuple[int, int] = (0, 0),
     ) -> None:
         """`ovl_create_over_whiteout`: build in work, then rename over the whiteout."""
         dest = join(UPPER + parts)
         temp = self.temp_name()
-        log.do(self._make(kind, temp, mode, target, hardlink))
+        log.do(self._make(kind, temp, mode, target, hardlink, owner))
         if kind == "dir":
             log.do(SetXattr(temp, OPAQUE, Y))
             log.do(Rename(temp, dest, RenameFlags.EXCHANGE))
@@ -503,6 +631,8 @@ class OverlayMount(Mount):
             if not name.startswith(OVL_PREFIX):
                 log.do(SetXattr(temp, name, value))
         log.do(SetXattr(temp, OPAQUE, Y))
+        if up.node.uid or up.node.gid:
+            log.do(ChownStep(temp, up.node.uid, up.node.gid))  # its ovl_set_attr
         log.do(Rename(temp, join(up.path), RenameFlags.EXCHANGE))
         for name in whiteouts:
             log.do(Unlink(join(split(temp) + (name,))))
@@ -548,9 +678,9 @@ class OverlayMount(Mount):
         """`ovl_can_move`: merged or lower directories move only with redirect_dir=on."""
         return self.redirect_on or not entry.is_dir or not entry.merge_or_lower
 
-    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags) -> None:
+    def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags, user: int = 0) -> None:
         """`ovl_rename`."""
-        self.check_rename(log.root, old, new, flags)
+        self.check_rename(log.root, old, new, flags, user)
         if old == new:
             return
         overwrite = flags is not RenameFlags.EXCHANGE
@@ -580,10 +710,10 @@ class OverlayMount(Mount):
         else:
             real_flags = RenameFlags.EXCHANGE
 
-        self.copy_up(log, old)
+        self.copy_up(log, old, data=False)
         self.copy_up(log, new[:-1])
         if not overwrite:
-            self.copy_up(log, new)
+            self.copy_up(log, new, data=False)
         _, o = self.resolve(log.root, old)
         n_parent, n = self.resolve(log.root, new)
         o_parent, _ = self.resolve(log.root, old)
@@ -599,13 +729,13 @@ class OverlayMount(Mount):
         old_upper = join(UPPER + old)
         new_upper = join(UPPER + new)
         old_opaque = o.upper is not None and o.upper.node.xattr(OPAQUE) == Y
-        if o.is_dir and o.merge_or_lower:
+        if (o.is_dir and o.merge_or_lower) or self._is_metacopy(o):
             self._set_redirect(log, o, samedir)
         elif is_dir and not old_opaque and n_parent.is_merge:
             log.do(SetXattr(old_upper, OPAQUE, Y))
         if not overwrite:
             new_opaque = n.upper is not None and n.upper.node.xattr(OPAQUE) == Y
-            if n.is_dir and n.merge_or_lower:
+            if (n.is_dir and n.merge_or_lower) or self._is_metacopy(n):
                 self._set_redirect(log, n, samedir)
             elif new_is_dir and not new_opaque and o_parent.is_merge:
                 log.do(SetXattr(new_upper, OPAQUE, Y))
@@ -649,6 +779,7 @@ class OverlayFS(Driver):
     name = "overlayfs"
     description = "Linux overlayfs: lower layers, one upper file system with upper/ and work/"
     layered = True
+    EXTRA_OPS = REMOUNT_OP
     OPTIONS = {
         "redirect_dir": Option(
             (bool, str), "off",
@@ -665,6 +796,12 @@ class OverlayFS(Driver):
             (bool,), None,
             "fsync copied-up data before linking it into upper (default: as `kernel` does; "
             "false models kernels before 4.9)",
+        ),
+        "metacopy": Option(
+            (bool,), False,
+            "chmod, chown, utimes, setxattr, link and rename copy up only the metadata "
+            "(data stays below, `trusted.overlay.metacopy`) until the first write (4.19; "
+            "implies redirect_dir = \"on\")",
         ),
         "fsync": Option(
             (str,), "ordered",
@@ -683,6 +820,11 @@ class OverlayFS(Driver):
     def resolve_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
         """The options, checked against the kernel version that must have them."""
         resolved = super().resolve_options(given)
+        if resolved["metacopy"]:
+            if "redirect_dir" in given and resolved["redirect_dir"] != "on":
+                raise OptionError(f"option metacopy = true needs redirect_dir = \"on\" (the kernel "
+                                  f"refuses metacopy=on,redirect_dir={resolved['redirect_dir']})")
+            resolved["redirect_dir"] = "on"  # as the kernel does when only metacopy=on is given
         version = parse_kernel(resolved["kernel"])
         if version is None:
             raise OptionError(

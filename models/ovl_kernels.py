@@ -9,12 +9,13 @@ The behaviours that change crash states, each with the commit that changed it:
   properly implement sync_filesystem()"), and writes back upper dirty data only since
   4.15 (e8d4bfe3a715, "ovl: Sync upper dirty data when syncing overlayfs", also in
   4.14 stable): between the two, syncfs commits metadata and leaves data unwritten;
-- `redirect_dir` exists since 4.10, `volatile` since 5.10 (`metacopy`, 4.19, is not
-  modelled yet: copy-up is always a full copy, as with `metacopy=off`);
+- `redirect_dir` exists since 4.10, `metacopy` since 4.19 (d5791044d2e5, "ovl: Provide a
+  mount option metacopy=on/off for metadata copyup"), `volatile` since 5.10;
 - the work dir's whiteout is made once and shared by hard links since 5.8 (c21c839b8448,
   "ovl: whiteout inode sharing"); before, each removal made its own;
 - "ovl: fsync after metadata copy-up" (7d6899fb69d2, 6.12) fsyncs every copied-up file
-  and directory after its attributes unless `metacopy=on`; the performance regression
+  and directory after its attributes unless `metacopy=on` ("ctx.metadata_fsync =
+  !OVL_FS(dentry->d_sb)->config.metacopy && ..."); the performance regression
   it caused was answered by the `fsync=ordered|strict|volatile` mount option ("ovl:
   fsync after metadata copy-up via mount option fsync=strict", Fei Lv, Cc stable 6.12),
   which makes the metadata fsync opt-in again. This machine's 6.18.44 carries it (a
@@ -46,6 +47,7 @@ FSYNC_OPTION = (6, 18, 0)
 OPTION_SINCE: dict[tuple[str, object], Version] = {
     ("redirect_dir", "on"): (4, 10, 0),
     ("redirect_dir", "follow"): (4, 10, 0),
+    ("metacopy", True): (4, 19, 0),
     ("volatile", True): (5, 10, 0),
     ("fsync", "strict"): FSYNC_OPTION,
 }
@@ -83,6 +85,7 @@ class KernelBehaviour:
     volatile: bool = False
     fsync_mode: str = "ordered"  # `fsync=`: ordered (default) or strict
     copy_up_fsync: bool | None = None  # the legacy option: overrides the data fsync
+    metacopy: bool = False
 
     @property
     def should_sync(self) -> bool:
@@ -105,7 +108,7 @@ class KernelBehaviour:
             return False
         if self.version >= FSYNC_OPTION:
             return self.fsync_mode == "strict"
-        return self.version >= METADATA_FSYNC  # and metacopy=off, the only mode modelled
+        return self.version >= METADATA_FSYNC and not self.metacopy
 
     @property
     def syncfs_upper(self) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import Driver, Mount, handles
+from models.driver import REMOUNT_OP, Driver, Mount, handles
 from models.steps import (
     Chmod,
     Create,
@@ -29,7 +29,7 @@ from models.steps import (
     Unlink,
     Write,
 )
-from models.tree import Dir, File, Node, Parts, lookup, split
+from models.tree import Dir, File, Node, Parts, join, lookup, split
 from models.union import union_view
 
 
@@ -54,15 +54,29 @@ class PlainMount(Mount):
 
     @handles(sc.Create)
     def create(self, call: sc.Create, log: StepLog) -> None:
-        log.do(Create(call.path, call.mode, ino=self.next("ino", 1000)))
+        uid, gid = self.new_owner(log.root, call)
+        log.do(Create(call.path, call.mode, ino=self.next("ino", 1000), uid=uid, gid=gid))
 
     @handles(sc.Mkdir)
     def mkdir(self, call: sc.Mkdir, log: StepLog) -> None:
-        log.do(Mkdir(call.path, call.mode))
+        uid, gid = self.new_owner(log.root, call)
+        log.do(Mkdir(call.path, self.new_dir_mode(log.root, call), uid=uid, gid=gid))
 
     @handles(sc.Write)
     def write(self, call: sc.Write, log: StepLog) -> None:
         log.do(Write(call.path, call.data, 0, replace=True))
+
+    @handles(sc.Open)
+    def open(self, call: sc.Open, log: StepLog) -> None:
+        self.open_file(call, log)
+
+    def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
+        if truncate:
+            log.do(Truncate(join(parts), 0))
+
+    @handles(sc.Pwrite)
+    def pwrite(self, call: sc.Pwrite, log: StepLog) -> None:
+        log.do(Write(call.path, call.data, call.offset))
 
     @handles(sc.Append)
     def append(self, call: sc.Append, log: StepLog) -> None:
@@ -94,7 +108,8 @@ class PlainMount(Mount):
 
     @handles(sc.Symlink)
     def symlink(self, call: sc.Symlink, log: StepLog) -> None:
-        log.do(MakeSymlink(call.target, call.path))
+        uid, gid = self.new_owner(log.root, call)
+        log.do(MakeSymlink(call.target, call.path, uid=uid, gid=gid))
 
     @handles(sc.Chmod)
     def chmod(self, call: sc.Chmod, log: StepLog) -> None:
@@ -112,9 +127,15 @@ class PlainMount(Mount):
     def sync(self, call: sc.Syscall, log: StepLog) -> None:
         log.do(Syncfs(""))
 
-    @handles(sc.Utimens, sc.Chown, sc.FChown)
+    @handles(sc.Remount)
+    def remount(self, call: sc.Remount, log: StepLog) -> None:
+        """umount syncs the file system; the mount changes nothing."""
+        log.do(Syncfs(""))
+
+    @handles(sc.Utimens, sc.LUtimens, sc.Chown, sc.FChown)
     def times_and_owner(self, call: sc.Syscall, log: StepLog) -> None:
-        """Times and owners are not modelled: no step."""
+        for step in self.attribute_steps(log.root, call, call.path):  # type: ignore[attr-defined]
+            log.do(step)
 
 
 class Plain(Driver):
@@ -122,4 +143,5 @@ class Plain(Driver):
     description = "one ordinary file system: rename(2) is one atomic step (the baseline)"
     layered = False
     OPTIONS = {}
+    EXTRA_OPS = REMOUNT_OP
     MOUNT = PlainMount

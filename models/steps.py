@@ -89,6 +89,10 @@ def _retarget_links(root: Dir, ino: int, nlink: int, skip: Parts | None = None) 
     return root
 
 
+def _owner_text(uid: int, gid: int) -> str:
+    return f" owner {uid}:{gid}" if uid or gid else ""
+
+
 class Effect(enum.Enum):
     """What a step does to names and inodes."""
 
@@ -118,6 +122,9 @@ class Shape:
     node: Node | None = None  # MAKE: the node it creates
     xattr: tuple[str, bytes | None] | None = None  # TOUCH: an xattr set (or removed: None)
     mode: int | None = None  # TOUCH: a new mode
+    owner: tuple[int, int] | None = None  # TOUCH: a new owner (uid, gid)
+    sets_mtime: bool = False  # TOUCH: the modification time becomes `mtime`
+    mtime: int | None = None  # (None: unpinned, the clock's)
 
 
 @dataclass(frozen=True)
@@ -179,15 +186,17 @@ class Step:
 class Mkdir(Step):
     path: str
     mode: int = DEFAULT_DIR_MODE
+    uid: int = 0
+    gid: int = 0
     kind = "mkdir"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         parts = split(self.path)
         _absent(root, parts)
-        return replace(root, parts, Dir(mode=self.mode))
+        return replace(root, parts, Dir(mode=self.mode, uid=self.uid, gid=self.gid))
 
     def shape(self) -> Shape:
-        return Shape(Effect.MAKE, self.path, node=Dir(mode=self.mode))
+        return Shape(Effect.MAKE, self.path, node=Dir(mode=self.mode, uid=self.uid, gid=self.gid))
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
@@ -196,7 +205,8 @@ class Mkdir(Step):
         return [f"mkdir {self.path}"]
 
     def __str__(self) -> str:
-        return f"mkdir {self.path}" + ("" if self.mode == DEFAULT_DIR_MODE else f" mode {self.mode:o}")
+        mode = "" if self.mode == DEFAULT_DIR_MODE else f" mode {self.mode:o}"
+        return f"mkdir {self.path}{mode}{_owner_text(self.uid, self.gid)}"
 
 
 @dataclass(frozen=True)
@@ -206,15 +216,17 @@ class Create(Step):
     path: str
     mode: int = DEFAULT_FILE_MODE
     ino: int = 0
+    uid: int = 0
+    gid: int = 0
     kind = "create"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         parts = split(self.path)
         _absent(root, parts)
-        return replace(root, parts, File(b"", self.mode, ino=self.ino))
+        return replace(root, parts, File(b"", self.mode, ino=self.ino, uid=self.uid, gid=self.gid))
 
     def shape(self) -> Shape:
-        return Shape(Effect.MAKE, self.path, node=File(b"", self.mode))
+        return Shape(Effect.MAKE, self.path, node=File(b"", self.mode, uid=self.uid, gid=self.gid))
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
@@ -223,7 +235,7 @@ class Create(Step):
         return [f"create {self.path}"]
 
     def __str__(self) -> str:
-        return f"create {self.path}"
+        return f"create {self.path}{_owner_text(self.uid, self.gid)}"
 
 
 @dataclass(frozen=True)
@@ -237,7 +249,7 @@ class Tmpfile(Create):
         return []  # an O_TMPFILE has no name until it is linked
 
     def __str__(self) -> str:
-        return f"tmpfile {self.path}"
+        return f"tmpfile {self.path}{_owner_text(self.uid, self.gid)}"
 
 
 @dataclass(frozen=True)
@@ -402,6 +414,9 @@ class SetXattr(Step):
 
 @dataclass(frozen=True)
 class RemoveXattr(Step):
+    """removexattr(2). In a crash state that kept it but lost the set it undoes (weak
+    persistence), the xattr is simply absent, as the removal makes it."""
+
     path: str
     name: str
     kind = "removexattr"
@@ -409,7 +424,7 @@ class RemoveXattr(Step):
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         node = _existing(root, split(self.path))
         if node.xattr(self.name) is None:
-            raise FsError(errno.ENODATA, self.path)
+            return root
         return _update_inode(root, split(self.path), lambda n: n.with_xattr(self.name, None))
 
     def shape(self) -> Shape:
@@ -442,6 +457,65 @@ class Chmod(Step):
 
     def __str__(self) -> str:
         return f"chmod {self.path} {self.mode:o}"
+
+
+@dataclass(frozen=True)
+class Chown(Step):
+    """chown(2) of the inode at `path` (not following a symlink). `mode`, when given, is
+    the mode it leaves: chown(2) of a regular file clears its set-user-ID bit (and the
+    set-group-ID bit of a group-executable one) in the same inode update."""
+
+    path: str
+    uid: int
+    gid: int
+    mode: int | None = None
+    kind = "chown"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        _existing(root, split(self.path))
+
+        def change(n: Node) -> Node:
+            n = n.with_owner(self.uid, self.gid)
+            if self.mode is not None and isinstance(n, (File, Dir)):
+                n = n.with_mode(self.mode)
+            return n
+
+        return _update_inode(root, split(self.path), change)
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path, owner=(self.uid, self.gid), mode=self.mode)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        mode = "" if self.mode is None else f" (mode {self.mode:o})"
+        return f"chown {self.path} {self.uid}:{self.gid}{mode}"
+
+
+@dataclass(frozen=True)
+class SetTimes(Step):
+    """utimensat(2) of the inode at `path`: its modification time becomes `mtime` (None:
+    a time the model does not know). Only files keep one (`models.tree.Node`)."""
+
+    path: str
+    mtime: int | None
+    kind = "set_times"
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        node = _existing(root, split(self.path))
+        if not isinstance(node, File):
+            return root
+        return _update_inode(root, split(self.path), lambda n: n.with_mtime(self.mtime))  # type: ignore[attr-defined]
+
+    def shape(self) -> Shape:
+        return Shape(Effect.TOUCH, self.path, sets_mtime=True, mtime=self.mtime)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def __str__(self) -> str:
+        return f"utimens {self.path} {'(clock)' if self.mtime is None else self.mtime}"
 
 
 @dataclass(frozen=True)
@@ -541,15 +615,17 @@ class LinkTmpfile(Step):
 class MakeSymlink(Step):
     target: str
     path: str
+    uid: int = 0
+    gid: int = 0
     kind = "symlink"
 
     def apply(self, root: Dir, device: Device = one_device) -> Dir:
         parts = split(self.path)
         _absent(root, parts)
-        return replace(root, parts, Symlink(self.target))
+        return replace(root, parts, Symlink(self.target, uid=self.uid, gid=self.gid))
 
     def shape(self) -> Shape:
-        return Shape(Effect.MAKE, self.path, node=Symlink(self.target))
+        return Shape(Effect.MAKE, self.path, node=Symlink(self.target, uid=self.uid, gid=self.gid))
 
     def writes(self) -> tuple[str, ...]:
         return (self.path,)
@@ -806,8 +882,8 @@ def replace_file(temp: str, path: str, data: bytes, mode: int = DEFAULT_FILE_MOD
 STEP_TYPES: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
-        Mkdir, Create, Tmpfile, Write, Truncate, CopyData, SetXattr, RemoveXattr, Chmod,
-        MknodWhiteout, Link, LinkTmpfile, MakeSymlink, Rename, Unlink, Rmdir, Fsync, Syncfs,
+        Mkdir, Create, Tmpfile, Write, Truncate, CopyData, SetXattr, RemoveXattr, Chmod, Chown,
+        SetTimes, MknodWhiteout, Link, LinkTmpfile, MakeSymlink, Rename, Unlink, Rmdir, Fsync, Syncfs,
         RemoveTree,
     )
 }

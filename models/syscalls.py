@@ -32,8 +32,9 @@ class RenameFlags(enum.Enum):
 
 @dataclass(frozen=True)
 class Syscall:
-    """One system call on the user's view."""
+    """One system call on the user's view, made by `user` (uid and gid; 0 is root)."""
 
+    user: int = dataclasses.field(default=0, kw_only=True)
     NAME: ClassVar[str] = ""
     PATHS: ClassVar[tuple[tuple[str, bool], ...]] = ()  # (field, follow a symlink at the end)
     READ_ONLY: ClassVar[bool] = False
@@ -54,10 +55,12 @@ class Syscall:
         flags = ""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name == "user":
                 continue
             if isinstance(value, RenameFlags):
                 flags = f", {value.value.upper()}" if value is not RenameFlags.NONE else ""
+            elif isinstance(value, tuple):
+                shown.append("|".join(value) or "0")
             elif isinstance(value, bytes):
                 text = value.decode("utf-8", "backslashreplace")
                 shown.append(repr(text if len(text) <= 24 else text[:21] + "..."))
@@ -65,7 +68,8 @@ class Syscall:
                 shown.append(f"0{value:o}" if f.name == "mode" else str(value))
             else:
                 shown.append(f'"{value}"')
-        return f"{self.NAME}({', '.join(shown)}{flags})"
+        as_user = f" as uid {self.user}" if self.user else ""
+        return f"{self.NAME}({', '.join(shown)}{flags}){as_user}"
 
 
 def _path(name: str, follow: bool) -> tuple[tuple[str, bool], ...]:
@@ -90,6 +94,77 @@ class Write(Syscall):
     path: str
     data: bytes
     NAME: ClassVar[str] = "write"
+    PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", True)
+
+
+#: open(2) flags a spec may name (the access mode is one of the first three)
+ACCESS_MODES = ("O_RDONLY", "O_WRONLY", "O_RDWR")
+OPEN_FLAGS = ACCESS_MODES + ("O_CREAT", "O_EXCL", "O_TRUNC", "O_APPEND", "O_DIRECTORY", "O_NOFOLLOW")
+
+
+@dataclass(frozen=True)
+class Open(Syscall):
+    """open(2) with `flags` (names from OPEN_FLAGS, sorted), then, with `data`, one
+    write(2) on the new descriptor (at the end of the file with O_APPEND, else at 0)."""
+
+    path: str
+    flags: tuple[str, ...]
+    mode: int = 0o644
+    data: bytes | None = None
+    NAME: ClassVar[str] = "open"
+
+    def paths(self) -> list[tuple[str, str, bool]]:
+        """Path walk follows a symlink at the end unless O_NOFOLLOW or O_CREAT|O_EXCL."""
+        return [("path", self.path, not self.nofollow and not (self.creates and self.exclusive))]
+
+    @property
+    def access(self) -> str:
+        given = [f for f in self.flags if f in ACCESS_MODES]
+        return given[0] if given else "O_RDONLY"
+
+    @property
+    def writable(self) -> bool:
+        return self.access != "O_RDONLY"
+
+    @property
+    def creates(self) -> bool:
+        return "O_CREAT" in self.flags
+
+    @property
+    def exclusive(self) -> bool:
+        return "O_EXCL" in self.flags
+
+    @property
+    def truncates(self) -> bool:
+        return "O_TRUNC" in self.flags
+
+    @property
+    def appends(self) -> bool:
+        return "O_APPEND" in self.flags
+
+    @property
+    def nofollow(self) -> bool:
+        return "O_NOFOLLOW" in self.flags
+
+    @property
+    def directory(self) -> bool:
+        return "O_DIRECTORY" in self.flags
+
+    @property
+    def modifies(self) -> bool:
+        """Opening changes the file itself (overlayfs copies it up): write access or O_TRUNC."""
+        return self.writable or self.truncates
+
+
+@dataclass(frozen=True)
+class Pwrite(Syscall):
+    """open(O_WRONLY) and pwrite(2) of `data` at `offset`: bytes in place are overwritten,
+    a gap past the end reads as zeros; the rest of the file stays."""
+
+    path: str
+    offset: int
+    data: bytes
+    NAME: ClassVar[str] = "pwrite"
     PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", True)
 
 
@@ -193,28 +268,46 @@ class Syncfs(Syscall):
 
 
 @dataclass(frozen=True)
+class Remount(Syscall):
+    """umount(2) of the file system, then mount(2) with the same options."""
+
+    NAME: ClassVar[str] = "remount"
+
+
+@dataclass(frozen=True)
 class Utimens(Syscall):
-    """utimensat(2): times are not modelled, the copy-up they cause is."""
+    """utimensat(2), following a symlink: the modification time becomes `mtime`, or, when
+    it is None (cp -a copying a time the model does not know), an unpinned one."""
 
     path: str
+    mtime: int | None = None
     NAME: ClassVar[str] = "utimens"
     PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", True)
 
 
 @dataclass(frozen=True)
+class LUtimens(Utimens):
+    """utimensat(AT_SYMLINK_NOFOLLOW): a symlink's own times (not modelled)."""
+
+    NAME: ClassVar[str] = "lutimens"
+    PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", False)
+
+
+@dataclass(frozen=True)
 class Chown(Syscall):
-    """fchownat(AT_SYMLINK_NOFOLLOW): owners are not modelled, the copy-up is."""
+    """fchownat(AT_SYMLINK_NOFOLLOW); None leaves that id as it is (-1)."""
 
     path: str
+    uid: int | None = None
+    gid: int | None = None
     NAME: ClassVar[str] = "chown"
     PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", False)
 
 
 @dataclass(frozen=True)
-class FChown(Syscall):
+class FChown(Chown):
     """fchown(2) on an open file: the open followed a symlink at the path."""
 
-    path: str
     NAME: ClassVar[str] = "fchown"
     PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", True)
 

@@ -40,6 +40,26 @@ class Inode:
     ino: int = 0
     nlink: int = 1
     target: str = ""
+    uid: int = 0
+    gid: int = 0
+    mtime: int | None = None  # files only (`models.tree.Node`)
+
+    @property
+    def meta_word(self) -> str:
+        """The mode, and owner and time when they are not the defaults: `644` or
+        `644:1000:1000:` (no pinned time) or `644:0:0:1700000000`."""
+        if not (self.uid or self.gid or self.mtime is not None):
+            return f"{self.mode:o}"
+        return f"{self.mode:o}:{self.uid}:{self.gid}:{'' if self.mtime is None else self.mtime}"
+
+
+def _meta(word: str) -> tuple[int, int, int, int | None]:
+    """(mode, uid, gid, mtime) of a meta word."""
+    fields = word.split(":")
+    if len(fields) == 1:
+        return int(word, 8), 0, 0, None
+    mode, uid, gid, mtime = fields
+    return int(mode, 8), int(uid), int(gid), int(mtime) if mtime else None
 
 
 @dataclass
@@ -66,7 +86,7 @@ def encode(image: Image) -> bytes:
         xattrs = ",".join(f"{k}={v.hex()}" for k, v in n.xattrs)
         blocks = ",".join(str(b) for b in n.blocks)
         extra = f"{n.size} {blocks or '-'} {n.ino} {n.nlink}" if n.kind == "file" else n.target.encode().hex()
-        lines.append(f"{path.encode().hex() or '.'} {n.kind} {n.mode:o} {xattrs or '-'} {extra}".rstrip())
+        lines.append(f"{path.encode().hex() or '.'} {n.kind} {n.meta_word} {xattrs or '-'} {extra}".rstrip())
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -80,17 +100,19 @@ def decode(data: bytes) -> Image:
         for line in lines[1:]:
             words = line.split(" ")
             path = "" if words[0] == "." else bytes.fromhex(words[0]).decode()
-            kind, mode = words[1], int(words[2], 8)
+            kind = words[1]
+            mode, uid, gid, mtime = _meta(words[2])
             xattrs = () if words[3] == "-" else tuple(
                 (k, bytes.fromhex(v)) for k, v in (x.split("=") for x in words[3].split(","))
             )
             if kind == "file":
                 size, blocks, ino, nlink = int(words[4]), words[5], int(words[6]), int(words[7])
                 numbers = () if blocks == "-" else tuple(int(b) for b in blocks.split(","))
-                image.inodes[path] = Inode(kind, mode, xattrs, size, numbers, ino, nlink)
+                image.inodes[path] = Inode(kind, mode, xattrs, size, numbers, ino, nlink,
+                                           uid=uid, gid=gid, mtime=mtime)
             else:
                 target = bytes.fromhex(words[4]).decode() if len(words) > 4 else ""
-                image.inodes[path] = Inode(kind, mode, xattrs, target=target)
+                image.inodes[path] = Inode(kind, mode, xattrs, target=target, uid=uid, gid=gid)
         if "" not in image.inodes:
             raise CorruptFs("no root directory")
         return image
@@ -107,13 +129,14 @@ def tree_of(image: Image, read_block: object) -> Node:
         for path in sorted(image.inodes, key=lambda p: -len(split(p))):
             n = image.inodes[path]
             if n.kind == "dir":
-                node: Node = Dir(children.get(path, {}), n.mode, n.xattrs)
+                node: Node = Dir(children.get(path, {}), n.mode, n.xattrs, uid=n.uid, gid=n.gid)
             elif n.kind == "symlink":
-                node = Symlink(n.target, n.xattrs)
+                node = Symlink(n.target, n.xattrs, uid=n.uid, gid=n.gid)
             else:
                 data = b"".join(read_block(b) for b in n.blocks)[: n.size]  # type: ignore[operator]
                 data = data + b"\0" * (n.size - len(data))
-                node = File(data, n.mode, n.xattrs, ino=n.ino, nlink=n.nlink)
+                node = File(data, n.mode, n.xattrs, ino=n.ino, nlink=n.nlink, uid=n.uid, gid=n.gid,
+                            mtime=n.mtime)
             nodes[path] = node
             if path:
                 parts = split(path)
@@ -154,9 +177,10 @@ def plan(old_tree: Dir, old: Image, new_tree: Dir) -> Transaction | None:
     for parts, node in walk(new_tree):
         path = join(parts)
         if isinstance(node, Dir):
-            new.inodes[path] = Inode("dir", node.mode, node.xattrs)
+            new.inodes[path] = Inode("dir", node.mode, node.xattrs, uid=node.uid, gid=node.gid)
         elif isinstance(node, Symlink):
-            new.inodes[path] = Inode("symlink", 0o777, node.xattrs, target=node.target)
+            new.inodes[path] = Inode("symlink", 0o777, node.xattrs, target=node.target,
+                                     uid=node.uid, gid=node.gid)
         elif isinstance(node, File):
             blocks = old_blocks.get(id(node))
             if blocks is None:
@@ -194,7 +218,8 @@ def plan(old_tree: Dir, old: Image, new_tree: Dir) -> Transaction | None:
 
 
 def _file_inode(node: File, blocks: tuple[int, ...]) -> Inode:
-    return Inode("file", node.mode, node.xattrs, len(node.content), blocks, node.ino, node.nlink)
+    return Inode("file", node.mode, node.xattrs, len(node.content), blocks, node.ino, node.nlink,
+                 uid=node.uid, gid=node.gid, mtime=node.mtime)
 
 
 def _lowest_free(taken: set[int]) -> int:

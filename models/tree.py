@@ -55,18 +55,45 @@ def _xattr_bytes(xattrs: Xattrs) -> bytes:
     )
 
 
+def _meta_bytes(uid: int, gid: int, mtime: int | None = None) -> bytes:
+    """The owner and the pinned modification time in a digest; nothing when they are the
+    defaults (root, unpinned), so trees without owners keep their digests."""
+    out = b""
+    if uid or gid:
+        out += b"|O" + uid.to_bytes(4, "big") + gid.to_bytes(4, "big")
+    if mtime is not None:
+        out += b"|T" + mtime.to_bytes(8, "big", signed=True)
+    return out
+
+
 def entry_hash(name: str, child: Node) -> int:
     """Hash of one directory entry; a directory digest covers the sum of these."""
     return int.from_bytes(_h(name.encode() + b"\0" + child.digest), "big")
 
 
 class Node:
-    """Base of all tree nodes. Subclasses are immutable after construction."""
+    """Base of all tree nodes. Subclasses are immutable after construction.
+
+    Every node has an owner (`uid`, `gid`; root by default). A file also has `mtime`, its
+    modification time in seconds when the workload pinned it (a layer's `mtime`, a
+    `utimes` op, a copy-up that preserved it), or None: whatever the clock said, which
+    no comparison looks at. Writing data unpins it. Directory times are not modelled:
+    every entry change moves them."""
 
     __slots__ = ("digest", "xattrs")
     kind = "node"
     digest: bytes
     xattrs: Xattrs
+    uid = 0
+    gid = 0
+    mtime: int | None = None
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return (self.uid, self.gid)
+
+    def with_owner(self, uid: int, gid: int) -> Node:
+        raise NotImplementedError
 
     def xattr(self, name: str) -> bytes | None:
         for k, v in self.xattrs:
@@ -88,7 +115,7 @@ class File(Node):
     """A regular file. `ino` identifies the inode of hard links (`nlink` > 1); it is not
     part of the digest, which covers what a user can observe."""
 
-    __slots__ = ("content", "mode", "ino", "nlink")
+    __slots__ = ("content", "mode", "ino", "nlink", "uid", "gid", "mtime")
     kind = "file"
 
     def __init__(
@@ -98,46 +125,74 @@ class File(Node):
         xattrs: Xattrs = NO_XATTRS,
         ino: int = 0,
         nlink: int = 1,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        mtime: int | None = None,
     ) -> None:
         self.content = content
         self.mode = mode
         self.xattrs = xattrs
         self.ino = ino
         self.nlink = nlink
+        self.uid = uid
+        self.gid = gid
+        self.mtime = mtime
         # The link count is visible (stat); inode numbers are arbitrary, so they stay out.
         link = b"" if nlink <= 1 else nlink.to_bytes(4, "big")
         self.digest = _h(
-            b"F" + mode.to_bytes(2, "big") + link + b"|" + _xattr_bytes(xattrs) + b"|" + content
+            b"F" + mode.to_bytes(2, "big") + link + _meta_bytes(uid, gid, mtime) + b"|"
+            + _xattr_bytes(xattrs) + b"|" + content
         )
 
+    def _with(self, **changes: object) -> File:
+        fields: dict[str, object] = {
+            "content": self.content, "mode": self.mode, "xattrs": self.xattrs, "ino": self.ino,
+            "nlink": self.nlink, "uid": self.uid, "gid": self.gid, "mtime": self.mtime,
+        }
+        fields.update(changes)
+        return File(**fields)  # type: ignore[arg-type]
+
     def with_content(self, content: bytes) -> File:
-        return File(content, self.mode, self.xattrs, self.ino, self.nlink)
+        """New data: the modification time is the clock's again (unpinned)."""
+        return self._with(content=content, mtime=None)
 
     def with_mode(self, mode: int) -> File:
-        return File(self.content, mode, self.xattrs, self.ino, self.nlink)
+        return self._with(mode=mode)
 
     def with_links(self, ino: int, nlink: int) -> File:
-        return File(self.content, self.mode, self.xattrs, ino, nlink)
+        return self._with(ino=ino, nlink=nlink)
 
     def with_xattr(self, name: str, value: bytes | None) -> File:
-        return File(self.content, self.mode, self._xattrs_set(name, value), self.ino, self.nlink)
+        return self._with(xattrs=self._xattrs_set(name, value))
+
+    def with_owner(self, uid: int, gid: int) -> File:
+        return self._with(uid=uid, gid=gid)
+
+    def with_mtime(self, mtime: int | None) -> File:
+        return self._with(mtime=mtime)
 
     def __repr__(self) -> str:
         return f"File({self.content!r}, mode={self.mode:o})"
 
 
 class Symlink(Node):
-    __slots__ = ("target",)
+    __slots__ = ("target", "uid", "gid")
     kind = "symlink"
     mode = SYMLINK_MODE
 
-    def __init__(self, target: str, xattrs: Xattrs = NO_XATTRS) -> None:
+    def __init__(self, target: str, xattrs: Xattrs = NO_XATTRS, *, uid: int = 0, gid: int = 0) -> None:
         self.target = target
         self.xattrs = xattrs
-        self.digest = _h(b"L" + target.encode() + b"|" + _xattr_bytes(xattrs))
+        self.uid = uid
+        self.gid = gid
+        self.digest = _h(b"L" + target.encode() + _meta_bytes(uid, gid) + b"|" + _xattr_bytes(xattrs))
 
     def with_xattr(self, name: str, value: bytes | None) -> Symlink:
-        return Symlink(self.target, self._xattrs_set(name, value))
+        return Symlink(self.target, self._xattrs_set(name, value), uid=self.uid, gid=self.gid)
+
+    def with_owner(self, uid: int, gid: int) -> Symlink:
+        return Symlink(self.target, self.xattrs, uid=uid, gid=gid)
 
     def __repr__(self) -> str:
         return f"Symlink({self.target!r})"
@@ -156,6 +211,9 @@ class Whiteout(Node):
 
     def with_xattr(self, name: str, value: bytes | None) -> Whiteout:
         return Whiteout(self._xattrs_set(name, value))
+
+    def with_owner(self, uid: int, gid: int) -> Whiteout:
+        return self  # the kernel makes whiteouts as the mounter; owners are not kept
 
     def __repr__(self) -> str:
         return "Whiteout()"
@@ -179,6 +237,9 @@ class ErrorEntry(Node):
     def with_xattr(self, name: str, value: bytes | None) -> ErrorEntry:
         return self
 
+    def with_owner(self, uid: int, gid: int) -> ErrorEntry:
+        return self
+
     def __repr__(self) -> str:
         return f"ErrorEntry({_errno.errorcode.get(self.errno, self.errno)})"
 
@@ -187,7 +248,7 @@ class Dir(Node):
     """A directory. `base`/`changed` record which entries differ from the directory
     this one was derived from, so a view can be updated instead of recomputed."""
 
-    __slots__ = ("entries", "mode", "esum", "base", "changed")
+    __slots__ = ("entries", "mode", "esum", "base", "changed", "uid", "gid")
     kind = "dir"
 
     def __init__(
@@ -196,6 +257,8 @@ class Dir(Node):
         mode: int = DEFAULT_DIR_MODE,
         xattrs: Xattrs = NO_XATTRS,
         *,
+        uid: int = 0,
+        gid: int = 0,
         _esum: int | None = None,
         _base: Dir | None = None,
         _changed: tuple[str, ...] = (),
@@ -203,6 +266,8 @@ class Dir(Node):
         self.entries: dict[str, Node] = dict(entries) if entries else {}
         self.mode = mode
         self.xattrs = xattrs
+        self.uid = uid
+        self.gid = gid
         if _esum is None:
             _esum = sum(entry_hash(n, c) for n, c in self.entries.items()) % _MOD
         self.esum = _esum
@@ -212,6 +277,7 @@ class Dir(Node):
             b"D"
             + mode.to_bytes(2, "big")
             + _esum.to_bytes(DIGEST_BYTES, "big")
+            + _meta_bytes(uid, gid)
             + b"|"
             + _xattr_bytes(xattrs)
         )
@@ -251,6 +317,8 @@ class Dir(Node):
             None,
             self.mode,
             self.xattrs,
+            uid=self.uid,
+            gid=self.gid,
             _esum=esum % _MOD,
             _base=self,
             _changed=tuple(changes),
@@ -264,10 +332,14 @@ class Dir(Node):
     def with_xattr(self, name: str, value: bytes | None) -> Dir:
         return self.with_attrs(self.mode, self._xattrs_set(name, value))
 
-    def with_attrs(self, mode: int, xattrs: Xattrs) -> Dir:
-        """This directory with other mode and xattrs, sharing its entries."""
+    def with_owner(self, uid: int, gid: int) -> Dir:
+        return self.with_attrs(self.mode, self.xattrs, (uid, gid))
+
+    def with_attrs(self, mode: int, xattrs: Xattrs, owner: tuple[int, int] | None = None) -> Dir:
+        """This directory with other mode, xattrs (and owner), sharing its entries."""
+        uid, gid = owner if owner is not None else (self.uid, self.gid)
         d = Dir.__new__(Dir)
-        Dir.__init__(d, None, mode, xattrs, _esum=self.esum, _base=self, _changed=())
+        Dir.__init__(d, None, mode, xattrs, uid=uid, gid=gid, _esum=self.esum, _base=self, _changed=())
         d.entries = self.entries
         return d
 
@@ -392,6 +464,12 @@ def find_inode(root: Dir, ino: int) -> list[Parts]:
     return [p for p, n in walk(root) if isinstance(n, File) and n.ino == ino and n.nlink > 1]
 
 
+def _meta_text(node: Node) -> str:
+    """Owner and pinned time for reports, when not the defaults."""
+    out = f" owner {node.uid}:{node.gid}" if node.uid or node.gid else ""
+    return out + (f" mtime {node.mtime}" if node.mtime is not None else "")
+
+
 def describe(node: Node | None) -> str:
     """A short human description of a node for reports."""
     if node is None:
@@ -400,11 +478,11 @@ def describe(node: Node | None) -> str:
         text = node.content.decode("utf-8", "backslashreplace")
         if len(text) > 40:
             text = text[:37] + "..."
-        return f"file {text!r} mode {node.mode:o}"
+        return f"file {text!r} mode {node.mode:o}{_meta_text(node)}"
     if isinstance(node, Dir):
-        return f"dir mode {node.mode:o}"
+        return f"dir mode {node.mode:o}{_meta_text(node)}"
     if isinstance(node, Symlink):
-        return f"symlink -> {node.target}"
+        return f"symlink -> {node.target}{_meta_text(node)}"
     if isinstance(node, ErrorEntry):
         text = f"unreadable: lookup fails with {_errno.errorcode.get(node.errno, node.errno)}"
         return f"{text} ({node.reason})" if node.reason else text

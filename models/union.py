@@ -18,10 +18,11 @@ changed entries, so views of successive crash states cost little.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
-from models.format import IMPURE, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT  # noqa: F401 - re-exported
-from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, split
+from models.format import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT  # noqa: F401 - re-exported
+from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, split
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched for a merged base
 MERGE_MEMO = 50_000  # merged directories and leaves remembered before a memo starts over
@@ -109,15 +110,19 @@ def _lookup_single(this: Node | None, d: _LookupData, idx: int) -> Node | None:
         if d.is_dir or not last:
             d.stop = True
             return None
-        d.stop = True  # a regular file or symlink ends the search (no metacopy)
-        return this
-    if last:
-        d.is_dir = True
-    if this.xattr(OPAQUE) == b"y":
-        d.stop = True
+        # A regular file or symlink ends the search, unless it is a metacopy file: its
+        # data is further down, under its own name or its redirect.
+        d.stop = not (isinstance(this, File) and this.xattr(METACOPY) is not None)
+        if d.stop:
+            return this
+    else:
         if last:
-            d.opaque = True
-        return this
+            d.is_dir = True
+        if this.xattr(OPAQUE) == b"y":
+            d.stop = True
+            if last:
+                d.opaque = True
+            return this
     redirect = this.xattr(REDIRECT)
     if redirect is not None:
         target = redirect.decode("utf-8", "replace")
@@ -256,6 +261,8 @@ class Union:
     def view(self, entry: Entry) -> Node:
         """The node a user sees for an existing entry (directories merged recursively)."""
         top = entry.stack[0].node
+        if isinstance(top, File) and top.xattr(METACOPY) is not None:
+            return self._metacopy_view(entry, top)
         if not isinstance(top, Dir):
             return self._leaf_view(top)
         key = tuple((f.layer, f.node.digest) for f in entry.stack)
@@ -270,15 +277,34 @@ class Union:
         self._memo[key] = merged
         return merged
 
+    def lowerdata(self, entry: Entry) -> Frame | None:
+        """The file a metacopy entry's data comes from: the first one below it that is
+        not a metacopy file itself (`ovl_lookup`'s lowerdata)."""
+        for frame in entry.stack[1:]:
+            if isinstance(frame.node, File) and frame.node.xattr(METACOPY) is None:
+                return frame
+        return None
+
+    def _metacopy_view(self, entry: Entry, top: File) -> Node:
+        """A metacopy file: its metadata, the lower file's data; without lower data the
+        lookup fails (EIO)."""
+        data = self.lowerdata(entry)
+        if data is None:
+            return ErrorEntry(errno.EIO, "metacopy file without its lower data")
+        assert isinstance(data.node, File)
+        return File(data.node.content, top.mode, visible_xattrs(top.xattrs), nlink=top.nlink,
+                    uid=top.uid, gid=top.gid, mtime=top.mtime)
+
     def _leaf_view(self, node: Node) -> Node:
         hit = self._leaf.get(node.digest)
         if hit is not None:
             return hit
         shown: Node
         if isinstance(node, File):
-            shown = File(node.content, node.mode, visible_xattrs(node.xattrs), nlink=node.nlink)
+            shown = File(node.content, node.mode, visible_xattrs(node.xattrs), nlink=node.nlink,
+                         uid=node.uid, gid=node.gid, mtime=node.mtime)
         elif isinstance(node, Symlink):
-            shown = Symlink(node.target, visible_xattrs(node.xattrs))
+            shown = Symlink(node.target, visible_xattrs(node.xattrs), uid=node.uid, gid=node.gid)
         else:
             shown = node
         if len(self._leaf) >= MERGE_MEMO:
@@ -294,7 +320,7 @@ class Union:
             child = self.lookup(entry, name)
             if child.exists:
                 entries[name] = self.view(child)
-        return Dir(entries, top.mode, visible_xattrs(top.xattrs))
+        return Dir(entries, top.mode, visible_xattrs(top.xattrs), uid=top.uid, gid=top.gid)
 
     def _merge_delta(self, entry: Entry, key: tuple[tuple[int, bytes], ...]) -> Dir | None:
         """Patch the merge of the directory this upper directory was derived from."""
@@ -320,8 +346,8 @@ class Union:
             changes[name] = self.view(child) if child.exists else None
         merged = old.with_children(changes) if changes else old
         xattrs = visible_xattrs(top.xattrs)
-        if merged.mode != top.mode or merged.xattrs != xattrs:
-            merged = merged.with_attrs(top.mode, xattrs)
+        if merged.mode != top.mode or merged.xattrs != xattrs or merged.owner != top.owner:
+            merged = merged.with_attrs(top.mode, xattrs, top.owner)
         return merged
 
 

@@ -23,8 +23,15 @@ MIDDLE_KINDS = LOWER_KINDS + ("whiteout", "opaque", "redirect")
 UPPER_KINDS = ("file", "dir", "opaque", "whiteout", "redirect")
 OPS = [
     "create", "write", "append", "truncate", "mkdir", "rmdir", "unlink", "rename", "mv",
-    "link", "symlink", "chmod", "setxattr", "rm", "cp", "fsync", "syncfs",
+    "link", "symlink", "chmod", "setxattr", "rm", "cp", "fsync", "syncfs", "open", "open",
+    "pwrite", "chown", "utimes", "remount",
 ]
+USERS = [0, 0, 0, 1000]  # one system call in four runs as uid 1000
+OWNERS = [None, None, 1000]  # one entry in three belongs to uid 1000
+TIMES = [None, 1_000_000, 2_000_000]
+CLIENT_OPS = ("mv", "rm", "cp")
+OPEN_EXTRA_FLAGS = ("O_CREAT", "O_EXCL", "O_TRUNC", "O_APPEND", "O_DIRECTORY", "O_NOFOLLOW")
+SLASHED = [False] * 5 + [True]  # one path in six ends in '/' (system calls only)
 
 
 class Chooser:
@@ -62,6 +69,20 @@ def _is_dir(entry: Any) -> bool:
 
 
 def _entry(c: Chooser, kind: str) -> Any:
+    entry = _plain_entry(c, kind)
+    if kind in ("file", "dir", "symlink"):
+        owner = c.choice(OWNERS)
+        mtime = c.choice(TIMES) if kind == "file" else None
+        if owner is not None or mtime is not None:
+            entry = entry if isinstance(entry, dict) else {"type": "file", "content": entry}
+            if owner is not None:
+                entry = entry | {"uid": owner, "gid": owner}
+            if mtime is not None:
+                entry = entry | {"mtime": mtime}
+    return entry
+
+
+def _plain_entry(c: Chooser, kind: str) -> Any:
     if kind == "file":
         return c.choice(CONTENTS)
     if kind == "dir":
@@ -94,8 +115,20 @@ def gen_layer(c: Chooser, kinds: Sequence[str]) -> dict[str, Any]:
 
 
 def gen_op(c: Chooser) -> dict[str, Any]:
+    op = _gen_op(c)
+    if op["op"] not in CLIENT_OPS + ("remount",):
+        for key in ("path", "src", "dst"):
+            if key in op and c.choice(SLASHED):
+                op[key] += "/"
+        user = c.choice(USERS)
+        if user:
+            op["user"] = user
+    return op
+
+
+def _gen_op(c: Chooser) -> dict[str, Any]:
     kind = c.choice(OPS)
-    if kind == "syncfs":
+    if kind in ("syncfs", "remount"):
         return {"op": kind}
     if kind in ("rename", "mv", "link"):
         return {"op": kind, "src": c.choice(NAMES), "dst": c.choice(NAMES)}
@@ -107,7 +140,19 @@ def gen_op(c: Chooser) -> dict[str, Any]:
     if kind == "symlink":
         return {"op": kind, "target": c.choice(["A", "B/x", "nowhere"]), "path": c.choice(NAMES)}
     out: dict[str, Any] = {"op": kind, "path": c.choice(NAMES)}
-    if kind in ("write", "append") or kind == "create" and c.coin():
+    if kind == "open":
+        out["flags"] = [c.choice(["O_RDONLY", "O_WRONLY", "O_RDWR"])]
+        out["flags"] += [f for f in OPEN_EXTRA_FLAGS if c.choice([False, False, True])]
+        if c.coin():
+            out["data"] = c.choice(CONTENTS[1:])
+    elif kind == "chown":
+        out["uid"] = out["gid"] = c.choice([0, 1000, 2000])
+    elif kind == "utimes":
+        out["mtime"] = c.choice(TIMES[1:])
+    elif kind == "pwrite":
+        out["offset"] = c.choice(range(6))
+        out["data"] = c.choice(CONTENTS[1:])
+    elif kind in ("write", "append") or kind == "create" and c.coin():
         out["data"] = c.choice(CONTENTS[1:])
     elif kind == "truncate":
         out["size"] = c.choice(range(5))

@@ -118,8 +118,10 @@ def test_crashcheck_drivers_lists_options_ops_and_capabilities():
     lines = proc.stdout.splitlines()
     at = lines.index("overlayfs: Linux overlayfs: lower layers, one upper file system with upper/ and work/")
     assert lines[at + 1].startswith("    option copy_up_fsync (bool; default None): fsync copied-up data")
-    assert lines[at + 6:at + 8] == [
-        "    ops: the file-system ops",
+    ops = next(i for i in range(at + 1, len(lines)) if lines[i].startswith("    ops: "))
+    assert all(line.startswith("    option ") for line in lines[at + 1:ops])
+    assert lines[ops:ops + 2] == [
+        "    ops: the file-system ops; remount",
         "    the engine can: symbolic engine; confirm, conform and real on the kernel",
     ]
     assert "    ops: no file-system ops; squash" in lines

@@ -76,7 +76,7 @@ BAD = [
     ('name = "x"\ndriver = "zfs"\n', "driver: unknown driver 'zfs' (known: aufs, devicemapper, docker-overlay2, overlayfs, plain, squash)"),
     ('name = "x"\ndriver = "overlayfs"\n[[ops]]\nop = "mvv"\n', "ops[0].op: unknown op 'mvv' for this driver (known: "),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nindex = true\n',
-     "options: unknown option 'index' for driver overlayfs (known: copy_up_fsync, fsync, kernel, redirect_dir, volatile)"),
+     "options: unknown option 'index' for driver overlayfs (known: copy_up_fsync, fsync, kernel, metacopy, redirect_dir, volatile)"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nvolatile = "yes"\n',
      "options: option 'volatile' must be a boolean, not str"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nredirect_dir = 1\n',

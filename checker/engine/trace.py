@@ -133,7 +133,7 @@ def client_for(op: Op, driver: Driver) -> Client:
     client = clients.OP_CLIENTS.get(op.kind)
     if client is None:
         raise CrashcheckError(f"no client for op {op.kind}")
-    return client(args)
+    return clients.as_user(client(args), args.get("user", 0))
 
 
 def make_driver(spec: Spec) -> Driver:

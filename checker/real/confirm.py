@@ -74,7 +74,8 @@ def _confirm_one(
     state = result.context.materialize(v.crash)
     real = cache.get(state.digest)
     if real is None:
-        real = cache[state.digest] = mount_crash_state(ws, state, options, len(cache))
+        times = kernel.pinned_times(*(op.before for op in trace.ops), *(op.after for op in trace.ops))
+        real = cache[state.digest] = mount_crash_state(ws, state, options, len(cache), times)
     model_rec = trace.mount.recover(state)
     recovery = real.recovery
     if recovery.refused and model_rec.refused:
@@ -99,10 +100,11 @@ def _confirm_one(
 
 
 def mount_crash_state(
-    ws: kernel.Workspace, state: Dir, options: list[str], serial: int
+    ws: kernel.Workspace, state: Dir, options: list[str], serial: int,
+    times_at: frozenset[tuple[str, ...]] = frozenset(),
 ) -> KernelCrash:
-    """Write a crash state, mount it (the kernel's recovery), read the view, unmount,
-    and read back what the mount left in upper and work."""
+    """Write a crash state, mount it (the kernel's recovery), read the view (times at
+    `times_at`), unmount, and read back what the mount left in upper and work."""
     lowers, upper, work = kernel.materialize_overlay(ws, state, f"crash{serial}")
     target = ws.path(f"mnt{serial}")
     try:
@@ -110,7 +112,7 @@ def mount_crash_state(
     except kernel.MountRefused as e:
         return KernelCrash(Recovery(None, refusal=f"the kernel refuses the mount: {e}"), None)
     try:
-        view = kernel.read_view(target)
+        view = kernel.read_view(target, times_at)
     finally:
         ws.umount(target)
     entries = dict(state.entries)

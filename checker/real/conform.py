@@ -133,7 +133,13 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, "fs/state", fresh_work=True)
         target = ws.path("mnt")
         assert can(trace.mount, KernelTwin)
-        ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
+        options = trace.mount.kernel_mount_options()
+        ws.mount_overlay(lowers, upper, work, target, options)
+
+        def remount() -> None:
+            ws.umount(target)
+            ws.mount_overlay(lowers, upper, work, target, options)
+
         try:
             watcher = FsWatcher(upper.parent)
         except FanotifyUnavailable as e:
@@ -143,7 +149,7 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
                 watcher.drain()
                 if tracer is not None:
                     tracer.drain()
-                result = run_op(target, record.op, shim)
+                result = run_op(target, record.op, shim, remount)
                 observed = [str(e) for e in watcher.drain()]
                 steps = trace.steps[record.first_step:record.end_step]
                 model = [e for step in steps for e in namespace_events(step)]

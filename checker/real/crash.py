@@ -51,7 +51,7 @@ from checker.spec import Spec
 from models import drivers
 from models.capabilities import KernelTwin, can, mount_can
 from models.driver import Recovery
-from models.tree import Dir
+from models.tree import Dir, Parts
 
 #: System calls that can change a file system: the crash points. strace skips names this
 #: architecture does not have ('?' prefix).
@@ -402,16 +402,16 @@ class RealRun:
     def mount(self, t: Template) -> Mounted:
         return self.impl.mount(self.lab, t.lowers, t.upper, t.work, self.lab.fresh("mnt"), self.options)
 
-    def view_of(self, t: Template) -> tuple[Recovery, Dir | None]:
-        """Mount (the implementation's recovery), read the view, unmount, and read back
-        what the mount left in upper and work."""
+    def view_of(self, t: Template, times_at: frozenset[Parts] = frozenset()) -> tuple[Recovery, Dir | None]:
+        """Mount (the implementation's recovery), read the view (times at `times_at`),
+        unmount, and read back what the mount left in upper and work."""
         try:
             m = self.mount(t)
         except kernel.MountRefused as e:
             remedy = self.twin.refusal_remedy()
             return Recovery(None, refusal=f"the mount is refused: {e}", remedy=remedy), None
         try:
-            view = kernel.read_view(m.target)
+            view = kernel.read_view(m.target, times_at)
         finally:
             self.impl.umount(self.lab, m)
         backing = Dir({
@@ -426,10 +426,11 @@ class RealRun:
         `t` ready for the next op (a volatile mount's dirty marker is removed, as its
         documentation allows when nothing crashed)."""
         m = self.mount(t)
+        times = kernel.pinned_times(record.before, record.after)
         try:
-            before = kernel.read_view(m.target)
+            before = kernel.read_view(m.target, times)
             made, _, result = self._perform(m.target, record, client_argv(record.op), None, None)
-            after = kernel.read_view(m.target)
+            after = kernel.read_view(m.target, times)
         finally:
             self.impl.umount(self.lab, m)
         shutil.rmtree(t.work / "work" / "incompat", ignore_errors=True)
@@ -478,10 +479,11 @@ class RealRun:
 
     def check(self, record: OpRecord, before: Dir, after: Dir, t: Template, kill_at: int,
               process: str, syscall: str) -> list[RealViolation]:
-        recovery, view = self.view_of(t)
+        times = kernel.pinned_times(record.before, record.after)
+        recovery, view = self.view_of(t, times)
         second: Recovery | None = None
         if recovery.root is not None:
-            second, _ = self.view_of(t)
+            second, _ = self.view_of(t, times)
         real_op = dataclasses.replace(record, before=before, after=after, cache={})
         first_root = recovery.root
 

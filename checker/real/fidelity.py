@@ -22,8 +22,6 @@ from checker.real.ops import agrees, run_op
 from checker.spec import Spec
 from models.tree import Dir
 
-CLIENTS = ("mv", "rm", "cp")
-
 
 @dataclass(frozen=True)
 class Disagreement:
@@ -51,18 +49,24 @@ def compare_workload(ws: kernel.Workspace, shim: Path, spec: Spec, base: Path,
     base.mkdir(parents=True)
     lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, base / "state", fresh_work=True)
     target = base / "mnt"
-    ws.mount_overlay(lowers, upper, work, target, trace.mount.kernel_mount_options())
+    options = trace.mount.kernel_mount_options()
+    ws.mount_overlay(lowers, upper, work, target, options)
+
+    def remount() -> None:
+        ws.umount(target)
+        ws.mount_overlay(lowers, upper, work, target, options)
+
     found: list[Disagreement] = []
     try:
         for record in trace.ops:
             if tracer is not None:
                 tracer.drain()
-            real = run_op(target, record.op, shim)
+            real = run_op(target, record.op, shim, remount)
             found += _op_disagreements(trace, record.index, real, target, upper.parent, tracer)
     finally:
         ws.umount(target)
     model_upper = kernel.without_xattrs(trace.states[-1].entries["upper"])
-    real_upper = kernel.read_upper(upper)
+    real_upper = kernel.read_upper(upper, kernel.pinned_times(model_upper))
     if model_upper.digest != real_upper.digest:
         found.append(Disagreement(None, "", "upper", mismatch(model_upper, real_upper)))
     shutil.rmtree(base)
@@ -75,16 +79,14 @@ def _op_disagreements(trace: Trace, index: int, real: int | str, target: Path, s
     out: list[Disagreement] = []
     if not agrees(record.result, real):
         out.append(Disagreement(index, record.text, "result", f"kernel {real}, model {record.result}"))
-    if tracer is not None and record.op.kind not in CLIENTS:
-        # A client's syncs are not compared yet: cp opens an existing target with O_TRUNC,
-        # which the kernel copies up without data (no fsync), and the model does not.
+    if tracer is not None:
         steps = trace.steps[record.first_step:record.end_step]
         observed = tracer.syncs_named_in(state)
         only_model, only_kernel = synctrace.differences(synctrace.model_syncs(steps), observed)
         if only_model or only_kernel:
             out.append(Disagreement(index, record.text, "syncs",
                                     f"only in the model {only_model}, only on the kernel {only_kernel}"))
-    view = kernel.read_view(target)
+    view = kernel.read_view(target, kernel.pinned_times(record.after))
     if view.digest != record.after.digest:
         out.append(Disagreement(index, record.text, "view", mismatch(record.after, view)))
     return out

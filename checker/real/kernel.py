@@ -20,11 +20,12 @@ from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, works
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
     "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
-    "materialize_overlay", "overlay_unavailable_reason", "read_node", "read_upper", "xattrs_of",
+    "materialize_overlay", "overlay_unavailable_reason", "pinned_times", "read_node", "read_upper",
+    "xattrs_of",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
 from models.format import IMPURE, ORIGIN, OVL_PREFIX
-from models.tree import Dir, File, Node, Symlink, Whiteout, Xattrs
+from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.
@@ -61,8 +62,8 @@ def overlay_unavailable_reason() -> str | None:
 
 
 def write_node(node: Node, path: Path) -> None:
-    """Create `node` at `path` (which must not exist), recursively, with exact modes and
-    xattrs; a whiteout becomes a character device 0/0."""
+    """Create `node` at `path` (which must not exist), recursively, with exact modes,
+    owners, pinned times and xattrs; a whiteout becomes a character device 0/0."""
     if isinstance(node, Dir):
         path.mkdir()
         for name in sorted(node.entries):
@@ -77,31 +78,43 @@ def write_node(node: Node, path: Path) -> None:
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
     for name, value in node.xattrs:
         os.setxattr(path, name, value, follow_symlinks=False)
+    if node.uid or node.gid:
+        os.chown(path, node.uid, node.gid, follow_symlinks=False)
+        if isinstance(node, (File, Dir)) and node.mode & 0o6000:
+            os.chmod(path, node.mode)  # chown cleared the set-ID bits
+    if node.mtime is not None:
+        os.utime(path, (node.mtime, node.mtime), follow_symlinks=False)
 
 
 KEPT_XATTR_PREFIXES = ("user.", OVL_PREFIX)
 
 
 def read_node(
-    path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = KEPT_XATTR_PREFIXES
+    path: Path, skip_xattrs: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = KEPT_XATTR_PREFIXES,
+    times_at: frozenset[Parts] = frozenset(), here: Parts = (),
 ) -> Node:
-    """A real file-system tree in the model's vocabulary."""
+    """A real file-system tree in the model's vocabulary. A file's modification time is
+    read only at `times_at`, the paths where the model pins one (`pinned_times`);
+    elsewhere the model does not know it, and nothing compares it."""
     st = os.lstat(path)
     xattrs = _xattrs(path, skip_xattrs, keep_prefixes)
+    owner = {"uid": st.st_uid, "gid": st.st_gid}
     if stat.S_ISDIR(st.st_mode):
         entries = {}
         for name in sorted(os.listdir(path)):
             try:
-                entries[name] = read_node(path / name, skip_xattrs, keep_prefixes)
+                entries[name] = read_node(path / name, skip_xattrs, keep_prefixes, times_at, here + (name,))
             except FileNotFoundError:
                 # overlayfs lists a whiteout in a directory it iterates as a plain upper
                 # dir, but lookup hides it: the name cannot be opened, so it is not there.
                 continue
-        return Dir(entries, stat.S_IMODE(st.st_mode), xattrs)
+        return Dir(entries, stat.S_IMODE(st.st_mode), xattrs, **owner)
     if stat.S_ISREG(st.st_mode):
-        return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs, nlink=st.st_nlink)
+        mtime = int(st.st_mtime) if here in times_at else None
+        return File(path.read_bytes(), stat.S_IMODE(st.st_mode), xattrs, nlink=st.st_nlink, mtime=mtime,
+                    **owner)
     if stat.S_ISLNK(st.st_mode):
-        return Symlink(os.readlink(path), xattrs)
+        return Symlink(os.readlink(path), xattrs, **owner)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
         return Whiteout(xattrs)
     raise ValueError(f"{path}: unsupported file type {stat.filemode(st.st_mode)}")
@@ -149,16 +162,24 @@ def materialize_overlay(
     return [base / n for n in reversed(lowers)], base / "upper", base / "work"
 
 
-def read_view(mountpoint: Path) -> Dir:
-    """The merged view as a user sees it (user xattrs only)."""
-    node = read_node(mountpoint, keep_prefixes=("user.",))
+def pinned_times(*trees: Node | None) -> frozenset[Parts]:
+    """The paths where any of `trees` pins a file's modification time."""
+    return frozenset(
+        parts for tree in trees if tree is not None for parts, node in walk(tree)
+        if isinstance(node, File) and node.mtime is not None
+    )
+
+
+def read_view(mountpoint: Path, times_at: frozenset[Parts] = frozenset()) -> Dir:
+    """The merged view as a user sees it (user xattrs only; times at `times_at`)."""
+    node = read_node(mountpoint, keep_prefixes=("user.",), times_at=times_at)
     assert isinstance(node, Dir)
     return node
 
 
-def read_upper(upper: Path) -> Dir:
+def read_upper(upper: Path, times_at: frozenset[Parts] = frozenset()) -> Dir:
     """An upper dir with whiteouts and overlay xattrs, without kernel bookkeeping."""
-    node = read_node(upper, skip_xattrs=BOOKKEEPING_XATTRS)
+    node = read_node(upper, skip_xattrs=BOOKKEEPING_XATTRS, times_at=times_at)
     assert isinstance(node, Dir)
     return node
 
@@ -168,9 +189,10 @@ def without_xattrs(node: Node, names: tuple[str, ...] = BOOKKEEPING_XATTRS) -> N
     xattrs = tuple((k, v) for k, v in node.xattrs if k not in names)
     if isinstance(node, Dir):
         entries = {n: without_xattrs(c, names) for n, c in node.entries.items()}
-        return Dir(entries, node.mode, xattrs)
+        return Dir(entries, node.mode, xattrs, uid=node.uid, gid=node.gid)
     if isinstance(node, File):
-        return File(node.content, node.mode, xattrs, nlink=node.nlink)
+        return File(node.content, node.mode, xattrs, nlink=node.nlink, uid=node.uid, gid=node.gid,
+                    mtime=node.mtime)
     if isinstance(node, Symlink):
-        return Symlink(node.target, xattrs)
+        return Symlink(node.target, xattrs, uid=node.uid, gid=node.gid)
     return Whiteout(xattrs)

@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from checker.real import sandbox
 from checker.spec import Op
@@ -43,9 +44,15 @@ def agrees(model: int | str, real: int | str) -> bool:
     return model == real
 
 
-def run_op(mountpoint: Path, op: Op, shim: Path) -> int | str:
+def run_op(mountpoint: Path, op: Op, shim: Path, remount: Callable[[], None] | None = None) -> int | str:
     """Perform one op confined to `mountpoint`: 0, the errno name a system call failed
-    with, or CLIENT_FAILED for a client program that exited non-zero."""
+    with, or CLIENT_FAILED for a client program that exited non-zero. A `remount` op
+    calls `remount` (the caller's umount and mount of the same file system)."""
+    if op.kind == "remount":
+        if remount is None:
+            raise ValueError("a remount op needs the caller's remount")
+        remount()
+        return 0
     argv = client_argv(op)
     if argv is not None:
         proc = subprocess.run(
@@ -60,13 +67,36 @@ def run_op(mountpoint: Path, op: Op, shim: Path) -> int | str:
 
 
 def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
+    """A raw op as the system calls the model makes for it (`op_calls`), each made by
+    the op's `user` when it has one."""
+    calls = op_calls(m, op)
+    user = op.arg("user", 0)
+    return [as_user(fn, user) for fn in calls] if user else calls
+
+
+def as_user(fn: Callable[[], None], user: int) -> Callable[[], None]:
+    """`fn` run with effective uid and gid `user` and no supplementary groups (the
+    confined child is root again afterwards)."""
+    def run() -> None:
+        os.setgroups([])
+        os.setegid(user)
+        os.seteuid(user)
+        try:
+            fn()
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+    return run
+
+
+def op_calls(m: Path, op: Op) -> list[Callable[[], None]]:
     """A raw op as the system calls the model makes for it, one callable each (so a
     crash can fall between them), with paths under `m` (the root of a confined child).
     Modes are applied exactly (umask 0), as in the model."""
     a = dict(op.args)
 
-    def p(key: str) -> Path:
-        return m / a[key]
+    def p(key: str) -> str:
+        return str(m / a[key]) + ("/" if a[key].endswith("/") else "")  # Path drops it
 
     def exact(fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -93,6 +123,10 @@ def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
                 os.truncate(p("path"), len(data))
 
             return [replace]
+        case "open":
+            return [exact(lambda: _open_op(p("path"), a))]
+        case "pwrite":
+            return [lambda: _write_at(p("path"), a["data"].encode(), os.O_WRONLY, a["offset"])]
         case "append":
             return [lambda: _write_at(p("path"), a["data"].encode(), os.O_WRONLY | os.O_APPEND, None)]
         case "truncate":
@@ -111,6 +145,10 @@ def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
             return [lambda: os.symlink(a["target"], p("path"))]
         case "chmod":
             return [lambda: os.chmod(p("path"), a["mode"])]
+        case "chown":
+            return [lambda: os.chown(p("path"), a["uid"], a["gid"], follow_symlinks=False)]
+        case "utimes":
+            return [lambda: os.utime(p("path"), (a["mtime"], a["mtime"]))]
         case "setxattr":
             return [lambda: os.setxattr(p("path"), a["name"], a["value"].encode())]
         case "fsync":
@@ -126,6 +164,8 @@ def raw_calls(m: Path, op: Op) -> list[Callable[[], None]]:
             return [os.sync]
         case "syncfs":
             return [lambda: _syncfs(m)]
+        case "remount":
+            return []  # the caller unmounts and mounts (real crash tests: every op's own cycle)
     raise ValueError(f"no real system call for op {op.kind}")
 
 
@@ -141,7 +181,20 @@ def _syncfs(root: Path) -> None:
         os.close(fd)
 
 
-def _write_at(path: Path, data: bytes, flags: int, offset: int | None) -> None:
+def _open_op(path: str, a: dict[str, Any]) -> None:
+    """open(2) with the spec's flags, then its optional write(2) on the descriptor."""
+    flags = 0
+    for name in a["flags"]:
+        flags |= getattr(os, name)
+    fd = os.open(path, flags, a.get("mode", 0o644))
+    try:
+        if "data" in a:
+            os.write(fd, a["data"].encode())
+    finally:
+        os.close(fd)
+
+
+def _write_at(path: str, data: bytes, flags: int, offset: int | None) -> None:
     fd = os.open(path, flags)
     try:
         if offset is None:

@@ -213,12 +213,22 @@ def _is_zombie(pid: int) -> bool:
     return text[text.rindex(")") + 2 :].startswith("Z")
 
 
+UMOUNT_RETRIES = 20  # a confined child that has just exited may hold the mount a moment
+UMOUNT_RETRY_WAIT = 0.05  # seconds
+
+
 def umount(target: Path) -> None:
-    """Unmount `target`; lazily when it is busy (a dead FUSE daemon, an open file)."""
+    """Unmount `target`, retrying a moment while it is busy (a just-ended child still
+    holds it), then lazily (a dead FUSE daemon, an open file): a lazy unmount shuts the
+    file system down later, so its final sync would come after the op that asked."""
     with held_signals():
-        proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
-        if proc.returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
+        for attempt in range(UMOUNT_RETRIES):
+            proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
+            if proc.returncode == 0 or not os.path.ismount(target):
+                return
+            if attempt + 1 < UMOUNT_RETRIES:
+                time.sleep(UMOUNT_RETRY_WAIT)
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
 
 
 def teardown(root: Path) -> bool:

@@ -40,8 +40,8 @@ from checker.engine.invariants import kept_files
 from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.capabilities import IdentityView, UnionView, can
 from models.clients import FULL_SYNC_OPS, SYNC_OPS
-from models.format import OPAQUE, OVL_PREFIX, REDIRECT
-from models.steps import Effect, Link, Step
+from models.format import METACOPY, OPAQUE, OVL_PREFIX, REDIRECT
+from models.steps import Effect, Link, SetXattr, Step
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, join, lookup, split
 from models.union import Entry, Frame
@@ -61,6 +61,10 @@ def unsupported(ctx: Context) -> str | None:
     for i, step in enumerate(ctx.trace.steps):
         if isinstance(step, Link) and isinstance(lookup(states[i], split(step.src)), File):
             return "hard links of regular files (writes through one name change the other)"
+        if isinstance(step, SetXattr) and step.name == METACOPY:
+            return "metacopy files (their data is read from a lower layer)"
+    if any(n.xattr(METACOPY) is not None for _, n in _walk(ctx.trace.initial)):
+        return "metacopy files (their data is read from a lower layer)"
     return None
 
 
@@ -138,6 +142,26 @@ def node_ite(cond: z3.BoolRef, a: SymNode, b: SymNode) -> SymNode:
 ABSENT_NODE = SymNode(Term.const(ABSENT), Term.const(0), Term.const(0))
 
 
+# Owners and pinned times ride along as xattrs no real name can take (a NUL first):
+# compared, set and carried exactly like xattrs.
+OWNER_ATTR = "\0owner"
+MTIME_ATTR = "\0mtime"
+
+
+def meta_attrs(node: Node) -> dict[str, bytes]:
+    """The owner and pinned time of a node as pseudo-xattr values (none by default)."""
+    out: dict[str, bytes] = {}
+    if node.uid or node.gid:
+        out[OWNER_ATTR] = owner_value(node.uid, node.gid)
+    if node.mtime is not None:
+        out[MTIME_ATTR] = str(node.mtime).encode()
+    return out
+
+
+def owner_value(uid: int, gid: int) -> bytes:
+    return f"{uid}:{gid}".encode()
+
+
 def const_node(node: Node | None, interner: Interner) -> SymNode:
     if node is None:
         return ABSENT_NODE
@@ -147,11 +171,12 @@ def const_node(node: Node | None, interner: Interner) -> SymNode:
     elif isinstance(node, Symlink):
         data = interner.id(node.target.encode())
     mode = node.mode if isinstance(node, (File, Dir)) else 0
+    attrs = dict(node.xattrs) | meta_attrs(node)
     return SymNode(
         Term.const(KIND[type(node)]),
         Term.const(data),
         Term.const(mode),
-        {k: Term.const(interner.id(v)) for k, v in node.xattrs},
+        {k: Term.const(interner.id(v)) for k, v in sorted(attrs.items())},
     )
 
 
@@ -307,27 +332,44 @@ class Encoding:
                 name, value = shape.xattr
                 value_id = 0 if value is None else self.interner.id(value)  # 0: removed
                 self._attr(split(shape.path), g, xattr=(name, value_id))
-            case Effect.TOUCH if shape.mode is not None:
+            case Effect.TOUCH if shape.owner is not None or shape.sets_mtime:
                 p = split(shape.path)
-                node = self.nodes[p]
-                ok = z3.And(g, z3.Or(node.kind.expr == FILE, node.kind.expr == DIR))
-                self.nodes[p] = SymNode(
-                    node.kind, node.data, ite(ok, Term.const(shape.mode), node.mode), node.xattrs
-                )
+                if shape.owner is not None:
+                    uid, gid = shape.owner
+                    self._attr(p, g, xattr=(OWNER_ATTR, self.interner.id(owner_value(uid, gid))
+                                            if uid or gid else 0))
+                    if shape.mode is not None:
+                        self._mode(p, g, shape.mode)
+                else:
+                    node = self.nodes[p]
+                    is_file = z3.And(g, node.kind.expr == FILE)
+                    value = 0 if shape.mtime is None else self.interner.id(str(shape.mtime).encode())
+                    self._attr(p, is_file, xattr=(MTIME_ATTR, value))
+            case Effect.TOUCH if shape.mode is not None:
+                self._mode(split(shape.path), g, shape.mode)
             case Effect.FSYNC | Effect.SYNCFS:
                 pass
             case _:
                 raise NotImplementedError(f"symbolic engine: step {step}")
 
+    def _mode(self, p: Parts, g: z3.BoolRef, mode: int) -> None:
+        node = self.nodes[p]
+        ok = z3.And(g, z3.Or(node.kind.expr == FILE, node.kind.expr == DIR))
+        self.nodes[p] = SymNode(node.kind, node.data, ite(ok, Term.const(mode), node.mode), node.xattrs)
+
     def _made(self, node: Node | None) -> SymNode:
         """The symbolic node of what a MAKE step creates."""
         if isinstance(node, Dir):
-            return self._new(DIR, 0, node.mode)
-        if isinstance(node, File):
-            return self._new(FILE, self.interner.id(node.content), node.mode)
-        if isinstance(node, Symlink):
-            return self._new(SYMLINK, self.interner.id(node.target.encode()))
-        return self._new(WHITEOUT)
+            made = self._new(DIR, 0, node.mode)
+        elif isinstance(node, File):
+            made = self._new(FILE, self.interner.id(node.content), node.mode)
+        elif isinstance(node, Symlink):
+            made = self._new(SYMLINK, self.interner.id(node.target.encode()))
+        else:
+            return self._new(WHITEOUT)
+        for name, value in meta_attrs(node).items():
+            made.xattrs[name] = Term.const(self.interner.id(value))
+        return made
 
     def _attr(self, p: Parts, g: z3.BoolRef, xattr: tuple[str, int]) -> None:
         node = self.nodes[p]
@@ -368,9 +410,11 @@ class Encoding:
             term = _select(options)
             result = ite(cond, term, result)
         is_file = node.kind.expr == FILE
-        self.nodes[path] = SymNode(
-            node.kind, ite(z3.And(self.some[i], is_file), result, node.data), node.mode, node.xattrs
-        )
+        written = z3.And(self.some[i], is_file)
+        xattrs = dict(node.xattrs)
+        if MTIME_ATTR in xattrs:  # new data: the time is the clock's again
+            xattrs[MTIME_ATTR] = ite(written, Term.const(0), xattrs[MTIME_ATTR])
+        self.nodes[path] = SymNode(node.kind, ite(written, result, node.data), node.mode, xattrs)
 
     def _apply_content(self, step: Step, path: Parts, k: int, m: int, bs: int, before: bytes,
                        copy: bool) -> bytes:
