@@ -318,6 +318,10 @@ class AufsMount(Mount):
         self.copy_up(log, parts)
         log.do(Write(join(RW + parts), call.data, 0, replace=True))
 
+    @handles(sc.WriteFd)
+    def write_on_fd(self, call: sc.WriteFd, log: StepLog) -> None:
+        self.write_fd(call, log)
+
     @handles(sc.Open)
     def open(self, call: sc.Open, log: StepLog) -> None:
         self.open_file(call, log)

@@ -48,6 +48,16 @@ def create(path: str, data: bytes | None, mode: int = 0o644) -> Client:
     return result.errno
 
 
+def open_file(path: str, flags: tuple[str, ...], mode: int, data: bytes | None) -> Client:
+    """open(2) with `flags`, then, with data, one write(2) on the descriptor: two calls."""
+    call = sc.Open(path, flags, mode)
+    result = yield call
+    if not result.ok or data is None:
+        return result.errno
+    result = yield sc.WriteFd(path, data, call.appends, call.writable)
+    return result.errno
+
+
 def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
 
@@ -230,8 +240,8 @@ OP_CLIENTS: dict[str, Callable[[dict[str, Any]], Client]] = {
                                a.get("mode", 0o644)),
     "write": lambda a: syscall(sc.Write(a["path"], _text(a, "data"))),
     "append": lambda a: syscall(sc.Append(a["path"], _text(a, "data"))),
-    "open": lambda a: syscall(sc.Open(a["path"], a["flags"], a.get("mode", 0o644),
-                                      None if a.get("data") is None else _text(a, "data"))),
+    "open": lambda a: open_file(a["path"], a["flags"], a.get("mode", 0o644),
+                                None if a.get("data") is None else _text(a, "data")),
     "pwrite": lambda a: syscall(sc.Pwrite(a["path"], a["offset"], _text(a, "data"))),
     "truncate": lambda a: syscall(sc.Truncate(a["path"], a["size"])),
     "mkdir": lambda a: syscall(sc.Mkdir(a["path"], a.get("mode", 0o755))),

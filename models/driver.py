@@ -192,12 +192,15 @@ class Mount:
             self.perform(sc.Create(call.path, call.mode, user=call.user), log)
         elif outcome in (vfs.OPEN_TRUNCATE, vfs.OPEN_WRITE):
             self.prepare_write(split(call.path), log, truncate=outcome == vfs.OPEN_TRUNCATE)
-        if call.data is None:
-            return
+        if call.data is not None:
+            self.write_fd(sc.WriteFd(call.path, call.data, call.appends, call.writable), log)
+
+    def write_fd(self, call: sc.WriteFd, log: StepLog) -> None:
+        """write(2) on the descriptor of an open: the driver's `append` or `pwrite` at 0,
+        as root (the open checked the caller's permission; the descriptor keeps it)."""
         if not call.writable:
-            raise FsError(errno.EBADF, call.path)  # write(2) on a read-only descriptor
-        # (as root: the open checked the caller's permission; a descriptor keeps it)
-        write = sc.Append(call.path, call.data) if call.appends else sc.Pwrite(call.path, 0, call.data)
+            raise FsError(errno.EBADF, call.path)  # a read-only descriptor
+        write = sc.Append(call.path, call.data) if call.append else sc.Pwrite(call.path, 0, call.data)
         self.perform(write, log)
 
     def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:

@@ -66,6 +66,10 @@ class PlainMount(Mount):
     def write(self, call: sc.Write, log: StepLog) -> None:
         log.do(Write(call.path, call.data, 0, replace=True))
 
+    @handles(sc.WriteFd)
+    def write_on_fd(self, call: sc.WriteFd, log: StepLog) -> None:
+        self.write_fd(call, log)
+
     @handles(sc.Open)
     def open(self, call: sc.Open, log: StepLog) -> None:
         self.open_file(call, log)

@@ -59,6 +59,8 @@ class Syscall:
                 continue
             if isinstance(value, RenameFlags):
                 flags = f", {value.value.upper()}" if value is not RenameFlags.NONE else ""
+            elif isinstance(value, bool):
+                continue
             elif isinstance(value, tuple):
                 shown.append("|".join(value) or "0")
             elif isinstance(value, bytes):
@@ -154,6 +156,20 @@ class Open(Syscall):
     def modifies(self) -> bool:
         """Opening changes the file itself (overlayfs copies it up): write access or O_TRUNC."""
         return self.writable or self.truncates
+
+
+@dataclass(frozen=True)
+class WriteFd(Syscall):
+    """write(2) on the descriptor an `Open` of `path` just returned: at the end of the
+    file (O_APPEND) or at 0; EBADF when it was opened read-only. The open checked the
+    caller's permission; the write needs none."""
+
+    path: str
+    data: bytes
+    append: bool = False
+    writable: bool = True
+    NAME: ClassVar[str] = "write"
+    PATHS: ClassVar[tuple[tuple[str, bool], ...]] = _path("path", True)
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def op_calls(m: Path, op: Op) -> list[Callable[[], None]]:
 
             return [replace]
         case "open":
-            return [exact(lambda: _open_op(p("path"), a))]
+            return _open_calls(p("path"), a, exact)
         case "pwrite":
             return [lambda: _write_at(p("path"), a["data"].encode(), os.O_WRONLY, a["offset"])]
         case "append":
@@ -181,17 +181,30 @@ def _syncfs(root: Path) -> None:
         os.close(fd)
 
 
-def _open_op(path: str, a: dict[str, Any]) -> None:
-    """open(2) with the spec's flags, then its optional write(2) on the descriptor."""
+def _open_calls(path: str, a: dict[str, Any],
+                exact: Callable[[Callable[[], None]], Callable[[], None]]) -> list[Callable[[], None]]:
+    """open(2) with the spec's flags and, with data, write(2) on its descriptor: two
+    calls, as in the model (the child holds the descriptor between them)."""
     flags = 0
     for name in a["flags"]:
         flags |= getattr(os, name)
-    fd = os.open(path, flags, a.get("mode", 0o644))
-    try:
+    fds: list[int] = []
+
+    def opener() -> None:
+        fd = os.open(path, flags, a.get("mode", 0o644))
         if "data" in a:
+            fds.append(fd)
+        else:
+            os.close(fd)
+
+    def writer() -> None:
+        fd = fds.pop()
+        try:
             os.write(fd, a["data"].encode())
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
+
+    return [exact(opener)] + ([writer] if "data" in a else [])
 
 
 def _write_at(path: str, data: bytes, flags: int, offset: int | None) -> None:
