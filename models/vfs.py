@@ -16,9 +16,11 @@ MAX_SYMLINKS = 40  # as the kernel's MAXSYMLINKS: more hops is ELOOP
 Lookup = Callable[[Parts], "Node | None"]
 
 
-def resolve_path(lookup: Lookup, parts: Parts, follow_last: bool, hops: int = 0) -> Parts:
+def resolve_path(lookup: Lookup, parts: Parts, follow_last: bool, hops: int = 0, user: int = 0) -> Parts:
     """`parts` with every symlink among its ancestors (and the last component when
-    `follow_last`) replaced by its target; absolute targets start at the view root."""
+    `follow_last`) replaced by its target; absolute targets start at the view root.
+    A caller other than root needs search permission on every directory walked
+    through (EACCES, before whatever the walk finds next)."""
     done: list[str] = []
     todo = list(parts)
     while todo:
@@ -29,6 +31,10 @@ def resolve_path(lookup: Lookup, parts: Parts, follow_last: bool, hops: int = 0)
             if done:
                 done.pop()
             continue
+        if user:
+            here = lookup(tuple(done))
+            if here is not None and not permits(here, user, EXEC):
+                raise FsError(errno.EACCES, join(tuple(done)) or "/")
         node = lookup(tuple(done) + (name,))
         if isinstance(node, Symlink) and (todo or follow_last):
             hops += 1
@@ -59,7 +65,7 @@ def resolve_call(lookup: Lookup, call: sc.Syscall) -> sc.Syscall:
         parts = split(path)
         slash = path.endswith("/") and bool(parts)
         rule = _slash_rule(call, field) if slash else ""
-        resolved = resolve_path(lookup, parts, follow or rule == SLASH_DIR)
+        resolved = resolve_path(lookup, parts, follow or rule == SLASH_DIR, user=call.user)
         if rule:
             trailing_slash(lookup, resolved, rule)
         if isinstance(call, sc.Link) and field == "src":
@@ -311,20 +317,6 @@ def may_change(node: Node, call: sc.Syscall, user: int) -> None:
                 raise FsError(errno.EPERM, path)
             if not permits(node, user, WRITE):
                 raise FsError(errno.EACCES, path)
-
-
-def check_search(lookup: Lookup, call: sc.Syscall) -> None:
-    """Search permission on every directory the (resolved) paths go through."""
-    if call.user == 0:
-        return
-    for _, path, _ in call.paths():
-        parts = split(path)
-        for depth in range(len(parts)):
-            node = lookup(parts[:depth])
-            if node is None or not isinstance(node, Dir):
-                break
-            if not permits(node, call.user, EXEC):
-                raise FsError(errno.EACCES, join(parts[:depth]) or "/")
 
 
 OPEN_CREATE = "create"  # open(2) makes a new file
