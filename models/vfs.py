@@ -65,7 +65,9 @@ def resolve_call(lookup: Lookup, call: sc.Syscall) -> sc.Syscall:
         parts = split(path)
         slash = path.endswith("/") and bool(parts)
         rule = _slash_rule(call, field) if slash else ""
-        resolved = resolve_path(lookup, parts, follow or rule == SLASH_DIR, user=call.user)
+        # O_CREAT with a trailing slash is EISDIR before the last component is walked
+        follow_last = (follow or rule == SLASH_DIR) and rule != SLASH_CREATE
+        resolved = resolve_path(lookup, parts, follow_last, user=call.user)
         if rule:
             trailing_slash(lookup, resolved, rule)
         if isinstance(call, sc.Link) and field == "src":

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, make_spec
 NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 
 # Entries as in the probe of this machine's kernel (tmpfs and overlay agree; upper
-# entries, so that directories may move without redirect_dir): a file f,
+# entries, so that directories may move without redirect_dir): a file f, a symlink
+# loop -> loop,
 # a dir d, an empty dir e2, a symlink lf -> f, ld -> d, a dangling one dang -> nothing.
 PROBE = '''
 name = "probe"
@@ -39,6 +40,7 @@ driver = "DRIVER"
 "lf" = { type = "symlink", target = "f" }
 "ld" = { type = "symlink", target = "d" }
 "dang" = { type = "symlink", target = "nothing" }
+"loop" = { type = "symlink", target = "loop" }
 '''
 
 # (op table, errno name or 0): what Linux 6.18 answered, each on a fresh tree.
@@ -51,6 +53,8 @@ KERNEL_ANSWERS = [
     ('op = "open"\npath = "dang"\nflags = ["O_WRONLY", "O_CREAT"]', 0),
     ('op = "open"\npath = "dang/"\nflags = ["O_WRONLY", "O_CREAT"]', "EISDIR"),
     ('op = "open"\npath = "dang"\nflags = ["O_WRONLY", "O_CREAT", "O_EXCL"]', "EEXIST"),
+    ('op = "open"\npath = "loop"\nflags = ["O_RDONLY"]', "ELOOP"),
+    ('op = "open"\npath = "loop/"\nflags = ["O_RDWR", "O_CREAT"]', "EISDIR"),
     ('op = "open"\npath = "n"\nflags = ["O_RDONLY", "O_CREAT", "O_DIRECTORY"]', "EINVAL"),
     ('op = "open"\npath = "f"\nflags = ["O_RDONLY", "O_DIRECTORY"]', "ENOTDIR"),
     ('op = "open"\npath = "lf"\nflags = ["O_RDONLY", "O_DIRECTORY", "O_NOFOLLOW"]', "ENOTDIR"),
