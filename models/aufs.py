@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import REMOUNT_OP, Driver, Mount, Option, handles
+from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, handles
 from models.format import OPAQUE as OPAQUE_XATTR
 from models.steps import (
     Chmod,
@@ -103,7 +103,7 @@ def to_branch(tree: Dir) -> Dir:
     return convert(tree)
 
 
-class AufsMount(Mount):
+class AufsMount(FileSystemMount):
     """One aufs mount: the branches, and the merge memo of this run."""
 
     # -- layout and view ---------------------------------------------------------------
@@ -317,14 +317,6 @@ class AufsMount(Mount):
         parts = split(call.path)
         self.copy_up(log, parts)
         log.do(Write(join(RW + parts), call.data, 0, replace=True))
-
-    @handles(sc.WriteFd)
-    def write_on_fd(self, call: sc.WriteFd, log: StepLog) -> None:
-        self.write_fd(call, log)
-
-    @handles(sc.Open)
-    def open(self, call: sc.Open, log: StepLog) -> None:
-        self.open_file(call, log)
 
     def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
         self.copy_up(log, parts, truncate=truncate)

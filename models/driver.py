@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 
 from models import syscalls as sc
 from models import vfs
+from models.clients import syscall
 from models.errors import CrashcheckError
 from models.steps import Chown as ChownStep
 from models.steps import SetTimes, Step, StepLog, one_device
@@ -180,66 +181,6 @@ class Mount:
         self.counters[counter] = value + 1
         return value
 
-    # -- open(2), on every driver that takes file-system ops ------------------------------
-
-    def open_file(self, call: sc.Open, log: StepLog) -> None:
-        """open(2) and its optional write, through the driver's own handlers: a new file
-        is `create`d; an existing regular file opened for writing or with O_TRUNC goes
-        through `prepare_write` first; the data is a `pwrite` at 0 or an `append`."""
-        outcome = vfs.check_open(self.lookup_in(log.root), call)
-        if outcome == vfs.OPEN_CREATE:
-            self.perform(sc.Create(call.path, call.mode, user=call.user), log)
-        elif outcome in (vfs.OPEN_TRUNCATE, vfs.OPEN_WRITE):
-            self.prepare_write(split(call.path), log, truncate=outcome == vfs.OPEN_TRUNCATE)
-        if call.data is not None:
-            self.write_fd(sc.WriteFd(call.path, call.data, call.appends, call.writable), log)
-
-    def write_fd(self, call: sc.WriteFd, log: StepLog) -> None:
-        """write(2) on the descriptor of an open: the driver's `append` or `pwrite` at 0,
-        as root (the open checked the caller's permission; the descriptor keeps it)."""
-        if not call.writable:
-            raise FsError(errno.EBADF, call.path)  # a read-only descriptor
-        write = sc.Append(call.path, call.data) if call.append else sc.Pwrite(call.path, 0, call.data)
-        self.perform(write, log)
-
-    def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
-        """What opening the existing regular file at `parts` for writing (or with O_TRUNC,
-        which empties it) does before any write; a driver with layers copies it up."""
-        raise FsError(errno.ENOSYS, f"{self.driver.name} has no open")
-
-    # -- owners and times, on every driver that takes file-system ops --------------------
-
-    def new_owner(self, root: Dir, call: sc.Syscall) -> tuple[int, int]:
-        """(uid, gid) of an entry `call` creates (`inode_init_owner`): the caller's, with
-        the group of a set-group-ID parent directory."""
-        parent = self.view_lookup(root, split(call.path)[:-1])  # type: ignore[attr-defined]
-        if isinstance(parent, Dir) and parent.mode & 0o2000:
-            return call.user, parent.gid
-        return call.user, call.user
-
-    def new_dir_mode(self, root: Dir, call: sc.Mkdir) -> int:
-        """A directory made in a set-group-ID directory is set-group-ID too."""
-        parent = self.view_lookup(root, split(call.path)[:-1])
-        return call.mode | 0o2000 if isinstance(parent, Dir) and parent.mode & 0o2000 else call.mode
-
-    def attribute_steps(self, root: Dir, call: sc.Syscall, path: str) -> list[Step]:
-        """The inode update of chown(2) or utimensat(2) at backing path `path`, or none
-        when it changes nothing the model keeps (a chown to the same owner of a file
-        without set-ID bits; a time on a directory, which is not modelled)."""
-        node = self.view_lookup(root, split(call.path))  # type: ignore[attr-defined]
-        if node is None:
-            return []
-        if isinstance(call, sc.Chown):
-            uid = node.uid if call.uid is None else call.uid
-            gid = node.gid if call.gid is None else call.gid
-            mode = vfs.mode_after_chown(node)
-            if (uid, gid) == node.owner and mode is None:
-                return []
-            return [ChownStep(path, uid, gid, mode)]
-        if isinstance(call, sc.Utimens) and isinstance(node, File) and node.mtime != call.mtime:
-            return [SetTimes(path, call.mtime)]
-        return []
-
     # -- the view through the VFS ---------------------------------------------------
 
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
@@ -274,6 +215,75 @@ class Mount:
         vfs.check_rename_target_empty(self.lookup_in(root), dp, flags)
 
 
+class FileSystemMount(Mount):
+    """A mount whose view takes the file-system ops directly (plain, overlayfs, aufs):
+    open(2) and the write on its descriptor through the subclass's own handlers and its
+    `prepare_write`, and the owners, modes and times new entries and attribute changes
+    get."""
+
+    # -- open(2) ------------------------------------------------------------------------
+
+    @handles(sc.Open)
+    def open_file(self, call: sc.Open, log: StepLog) -> None:
+        """open(2) and its optional write, through the driver's own handlers: a new file
+        is `create`d; an existing regular file opened for writing or with O_TRUNC goes
+        through `prepare_write` first; the data is a `pwrite` at 0 or an `append`."""
+        outcome = vfs.check_open(self.lookup_in(log.root), call)
+        if outcome == vfs.OPEN_CREATE:
+            self.perform(sc.Create(call.path, call.mode, user=call.user), log)
+        elif outcome in (vfs.OPEN_TRUNCATE, vfs.OPEN_WRITE):
+            self.prepare_write(split(call.path), log, truncate=outcome == vfs.OPEN_TRUNCATE)
+        if call.data is not None:
+            self.write_fd(sc.WriteFd(call.path, call.data, call.appends, call.writable), log)
+
+    @handles(sc.WriteFd)
+    def write_fd(self, call: sc.WriteFd, log: StepLog) -> None:
+        """write(2) on the descriptor of an open: the driver's `append` or `pwrite` at 0,
+        as root (the open checked the caller's permission; the descriptor keeps it)."""
+        if not call.writable:
+            raise FsError(errno.EBADF, call.path)  # a read-only descriptor
+        write = sc.Append(call.path, call.data) if call.append else sc.Pwrite(call.path, 0, call.data)
+        self.perform(write, log)
+
+    def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
+        """What opening the existing regular file at `parts` for writing (or with O_TRUNC,
+        which empties it) does before any write; a driver with layers copies it up."""
+        raise NotImplementedError
+
+    # -- owners and times ---------------------------------------------------------------
+
+    def new_owner(self, root: Dir, call: sc.Syscall) -> tuple[int, int]:
+        """(uid, gid) of an entry `call` creates (`inode_init_owner`): the caller's, with
+        the group of a set-group-ID parent directory."""
+        parent = self.view_lookup(root, split(call.path)[:-1])  # type: ignore[attr-defined]
+        if isinstance(parent, Dir) and parent.mode & 0o2000:
+            return call.user, parent.gid
+        return call.user, call.user
+
+    def new_dir_mode(self, root: Dir, call: sc.Mkdir) -> int:
+        """A directory made in a set-group-ID directory is set-group-ID too."""
+        parent = self.view_lookup(root, split(call.path)[:-1])
+        return call.mode | 0o2000 if isinstance(parent, Dir) and parent.mode & 0o2000 else call.mode
+
+    def attribute_steps(self, root: Dir, call: sc.Syscall, path: str) -> list[Step]:
+        """The inode update of chown(2) or utimensat(2) at backing path `path`, or none
+        when it changes nothing the model keeps (a chown to the same owner of a file
+        without set-ID bits; a time on a directory, which is not modelled)."""
+        node = self.view_lookup(root, split(call.path))  # type: ignore[attr-defined]
+        if node is None:
+            return []
+        if isinstance(call, sc.Chown):
+            uid = node.uid if call.uid is None else call.uid
+            gid = node.gid if call.gid is None else call.gid
+            mode = vfs.mode_after_chown(node)
+            if (uid, gid) == node.owner and mode is None:
+                return []
+            return [ChownStep(path, uid, gid, mode)]
+        if isinstance(call, sc.Utimens) and isinstance(node, File) and node.mtime != call.mtime:
+            return [SetTimes(path, call.mtime)]
+        return []
+
+
 class Driver:
     """Base class of driver models: a name, options, and the Mount class that runs it.
     Subclasses set `name`, `OPTIONS` and `MOUNT`."""
@@ -303,7 +313,7 @@ class Driver:
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
         """The client program (a generator of system calls) for one of EXTRA_OPS."""
         if kind == "remount":
-            return _one_call(sc.Remount())
+            return syscall(sc.Remount())
         return None
 
     @classmethod
@@ -336,11 +346,6 @@ class Driver:
 
 #: the op of drivers that can be unmounted and mounted again mid-workload
 REMOUNT_OP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"remount": ((), ())}
-
-
-def _one_call(call: sc.Syscall) -> Any:
-    result = yield call
-    return result.errno
 
 
 def _type_names(opt: Option) -> str:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import REMOUNT_OP, Driver, Mount, Option, OptionError, Recovery, handles
+from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, OptionError, Recovery, handles
 from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
     Chmod,
@@ -99,7 +99,7 @@ def _redirect_dir(value: object) -> str:
     return str(value)
 
 
-class OverlayMount(Mount):
+class OverlayMount(FileSystemMount):
     """One overlayfs mount: the union of the lower layers, the lookup memo, the temp-name
     counter and the work dir's shared whiteout. Implements `UnionView` (the symbolic
     engine) and `KernelTwin` (confirm, conform, real)."""
@@ -145,7 +145,6 @@ class OverlayMount(Mount):
             version, volatile=self.options["volatile"], fsync_mode=self.options["fsync"],
             copy_up_fsync=self.options["copy_up_fsync"], metacopy=self.options["metacopy"],
         )
-        self.metacopy_on = self.options["metacopy"]
         self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
 
@@ -289,17 +288,9 @@ class OverlayMount(Mount):
         self.copy_up(log, parts)  # open(O_WRONLY): the data is copied up (and fsynced)
         log.do(Write(join(UPPER + parts), call.data, 0, replace=True))
 
-    @handles(sc.WriteFd)
-    def write_on_fd(self, call: sc.WriteFd, log: StepLog) -> None:
-        self.write_fd(call, log)
-
-    @handles(sc.Open)
-    def open(self, call: sc.Open, log: StepLog) -> None:
-        """`ovl_open`: write access or O_TRUNC copies the file up (`ovl_maybe_copy_up`)."""
-        self.open_file(call, log)
-
     def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
-        """With O_TRUNC the copy-up takes no data ("maybe truncate regular file"), then
+        """`ovl_open`: write access or O_TRUNC copies the file up (`ovl_maybe_copy_up`).
+        With O_TRUNC the copy-up takes no data ("maybe truncate regular file"), then
         the VFS truncates the upper file."""
         self.copy_up(log, parts, truncate=truncate)
         if truncate:
@@ -467,7 +458,7 @@ class OverlayMount(Mount):
                 if anc.upper is None:
                     last = i == len(parts)
                     self._copy_up_one(log, anc, truncate=truncate and last,
-                                      metacopy=self.metacopy_on and last and not data)
+                                      metacopy=self.kernel.metacopy and last and not data)
                     break
 
     def _is_metacopy(self, entry: Entry) -> bool:

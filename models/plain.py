@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import REMOUNT_OP, Driver, Mount, handles
+from models.driver import REMOUNT_OP, Driver, FileSystemMount, handles
 from models.steps import (
     Chmod,
     Create,
@@ -33,7 +33,7 @@ from models.tree import Dir, File, Node, Parts, join, lookup, split
 from models.union import union_view
 
 
-class PlainMount(Mount):
+class PlainMount(FileSystemMount):
     """One file system whose view is its backing tree: every call is one step."""
 
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any]) -> Dir:
@@ -65,14 +65,6 @@ class PlainMount(Mount):
     @handles(sc.Write)
     def write(self, call: sc.Write, log: StepLog) -> None:
         log.do(Write(call.path, call.data, 0, replace=True))
-
-    @handles(sc.WriteFd)
-    def write_on_fd(self, call: sc.WriteFd, log: StepLog) -> None:
-        self.write_fd(call, log)
-
-    @handles(sc.Open)
-    def open(self, call: sc.Open, log: StepLog) -> None:
-        self.open_file(call, log)
 
     def prepare_write(self, parts: Parts, log: StepLog, truncate: bool) -> None:
         if truncate:
