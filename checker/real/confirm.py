@@ -54,14 +54,18 @@ def confirm(result: Result) -> list[Confirmation]:
         return [Confirmation("unavailable", release, reason) for _ in result.violations]
     out: list[Confirmation] = []
     cache: dict[bytes, KernelCrash] = {}
+    trace = result.trace
+    assert trace is not None
+    times = kernel.pinned_times(*(op.before for op in trace.ops), *(op.after for op in trace.ops))
     with kernel.workspace("confirm") as ws:
         for v in result.violations:
-            out.append(_confirm_one(result, v, ws, cache, release))
+            out.append(_confirm_one(result, v, ws, cache, release, times))
     return out
 
 
 def _confirm_one(
-    result: Result, v: Violation, ws: kernel.Workspace, cache: dict[bytes, KernelCrash], release: str
+    result: Result, v: Violation, ws: kernel.Workspace, cache: dict[bytes, KernelCrash], release: str,
+    times: frozenset[tuple[str, ...]],
 ) -> Confirmation:
     invariant = INVARIANTS[v.invariant]
     if not invariant.crash_level:
@@ -74,7 +78,6 @@ def _confirm_one(
     state = result.context.materialize(v.crash)
     real = cache.get(state.digest)
     if real is None:
-        times = kernel.pinned_times(*(op.before for op in trace.ops), *(op.after for op in trace.ops))
         real = cache[state.digest] = mount_crash_state(ws, state, options, len(cache), times)
     model_rec = trace.mount.recover(state)
     recovery = real.recovery

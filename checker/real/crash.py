@@ -392,6 +392,13 @@ class RealRun:
         self.twin: KernelTwin = trace.mount
         self.options = self.twin.kernel_mount_options()
         self.lower_digest: bytes = b""
+        self._times: dict[int, frozenset[Parts]] = {}
+
+    def times_of(self, record: OpRecord) -> frozenset[Parts]:
+        """Where the op's views pin a file time (read from the real views there), once per op."""
+        if record.index not in self._times:
+            self._times[record.index] = kernel.pinned_times(record.before, record.after)
+        return self._times[record.index]
 
     def copy(self, t: Template) -> Template:
         run = self.lab.fresh("run")
@@ -426,7 +433,7 @@ class RealRun:
         `t` ready for the next op (a volatile mount's dirty marker is removed, as its
         documentation allows when nothing crashed)."""
         m = self.mount(t)
-        times = kernel.pinned_times(record.before, record.after)
+        times = self.times_of(record)
         try:
             before = kernel.read_view(m.target, times)
             made, _, result = self._perform(m.target, record, client_argv(record.op), None, None)
@@ -479,7 +486,7 @@ class RealRun:
 
     def check(self, record: OpRecord, before: Dir, after: Dir, t: Template, kill_at: int,
               process: str, syscall: str) -> list[RealViolation]:
-        times = kernel.pinned_times(record.before, record.after)
+        times = self.times_of(record)
         recovery, view = self.view_of(t, times)
         second: Recovery | None = None
         if recovery.root is not None:
