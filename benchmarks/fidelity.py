@@ -6,7 +6,9 @@
 Sequence k uses seed S + k (tests/strategies.py: two lower layers, an upper layer, 1 to 6
 ops over a small name space, among them mv/rm/cp through coreutils) and the mount
 options of combination (seed - 100,000) mod 6: redirect_dir off or on with fsync ordered or strict,
-and metacopy on with fsync ordered or strict. For
+and metacopy on with fsync ordered or strict. Seeds from 200,000 on run index=on, with
+hard links in the bottom layer (combination (seed - 200,000) mod 3: fsync ordered or
+strict, or redirect_dir on). For
 every op the result, the merged view and the syncs must be the model's, and at the end
 the upper dirs. Prints the agreement figure and every disagreement with its seed.
 """
@@ -32,12 +34,19 @@ COMBINATIONS = [
 ] + [{"metacopy": True, "fsync": fsync} for fsync in ("ordered", "strict")]
 
 
+INDEX_COMBINATIONS = [
+    {"index": True}, {"index": True, "fsync": "strict"}, {"index": True, "redirect_dir": "on"},
+]
+
 FIRST_SEED = 100_000
+INDEX_SEED = 200_000
 
 
 def options_of(seed: int) -> dict[str, object]:
     """The mount options of sequence `seed`: the same whatever --first-seed (so one
     seed of a report is re-run alone with --first-seed SEED --sequences 1)."""
+    if seed >= INDEX_SEED:
+        return dict(INDEX_COMBINATIONS[(seed - INDEX_SEED) % len(INDEX_COMBINATIONS)])
     return dict(COMBINATIONS[(seed - FIRST_SEED) % len(COMBINATIONS)])
 
 

@@ -99,7 +99,11 @@ ENTRY_KEYS = {
     "dir": ("type", "opaque", "redirect", "mode", "xattrs", "uid", "gid"),
     "symlink": ("type", "target", "xattrs", "uid", "gid"),
     "whiteout": ("type", "xattrs"),
+    "hardlink": ("type", "target"),  # another name of a file in the same table
 }
+#: inode numbers of hard-linked files in spec trees: far above those models allocate
+HARDLINK_INO_BASE = 1_000_000
+HARDLINK_INO_STRIDE = 100_000  # per tree, so the layers' inodes stay apart
 MAX_ID = 65534  # uids and gids: below nobody's (65535 is "no change" to chown)
 MAX_TIME = 2**32  # seconds since the epoch, to 2106
 
@@ -280,12 +284,12 @@ def parse_spec(data: dict[str, Any], file: str = "<spec>") -> Spec:
     layers_raw = data.get("layers", [])
     if not isinstance(layers_raw, list) or not all(isinstance(t, dict) for t in layers_raw):
         raise SpecError(file, "must be an array of tables ([[layers]])", "layers")
-    layers = [build_tree(t, file, f"layers[{i}]") for i, t in enumerate(layers_raw)]
+    layers = [build_tree(t, file, f"layers[{i}]", i) for i, t in enumerate(layers_raw)]
     upper = None
     if "upper" in data:
         if not isinstance(data["upper"], dict):
             raise SpecError(file, "must be a table ([upper])", "upper")
-        upper = build_tree(data["upper"], file, "upper")
+        upper = build_tree(data["upper"], file, "upper", len(layers))
 
     ops = _parse_ops(data, file, known[driver].EXTRA_OPS)
     wrong = known[driver].check_workload(resolved, layers, upper, ops)
@@ -465,16 +469,22 @@ def _number(value: Any, file: str, key: str, limit: int) -> int:
     return value
 
 
-def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
-    """A layer table (path -> entry) as a tree; parents are implied directories."""
+def build_tree(entries: dict[str, Any], file: str, where: str, tree_index: int = 0) -> Dir:
+    """A layer table (path -> entry) as a tree; parents are implied directories, and
+    `hardlink` entries are further names of a file of the same table (one inode)."""
     if len(entries) > MAX_ENTRIES:
         raise SpecError(file, f"{len(entries)} entries; a layer holds at most {MAX_ENTRIES}", where)
     for path in entries:
         check_path(path, file, f'{where}."{path[:60]}"')
+    links = {p: v for p, v in entries.items() if isinstance(v, dict) and v.get("type") == "hardlink"}
     root = Dir()
     for path in sorted(entries, key=lambda p: (p.count("/"), p)):
         key = f'{where}."{path}"'
-        node = build_node(entries[path], file, key)
+        if path in links:
+            node: Node = File(b"")  # a placeholder: linked to its target below
+            _check_hardlink(links[path], entries, file, key)
+        else:
+            node = build_node(entries[path], file, key)
         parts = split(path)
         for i in range(1, len(parts)):
             existing = lookup(root, parts[:i])
@@ -486,6 +496,36 @@ def build_tree(entries: dict[str, Any], file: str, where: str) -> Dir:
         if isinstance(existing, Dir) and isinstance(node, Dir):
             node = Dir(existing.entries, node.mode, node.xattrs, uid=node.uid, gid=node.gid)  # keep children
         root = replace(root, parts, node)
+    return _link_files(root, links, HARDLINK_INO_BASE + tree_index * HARDLINK_INO_STRIDE)
+
+
+def _check_hardlink(value: dict[str, Any], entries: dict[str, Any], file: str, key: str) -> None:
+    for k in value:
+        if k not in ENTRY_KEYS["hardlink"]:
+            known = ", ".join(ENTRY_KEYS["hardlink"])
+            raise SpecError(file, f"unknown key for a hardlink entry (known: {known})", f"{key}.{k}")
+    target = value.get("target")
+    if not isinstance(target, str) or target not in entries:
+        raise SpecError(file, "a hardlink's 'target' must be the path of a file in the same table",
+                        key + ".target")
+    other = entries[target]
+    if isinstance(other, dict) and other.get("type", "file") != "file":
+        raise SpecError(file, f"a hardlink's target must be a regular file, not a {other.get('type')}",
+                        key + ".target")
+
+
+def _link_files(root: Dir, links: dict[str, Any], ino: int) -> Dir:
+    """Give each file named by `hardlink` entries its extra names: one inode number per
+    group, nlink the number of names."""
+    groups: dict[str, list[str]] = {}
+    for path, value in sorted(links.items()):
+        groups.setdefault(value["target"], []).append(path)
+    for n, (target, names) in enumerate(sorted(groups.items())):
+        node = lookup(root, split(target))
+        assert isinstance(node, File)
+        linked = node.with_links(ino + n + 1, len(names) + 1)
+        for path in [target, *names]:
+            root = replace(root, split(path), linked)
     return root
 
 

@@ -11,4 +11,6 @@ REDIRECT = OVL_PREFIX + "redirect"  # a merged directory's lower directory is fo
 ORIGIN = OVL_PREFIX + "origin"  # the lower file an upper one was copied up from
 IMPURE = OVL_PREFIX + "impure"  # an upper directory that may hold non-pure entries
 METACOPY = OVL_PREFIX + "metacopy"  # an upper file whose data is still the lower file's
+NLINK = OVL_PREFIX + "nlink"  # an indexed upper inode's union nlink: "U+n"/"L-n" from upper/lower
+UPPER_FH = OVL_PREFIX + "upper"  # the index dir's record of the upper root it belongs to
 INDEX_DIR = "index"  # work/index: copies of hard-linked lower files, named by origin

@@ -26,7 +26,18 @@ Each system call becomes the steps the kernel performs on the upper file system:
   parent, else absolute) on a moved merged directory;
 - mount (`ovl_workdir_create`, `ovl_check_incompat`): `work/work` is emptied; a
   `volatile` mount leaves `work/work/incompat/volatile/dirty`, and any later mount
-  refuses while it is there.
+  refuses while it is there;
+- index=on (`ovl_get_indexdir`, `ovl_need_index`, `ovl_do_copy_up`, `ovl_link_up`,
+  `ovl_nlink_start`/`ovl_nlink_end`, `ovl_cleanup_index`, `ovl_indexdir_cleanup`,
+  `ovl_verify_index`, `ovl_get_nlink`): `work/index` is the work dir (temp names and
+  whiteouts are made there; seen on 6.18); a lower file with several links is copied up
+  once, into `work/index/<origin>` (the kernel names it by the hex of its origin file
+  handle, the model by its origin path with ':' for '/'), and each name is then linked
+  up from it; the union nlink lives in `trusted.overlay.nlink` ("U+n"/"L+n", relative
+  to the upper or the lower inode); unlink, rename over and link of such a name copy
+  it up first; an index entry whose union nlink drops to 0 is removed. At mount, temp
+  entries, orphans (union nlink 0) and stale entries (origin not the name) are removed,
+  and an index file without an origin makes the mount fail (ENODATA, seen on 6.18).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from typing import Any
 
 from models import syscalls as sc
 from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, OptionError, Recovery, handles
+from models.format import INDEX_DIR, NLINK, UPPER_FH
 from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
     Chmod,
@@ -73,22 +85,57 @@ from models.tree import (
     Parts,
     Symlink,
     Whiteout,
+    find_inode,
     join,
     lookup,
     replace,
     split,
+    walk,
 )
-from models.union import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Union
+from models.union import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Frame, Union
 
 UPPER: Parts = ("upper",)
 WORK: Parts = ("work", "work")
+INDEX: Parts = ("work", INDEX_DIR)
+INDEX_REMEDY = ("delete work/index (hard links copied up from lower files become separate "
+                "files) or mount with index=off")
 VOLATILE_REMEDY = (
     "the volatile mount did not end cleanly, so upper may be inconsistent: discard upper and "
     "work and recreate the container layer; every change since the mount is lost"
 )
 Y = b"y"
 EMPTY_WORKDIR = Dir(mode=0)  # what the kernel leaves in work/work after a mount
+EMPTY_INDEX = Dir(mode=0, xattrs=((UPPER_FH, b"upper"),))  # index=on's first mount makes it
 RESOLVE_MEMO = 200_000  # memoized path lookups kept before the memo starts over
+
+
+def index_name(origin: str) -> str:
+    """The model's name of an index entry: its origin, with ':' for '/' (the kernel's is
+    the hex of the origin's file handle; `checker.real.kernel` translates)."""
+    return origin.replace("/", ":")
+
+
+def stored_nlink(upper: Node, lower: File, fallback: int) -> int:
+    """`ovl_get_nlink`: the union nlink an indexed upper inode stores, or `fallback`
+    (a lower file of one link, no or a bad xattr, a result below 1)."""
+    raw = upper.xattr(NLINK)
+    if lower.nlink == 1 or raw is None or not isinstance(upper, File):
+        return fallback
+    text = raw.decode("ascii", "replace")
+    if len(text) < 3 or text[0] not in "LU" or text[1] not in "+-" or not text[2:].isdigit():
+        return fallback
+    nlink = (lower.nlink if text[0] == "L" else upper.nlink) + int(text[1:])
+    return nlink if nlink > 0 else fallback
+
+
+def _cleanup_steps(path: str, node: Node) -> list[Step]:
+    """Remove an entry, a directory entry by entry and depth first (`ovl_workdir_cleanup`)."""
+    if not isinstance(node, Dir):
+        return [Unlink(path)]
+    steps: list[Step] = []
+    for name in sorted(node.entries):
+        steps.extend(_cleanup_steps(join(split(path) + (name,)), node.entries[name]))
+    return steps + [Rmdir(path)]
 
 
 def _redirect_dir(value: object) -> str:
@@ -107,6 +154,11 @@ class OverlayMount(FileSystemMount):
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
         self._start(Union([(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))]))
+        self._layer_roots = {(n,): tree for n, tree in zip(self.lower_names, layers, strict=True)}
+        self._linked_paths = sorted({
+            parts for tree in layers for parts, node in walk(tree)
+            if isinstance(node, File) and node.nlink > 1
+        })
         entries: dict[str, Node] = dict(zip(self.lower_names, layers, strict=True))
         entries["upper"] = upper if upper is not None else Dir()
         entries["work"] = Dir()
@@ -147,6 +199,11 @@ class OverlayMount(FileSystemMount):
         )
         self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
+        self.index_on = bool(self.options["index"])
+        self.workdir = INDEX if self.index_on else WORK  # where temp entries are made
+        self._layer_roots: dict[Parts, Dir] = {}
+        self._linked_paths: list[Parts] = []  # merged paths of hard-linked lower files
+        self._origins: dict[tuple[Parts, int], str] = {}
 
     @property
     def union(self) -> Union:
@@ -162,6 +219,8 @@ class OverlayMount(FileSystemMount):
         extra = ["volatile"] if self.options["volatile"] else []
         if self.options["metacopy"]:
             extra.append("metacopy=on")
+        if self.index_on:
+            extra.append("index=on")
         if self.options["fsync"] != "ordered":
             extra.append(f"fsync={self.options['fsync']}")
         return [f"redirect_dir={redirect}"] + extra
@@ -186,10 +245,31 @@ class OverlayMount(FileSystemMount):
     def view(self, root: Dir) -> Dir:
         merged = self.union.view(self.union.root(self._upper(root)))
         assert isinstance(merged, Dir)
+        if self._linked_paths:
+            merged = self._linked_view(root, merged)
+        return merged
+
+    def _linked_view(self, root: Dir, merged: Dir) -> Dir:
+        """Hard-linked lower files as the kernel shows them: through their index entry
+        (index=on) and with the union nlink (`ovl_get_nlink`)."""
+        for parts in self._linked_paths:
+            shown = lookup(merged, parts)
+            if not isinstance(shown, File):
+                continue
+            _, entry = self.resolve(root, parts)
+            if not entry.exists or not isinstance(entry.node, File):
+                continue
+            node = self.union.view(entry)
+            if isinstance(node, File):
+                node = node.with_links(node.ino, self.overlay_nlink(root, entry))
+            if node.digest != shown.digest:
+                merged = replace(merged, parts, node)
         return merged
 
     def resolve(self, root: Dir, parts: Parts) -> tuple[Entry, Entry]:
-        """(parent entry, entry) of a merged path; memoized per upper tree."""
+        """(parent entry, entry) of a merged path; memoized per upper tree. With
+        index=on a hard-linked lower file not copied up under this name is found through
+        its index entry (`ovl_lookup_index`): an upper inode with no upper name yet."""
         upper = self._upper(root)
         key = (upper.digest, parts)
         hit = self._resolved.get(key)
@@ -197,6 +277,12 @@ class OverlayMount(FileSystemMount):
             if len(self._resolved) > RESOLVE_MEMO:
                 self._resolved.clear()
             hit = self._resolved[key] = self.union.resolve(upper, parts)
+        if self.index_on and hit[1].exists and hit[1].upper is None:
+            index = self.index_path(hit[1])
+            node = lookup(root, index) if index is not None else None
+            if isinstance(node, File):
+                parent, entry = hit
+                return parent, Entry(entry.path, (Frame(0, node, index),) + entry.stack, opaque=entry.opaque)
         return hit
 
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
@@ -243,9 +329,23 @@ class OverlayMount(FileSystemMount):
         base = root.entries.get("work")
         if not isinstance(base, Dir):
             root = replace(root, ("work",), Dir())
-        elif base.entries.get("work") is work:
-            return Recovery(root)  # nothing to clean
-        return Recovery(remove_subtree(root, WORK, work))
+        if not (isinstance(base, Dir) and base.entries.get("work") is work):
+            root = remove_subtree(root, WORK, work)
+        if self.index_on:
+            return self._mount_index(root)
+        return Recovery(root)
+
+    def _mount_index(self, root: Dir) -> Recovery:
+        """`ovl_get_indexdir`: make work/index at the first mount, else clean it up."""
+        if lookup(root, INDEX) is None:
+            return Recovery(replace(root, INDEX, EMPTY_INDEX))
+        steps, refusal = self.index_cleanup(root)
+        if refusal:
+            return Recovery(None, refusal=refusal, remedy=INDEX_REMEDY,
+                            fallback=remove_subtree(root, INDEX, EMPTY_INDEX))
+        for step in steps:
+            root = step.apply(root, self.device)
+        return Recovery(root)
 
     # -- system calls ------------------------------------------------------------------
 
@@ -276,6 +376,7 @@ class OverlayMount(FileSystemMount):
         old, new = split(call.src), split(call.dst)
         self.copy_up(log, old, data=False)
         self.copy_up(log, new[:-1])
+        self._nlink_start(log, old)
         _, entry = self.resolve(log.root, old)
         if self._is_metacopy(entry):
             self._set_redirect(log, entry, samedir=False)  # the new name finds the data by it
@@ -375,9 +476,17 @@ class OverlayMount(FileSystemMount):
             log.do(RemoveTree(join(incompat)))
         work = lookup(log.root, WORK)
         if isinstance(work, Dir):
-            self._cleanup_tree(log, WORK, work)  # ovl_workdir_cleanup
+            log.do_all(_cleanup_steps(join(WORK), work))  # ovl_workdir_cleanup
         log.do(Mkdir(join(WORK), 0))
         self._probe_workdir(log)
+        if self.index_on:
+            if lookup(log.root, INDEX) is None:
+                log.do(Mkdir(join(INDEX), 0))
+                log.do(SetXattr(join(INDEX), UPPER_FH, b"upper"))
+            steps, refusal = self.index_cleanup(log.root)
+            if refusal:
+                raise FsError(errno.ENODATA, join(INDEX))
+            log.do_all(steps)
         if self.options["volatile"]:
             log.do(Mkdir(join(incompat), 0o755))
             log.do(Mkdir(join(incompat + ("volatile",)), 0o755))
@@ -385,22 +494,12 @@ class OverlayMount(FileSystemMount):
         self.new_lifetime()
         self._mounted = log.root
 
-    def _cleanup_tree(self, log: StepLog, parts: Parts, node: Dir) -> None:
-        """Remove a directory entry by entry, depth first, then the directory."""
-        for name in sorted(node.entries):
-            child = node.entries[name]
-            if isinstance(child, Dir):
-                self._cleanup_tree(log, parts + (name,), child)
-            else:
-                log.do(Unlink(join(parts + (name,))))
-        log.do(Rmdir(join(parts)))
-
     def _probe_workdir(self, log: StepLog) -> None:
         """`ovl_make_workdir`'s feature probes on a new work dir: an overlay xattr set
         and removed, and RENAME_WHITEOUT tried on a temp file and cleaned up."""
         log.do(SetXattr(join(WORK), OPAQUE, b"0"))
         log.do(RemoveXattr(join(WORK), OPAQUE))
-        temp, dest = self.temp_name(), self.temp_name()
+        temp, dest = self.temp_name(WORK), self.temp_name(WORK)
         log.do(Create(temp, 0, ino=self.next("ino", 1000)))
         log.do(Rename(temp, dest, RenameFlags.WHITEOUT))
         log.do(Unlink(temp))
@@ -420,9 +519,9 @@ class OverlayMount(FileSystemMount):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def temp_name(self) -> str:
+    def temp_name(self, where: Parts | None = None) -> str:
         """`ovl_lookup_temp`: a fresh `#<hex>` name in the work dir (for variants too)."""
-        return join(WORK + (f"#{self.next('temp'):x}",))
+        return join((where or self.workdir) + (f"#{self.next('temp'):x}",))
 
     def _set_impure(self, log: StepLog, upper_dir: Parts) -> None:
         """`ovl_set_impure`: mark an upper dir that may hold non-pure entries (once)."""
@@ -436,7 +535,154 @@ class OverlayMount(FileSystemMount):
         return up is not None and (bool(entry.lowers) or up.node.xattr(ORIGIN) is not None)
 
     def _allow_offline_changes(self) -> bool:
-        return not self.redirect_on
+        """`ovl_allow_offline_changes`: "we allow lower changes only if none of the new
+        features are used" (index, metacopy, redirect_dir)."""
+        return not (self.redirect_on or self.index_on or self.kernel.metacopy)
+
+    # -- index ---------------------------------------------------------------------------
+
+    def origin_of(self, frame: Frame) -> str:
+        """The model's origin of a lower node: its backing path; for a file of several
+        links, the first of its names (a file handle names the inode, not a name)."""
+        node = frame.node
+        if not isinstance(node, File) or node.nlink < 2:
+            return join(frame.path)
+        base = next((b for b in self._layer_roots if frame.path[:len(b)] == b), None)
+        if base is None:
+            return join(frame.path)
+        key = (base, node.ino)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = join(base + min(find_inode(self._layer_roots[base], node.ino)))
+        return origin
+
+    def _origin_file(self, entry: Entry) -> tuple[str, File] | None:
+        """The lower file an entry comes from, with its origin: the lower one found
+        below it, or the one its upper file's origin xattr names (`ovl_check_origin`)."""
+        if entry.lowers:
+            lower = entry.lowers[0]
+            return (self.origin_of(lower), lower.node) if isinstance(lower.node, File) else None
+        up = entry.upper
+        origin = up.node.xattr(ORIGIN) if up is not None and isinstance(up.node, File) else None
+        if origin is None:
+            return None
+        text = origin.decode("utf-8", "replace")
+        node = self._origin_node(text)
+        return (text, node) if node is not None else None
+
+    def index_path(self, entry: Entry) -> Parts | None:
+        """`ovl_need_index`: where a lower file of several links is (or will be) indexed,
+        or None."""
+        if not self.index_on:
+            return None
+        found = self._origin_file(entry)
+        if found is None or found[1].nlink < 2:
+            return None
+        return INDEX + (index_name(found[0]),)
+
+    def overlay_nlink(self, root: Dir, entry: Entry) -> int:
+        """The union nlink of a file (`ovl_get_nlink`): the upper inode's, or, for an
+        indexed one, from its nlink xattr relative to the upper or the lower inode (with
+        the index entry gone, the kernel shows the upper inode's; seen on 6.18)."""
+        node = entry.node
+        assert isinstance(node, File)
+        up = entry.upper
+        found = self._origin_file(entry)
+        index = self.index_path(entry)
+        if up is None or found is None or index is None or lookup(root, index) is None:
+            return node.nlink
+        return stored_nlink(up.node, found[1], fallback=node.nlink)
+
+    def _no_alias(self, entry: Entry) -> bool:
+        """An upper inode found through the index that has no upper name yet."""
+        up = entry.upper
+        return up is not None and up.path[:2] == INDEX
+
+    def _link_up(self, log: StepLog, entry: Entry) -> None:
+        """`ovl_link_up`: give an indexed inode its upper name: mark the parent impure,
+        store the union nlink relative to the lower inode, link, then relative to upper."""
+        up = entry.upper
+        assert up is not None
+        nlink = self.overlay_nlink(log.root, entry)
+        found = self._origin_file(entry)
+        assert found is not None
+        lower = found[1]
+        index = join(up.path)
+        self._set_impure(log, UPPER + entry.path[:-1])
+        log.do(SetXattr(index, NLINK, f"L{nlink - lower.nlink:+d}".encode()))
+        log.do(Link(index, join(UPPER + entry.path)))
+        self._set_nlink_upper(log, index, nlink)
+
+    def _set_nlink_upper(self, log: StepLog, upper_path: str, nlink: int) -> None:
+        """`ovl_set_nlink_upper`: the union nlink relative to the upper inode's."""
+        node = lookup(log.root, split(upper_path))
+        assert isinstance(node, File)
+        log.do(SetXattr(upper_path, NLINK, f"U{nlink - node.nlink:+d}".encode()))
+
+    def _nlink_start(self, log: StepLog, parts: Parts) -> int | None:
+        """`ovl_nlink_start` before unlink, rename over or link of a file: a lower file
+        that needs an index is copied up first (data and all); an indexed one stores its
+        union nlink. Returns that nlink (None when not indexed)."""
+        _, entry = self.resolve(log.root, parts)
+        if not entry.exists or entry.is_dir or self.index_path(entry) is None:
+            return None
+        if entry.upper is None or self._no_alias(entry):
+            self.copy_up(log, parts)
+            _, entry = self.resolve(log.root, parts)
+        index = self.index_path(entry)
+        assert index is not None and entry.upper is not None
+        if lookup(log.root, index) is None:
+            return None  # copied up before index=on: not indexed
+        nlink = self.overlay_nlink(log.root, entry)
+        self._set_nlink_upper(log, join(entry.upper.path), nlink)
+        return nlink
+
+    def _nlink_end(self, log: StepLog, index: Parts | None, nlink: int) -> None:
+        """`ovl_nlink_end`: an indexed inode whose union nlink reached 0 loses its index
+        entry (`ovl_cleanup_index`), unless upper links remain (then it only stores the
+        nlink it can still see)."""
+        if index is None or nlink > 0:
+            return
+        node = lookup(log.root, index)
+        if not isinstance(node, File):
+            return
+        if node.nlink != 1:
+            self._set_nlink_upper(log, join(index), node.nlink - 1)  # "cleanup linked index"
+            return
+        log.do(Unlink(join(index)))
+
+    def index_cleanup(self, root: Dir) -> tuple[list[Step], str]:
+        """`ovl_indexdir_cleanup` at mount: the steps that remove temp entries, stale
+        entries (origin not the name) and orphans (union nlink 0); or why the mount
+        fails (`ovl_verify_index`: an index file without an origin is ENODATA)."""
+        index = lookup(root, INDEX)
+        if not isinstance(index, Dir):
+            return [], ""
+        steps: list[Step] = []
+        for name in sorted(index.entries):
+            node = index.entries[name]
+            path = join(INDEX + (name,))
+            if name.startswith("#"):
+                steps.extend(_cleanup_steps(path, node))
+                continue
+            if not isinstance(node, File):
+                continue  # a whiteout or a directory index is kept (no nfs_export)
+            origin = node.xattr(ORIGIN)
+            if origin is None:
+                return [], (f"failed to verify index ({path}: no origin xattr, ENODATA); "
+                            f"overlayfs refuses to mount")
+            lower = self._origin_node(origin.decode("utf-8", "replace"))
+            if index_name(origin.decode("utf-8", "replace")) != name or lower is None:
+                steps.append(Unlink(path))  # stale
+            elif node.nlink == 1 and stored_nlink(node, lower, fallback=0) == 0:
+                steps.append(Unlink(path))  # orphan
+        return steps, ""
+
+    def _origin_node(self, origin: str) -> File | None:
+        parts = split(origin)
+        tree = self._layer_roots.get(parts[:1])
+        node = lookup(tree, parts[1:]) if tree is not None else None
+        return node if isinstance(node, File) else None
 
     # -- copy-up -----------------------------------------------------------------------
 
@@ -449,12 +695,15 @@ class OverlayMount(FileSystemMount):
             _, entry = self.resolve(log.root, parts)
             if not entry.exists:
                 return
-            if entry.upper is not None:
+            if entry.upper is not None and not self._no_alias(entry):
                 if data and self._is_metacopy(entry):
                     self._copy_up_data(log, entry, truncate)
                 return
             for i in range(1, len(parts) + 1):
                 _, anc = self.resolve(log.root, parts[:i])
+                if self._no_alias(anc):
+                    self._link_up(log, anc)  # copied up under another name: link it here
+                    break
                 if anc.upper is None:
                     last = i == len(parts)
                     self._copy_up_one(log, anc, truncate=truncate and last,
@@ -491,8 +740,10 @@ class OverlayMount(FileSystemMount):
         (`ovl_copy_up_metadata`, fsynced with `ctx.metadata_fsync`), then link or rename."""
         lower = entry.stack[0]
         node = lower.node
-        dest = join(UPPER + entry.path)
-        self._set_impure(log, UPPER + entry.path[:-1])
+        index = self.index_path(entry)  # a file of several links goes to the index first
+        dest = join(index if index is not None else UPPER + entry.path)
+        if index is None:
+            self._set_impure(log, UPPER + entry.path[:-1])
         temp = self.temp_name()
         metadata_fsync = self.kernel.metadata_fsync and isinstance(node, (File, Dir))
         metacopy = metacopy and isinstance(node, File)
@@ -511,7 +762,9 @@ class OverlayMount(FileSystemMount):
         for name, value in node.xattrs:
             if not name.startswith(OVL_PREFIX):
                 log.do(SetXattr(temp, name, value))
-        log.do(SetXattr(temp, ORIGIN, join(lower.path).encode()))
+        if not isinstance(node, File) or node.nlink == 1 or index is not None:
+            # no origin for one name of a lower hard link: "breaking the association"
+            log.do(SetXattr(temp, ORIGIN, self.origin_of(lower).encode()))
         if metacopy:
             log.do(SetXattr(temp, METACOPY, b""))
             if node.content:
@@ -523,6 +776,11 @@ class OverlayMount(FileSystemMount):
             log.do(LinkTmpfile(temp, dest))
         else:
             log.do(Rename(temp, dest))
+        if index is not None:
+            assert isinstance(node, File)
+            self._set_nlink_upper(log, dest, node.nlink)  # "initialize nlink"
+            _, entry = self.resolve(log.root, entry.path)
+            self._link_up(log, entry)
 
     def _set_attr(self, log: StepLog, temp: str, node: Node) -> None:
         """`ovl_set_attr`: mode (a file was made with it already), owner, times; an
@@ -648,6 +906,7 @@ class OverlayMount(FileSystemMount):
         if is_dir and (lower_positive or not self._pure_upper(entry)):
             whiteouts = self.union.upper_whiteouts(entry)  # ovl_check_empty_dir's list
         self.copy_up(log, parts[:-1])
+        nlink = None if is_dir else self._nlink_start(log, parts)
         parent, entry = self.resolve(log.root, parts)
         upper_path = join(UPPER + parts)
         if whiteouts:
@@ -657,8 +916,10 @@ class OverlayMount(FileSystemMount):
             if is_dir and isinstance(node, Dir) and node.entries:
                 raise FsError(errno.ENOTEMPTY, join(parts))  # vfs_rmdir of a pure upper dir
             log.do(Rmdir(upper_path) if is_dir else Unlink(upper_path))
-            return
-        self.cleanup_and_whiteout(log, upper_path)
+        else:
+            self.cleanup_and_whiteout(log, upper_path)
+        if nlink is not None:
+            self._nlink_end(log, self.index_path(entry), nlink - 1)
 
     def cleanup_and_whiteout(self, log: StepLog, upper_path: str) -> None:
         """`ovl_cleanup_and_whiteout`: rename a fresh whiteout over the upper entry at
@@ -710,8 +971,12 @@ class OverlayMount(FileSystemMount):
 
         self.copy_up(log, old, data=False)
         self.copy_up(log, new[:-1])
+        nlink = None
         if not overwrite:
             self.copy_up(log, new, data=False)
+        elif n.exists and not n.is_dir:
+            nlink = self._nlink_start(log, new)  # the target's union nlink drops
+        replaced_index = self.index_path(n) if nlink is not None else None
         _, o = self.resolve(log.root, old)
         n_parent, n = self.resolve(log.root, new)
         o_parent, _ = self.resolve(log.root, old)
@@ -747,6 +1012,8 @@ class OverlayMount(FileSystemMount):
         log.do(Rename(old_upper, new_upper, real_flags))
         if cleanup_whiteout:
             log.do(Unlink(old_upper))
+        if nlink is not None:
+            self._nlink_end(log, replaced_index, nlink - 1)
 
     def _set_redirect(self, log: StepLog, entry: Entry, samedir: bool) -> None:
         """`ovl_set_redirect`: relative (same parent) or absolute redirect to the origin."""
@@ -806,6 +1073,11 @@ class OverlayFS(Driver):
             "ordered: copy-up fsyncs copied data only; strict: also every copied-up file "
             "and directory after its attributes (Linux 6.18 and later)",
             choices=("ordered", "strict"),
+        ),
+        "index": Option(
+            (bool,), False,
+            "inodes index (work/index): a lower file of several links is copied up once, "
+            "its names stay one inode; the work dir moves into work/index (4.13)",
         ),
         "kernel": Option(
             (str,), DEFAULT_KERNEL,

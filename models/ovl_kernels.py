@@ -9,7 +9,8 @@ The behaviours that change crash states, each with the commit that changed it:
   properly implement sync_filesystem()"), and writes back upper dirty data only since
   4.15 (e8d4bfe3a715, "ovl: Sync upper dirty data when syncing overlayfs", also in
   4.14 stable): between the two, syncfs commits metadata and leaves data unwritten;
-- `redirect_dir` exists since 4.10, `metacopy` since 4.19 (d5791044d2e5, "ovl: Provide a
+- `redirect_dir` exists since 4.10, `index` since 4.13 (02bcd1577400, "ovl: introduce the
+  inodes index dir feature"), `metacopy` since 4.19 (d5791044d2e5, "ovl: Provide a
   mount option metacopy=on/off for metadata copyup"), `volatile` since 5.10;
 - the work dir's whiteout is made once and shared by hard links since 5.8 (c21c839b8448,
   "ovl: whiteout inode sharing"); before, each removal made its own;
@@ -46,6 +47,7 @@ FSYNC_OPTION = (6, 18, 0)
 #: mount options and the version that added them: (option, value that needs it) -> version
 OPTION_SINCE: dict[tuple[str, object], Version] = {
     ("redirect_dir", "on"): (4, 10, 0),
+    ("index", True): (4, 13, 0),
     ("redirect_dir", "follow"): (4, 10, 0),
     ("metacopy", True): (4, 19, 0),
     ("volatile", True): (5, 10, 0),

@@ -114,6 +114,19 @@ def gen_layer(c: Chooser, kinds: Sequence[str]) -> dict[str, Any]:
     return table
 
 
+def with_hardlinks(c: Chooser, table: dict[str, Any]) -> dict[str, Any]:
+    """`table` with further names of some of its files (hard links) where names are free."""
+    files = [p for p, e in table.items() if isinstance(e, str) or (isinstance(e, dict) and e.get("type") == "file")]
+    out = dict(table)
+    for name in NAMES:
+        parents = name.split("/")[:-1]
+        parent = "/".join(parents)
+        if not files or name in out or (parent and not _is_dir(out.get(parent))) or not c.coin():
+            continue
+        out[name] = {"type": "hardlink", "target": c.choice(files)}
+    return out
+
+
 def gen_op(c: Chooser) -> dict[str, Any]:
     op = _gen_op(c)
     if op["op"] not in CLIENT_OPS + ("remount",):
@@ -173,11 +186,14 @@ def gen_workload(
     def kinds(base: tuple[str, ...]) -> tuple[str, ...]:
         return base if redirects else tuple(k for k in base if k != "redirect")
 
+    bottom = gen_layer(c, LOWER_KINDS)
+    if (options or {}).get("index"):  # only then: other option sets keep their seeds' workloads
+        bottom = with_hardlinks(c, bottom)
     return {
         "name": "generated",
         "driver": "overlayfs",
         "options": dict(options or {}),
-        "layers": [gen_layer(c, LOWER_KINDS), gen_layer(c, kinds(MIDDLE_KINDS))],
+        "layers": [bottom, gen_layer(c, kinds(MIDDLE_KINDS))],
         "upper": gen_layer(c, kinds(UPPER_KINDS)),
         "ops": [gen_op(c) for _ in range(c.choice(range(1, max_ops + 1)))],
     }

@@ -12,6 +12,7 @@ no root/overlayfs here).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from checker.engine import views
@@ -40,6 +41,9 @@ class KernelCrash:
 
     recovery: Recovery  # the backing store after mount + umount, or the refusal
     view: Dir | None
+
+
+_SCRATCH = itertools.count(1_000_000)  # serials of extra mounts, apart from the cache's
 
 
 def confirm(result: Result) -> list[Confirmation]:
@@ -81,20 +85,24 @@ def _confirm_one(
         real = cache[state.digest] = mount_crash_state(ws, state, options, len(cache), times)
     model_rec = trace.mount.recover(state)
     recovery = real.recovery
+    view = real.view
     if recovery.refused and model_rec.refused:
-        recovery = Recovery(None, recovery.refusal, model_rec.remedy)  # the fix is the model's
+        # the fix is the model's: apply it, and let the kernel mount what it leaves
+        recovery = Recovery(None, recovery.refusal, model_rec.remedy, model_rec.fallback)
+        if model_rec.fallback is not None:
+            view = mount_crash_state(ws, model_rec.fallback, options, next(_SCRATCH), times).view
 
     def real_recover(root: Dir) -> Recovery:
-        return mount_crash_state(ws, root, options, len(cache) + 1000).recovery
+        return mount_crash_state(ws, root, options, next(_SCRATCH)).recovery
 
-    ctx = CrashContext(trace, trace.ops[v.op], recovery, real.view, trace.mount, real_recover)
+    ctx = CrashContext(trace, trace.ops[v.op], recovery, view, trace.mount, real_recover)
     findings = invariant.check(ctx)
     if findings:
         return Confirmation(
             "confirmed", release, f"mounted on Linux {release}, the kernel shows it: {findings[0].message}"
         )
     model_view = trace.mount.view(model_rec.root) if model_rec.root is not None else None
-    differs = views.diff(model_view, real.view) if real.view is not None else ["(mount refused)"]
+    differs = views.diff(model_view, view) if view is not None else ["(mount refused)"]
     return Confirmation(
         "refuted", release,
         f"MODEL BUG: mounted on Linux {release}, the kernel does not show this {v.invariant} "

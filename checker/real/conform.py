@@ -38,7 +38,9 @@ from models.steps import (
     Step,
 )
 
-TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+")
+TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+|(?<=work/index/)#[0-9a-f]+")
+#: an index entry: the kernel names it by the hex of a file handle, the model by its origin
+INDEX_ENTRY = re.compile(r"(?<=work/index/)(?!#)[^ ]+")
 
 
 def namespace_events(step: Step) -> list[str]:
@@ -53,11 +55,11 @@ def normalize(events: list[str]) -> list[str]:
     def rename(m: re.Match[str]) -> str:
         return names.setdefault(m.group(0), f"#{len(names) + 1}")
 
-    return [TEMP.sub(rename, e) for e in events]
+    return [INDEX_ENTRY.sub("<index>", TEMP.sub(rename, e)) for e in events]
 
 
 def _shapes(events: list[str]) -> Counter[str]:
-    return Counter(TEMP.sub("#*", e) for e in events)
+    return Counter(INDEX_ENTRY.sub("<index>", TEMP.sub("#*", e)) for e in events)
 
 
 @dataclass

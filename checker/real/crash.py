@@ -402,8 +402,9 @@ class RealRun:
 
     def copy(self, t: Template) -> Template:
         run = self.lab.fresh("run")
-        for part in ("upper", "work"):
-            subprocess.run(["cp", "-a", str(getattr(t, part)), str(run / part)], check=True)
+        # one cp keeps the hard links between upper and work/index (index=on)
+        subprocess.run(["cp", "-a", str(t.upper), str(t.work), str(run)], check=True)
+        kernel.forget_upper_root(run / "work")
         return Template(t.lowers, run / "upper", run / "work")
 
     def mount(self, t: Template) -> Mounted:

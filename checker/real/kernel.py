@@ -13,23 +13,25 @@ import os
 import shutil
 import stat
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 from checker.errors import CrashcheckError
 from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, workspace
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
-    "BOOKKEEPING_XATTRS", "KernelUnavailable", "MountRefused", "Workspace", "kernel_release",
+    "BOOKKEEPING_XATTRS", "KernelUnavailable", "forget_upper_root", "MountRefused", "Workspace",
+    "kernel_release",
     "materialize_overlay", "overlay_unavailable_reason", "pinned_times", "read_node", "read_upper",
     "xattrs_of",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
-from models.format import IMPURE, ORIGIN, OVL_PREFIX
+from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.
-BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid")
+BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid", UPPER_FH)
 
 
 class KernelUnavailable(CrashcheckError):
@@ -61,13 +63,21 @@ def overlay_unavailable_reason() -> str | None:
 # --- writing model trees to disk ----------------------------------------------------
 
 
-def write_node(node: Node, path: Path) -> None:
+def write_node(node: Node, path: Path, links: dict[int, Path] | None = None) -> None:
     """Create `node` at `path` (which must not exist), recursively, with exact modes,
-    owners, pinned times and xattrs; a whiteout becomes a character device 0/0."""
+    owners, pinned times and xattrs; a whiteout becomes a character device 0/0; files
+    of one inode (`ino`, nlink > 1) become hard links of the first one written."""
+    links = {} if links is None else links
+    if isinstance(node, File) and node.nlink > 1:
+        first = links.get(node.ino)
+        if first is not None:
+            os.link(first, path)
+            return
+        links[node.ino] = path
     if isinstance(node, Dir):
         path.mkdir()
         for name in sorted(node.entries):
-            write_node(node.entries[name], path / name)
+            write_node(node.entries[name], path / name, links)
         os.chmod(path, node.mode)
     elif isinstance(node, File):
         path.write_bytes(node.content)
@@ -150,16 +160,90 @@ def materialize_overlay(
     ws: Workspace, backing: Dir, name: str | Path = "state", fresh_work: bool = False
 ) -> tuple[list[Path], Path, Path]:
     """Write an overlayfs backing tree (lower0.., upper, work) under the workspace; with
-    `fresh_work` the work dir is left empty for the kernel's first mount to set up.
+    `fresh_work` the work dir is left empty for the kernel's first mount to set up. Index
+    entries (index=on) get the kernel's names and origins: the hex of the lower file's
+    handle, which the kernel itself gives (`real_origins`). Hard links stay hard links.
 
     Returns (lower dirs top first, upper dir, work dir)."""
     base = ws.path(str(name))
     base.mkdir()
     lowers = sorted((n for n in backing.entries if n.startswith("lower")), key=lambda n: int(n[5:]))
-    for entry in lowers + ["upper", "work"]:
-        node = Dir() if entry == "work" and fresh_work else backing.entries[entry]
-        write_node(node, base / entry)
+    for entry in lowers:
+        write_node(backing.entries[entry], base / entry)
+    upper = backing.entries["upper"]
+    work = Dir() if fresh_work else backing.entries["work"]
+    origins = _indexed_origins(work)
+    if origins:
+        handles = real_origins(ws, base, origins)
+        upper, work = _with_handles(upper, handles), _with_handles(work, handles)
+        index = work.entries[INDEX_DIR]
+        assert isinstance(index, Dir)
+        renamed = {handles[_origin_named(n, origins)].hex() if _origin_named(n, origins) else n: node
+                   for n, node in index.entries.items()}
+        work = Dir({**work.entries, INDEX_DIR: Dir(renamed, index.mode, index.xattrs)}, work.mode,
+                   work.xattrs)
+    links: dict[int, Path] = {}  # upper and work share inodes under index=on
+    write_node(upper, base / "upper", links)
+    write_node(work, base / "work", links)
     return [base / n for n in reversed(lowers)], base / "upper", base / "work"
+
+
+def _indexed_origins(work: Node) -> set[str]:
+    """The model origins (`lowerN/path`) of the entries in work/index, read from their
+    names (an entry may have lost its origin xattr in a crash)."""
+    index = work.entries.get(INDEX_DIR) if isinstance(work, Dir) else None
+    if not isinstance(index, Dir):
+        return set()
+    return {n.replace(":", "/") for n in index.entries if n.startswith("lower") and ":" in n}
+
+
+def _origin_named(name: str, origins: set[str]) -> str | None:
+    origin = name.replace(":", "/")
+    return origin if origin in origins else None
+
+
+def _with_handles(node: Node, handles: dict[str, bytes]) -> Node:
+    """`node` with each model origin in `handles` replaced by the real file handle."""
+    if isinstance(node, Dir):
+        return Dir({n: _with_handles(c, handles) for n, c in node.entries.items()}, node.mode, node.xattrs,
+                   uid=node.uid, gid=node.gid)
+    if isinstance(node, File) and any(k == ORIGIN for k, _ in node.xattrs):
+        xattrs = tuple((k, handles.get(v.decode("utf-8", "replace"), v) if k == ORIGIN else v)
+                       for k, v in node.xattrs)
+        return File(node.content, node.mode, xattrs, ino=node.ino, nlink=node.nlink, uid=node.uid,
+                    gid=node.gid, mtime=node.mtime)
+    return node
+
+
+def real_origins(ws: Workspace, base: Path, origins: set[str]) -> dict[str, bytes]:
+    """The kernel's origin file handle of each lower file named `lowerN/path` under
+    `base`: an index=on mount of that one layer over a scratch upper copies the file up
+    (a chown to its own owner), and the copy's origin xattr is the handle."""
+    out: dict[str, bytes] = {}
+    for n, origin in enumerate(sorted(origins)):
+        layer, _, rest = origin.partition("/")
+        scratch = ws.path(f"{base.name}-origin{n}")
+        for part in ("upper", "work", "mnt"):
+            (scratch / part).mkdir(parents=True)
+        target = scratch / "mnt"
+        ws.mount_overlay([base / layer], scratch / "upper", scratch / "work", target, ["index=on"])
+        try:
+            st = os.lstat(target / rest)
+            os.chown(target / rest, st.st_uid, st.st_gid, follow_symlinks=False)
+        finally:
+            ws.umount(target)
+        out[origin] = os.getxattr(scratch / "upper" / rest, ORIGIN, follow_symlinks=False)
+        shutil.rmtree(scratch)
+    return out
+
+
+def forget_upper_root(work: Path) -> None:
+    """A copied upper dir is a new inode: drop the index dir's record of the old one
+    (`trusted.overlay.upper`), which the next index=on mount writes again; with it the
+    mount fails with ESTALE ("failed to verify upper")."""
+    index = work / INDEX_DIR
+    with suppress(OSError):
+        os.removexattr(index, UPPER_FH)
 
 
 def pinned_times(*trees: Node | None) -> frozenset[Parts]:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from checker.errors import CrashcheckError
-from models.steps import Fsync, LinkTmpfile, Rename, Rmdir, Step, Syncfs, Unlink
+from models.steps import Fsync, Link, LinkTmpfile, Rename, Rmdir, Step, Syncfs, Unlink
 from models.syscalls import RenameFlags
-from models.tree import moved_path
+from models.tree import moved_path, split
 
 if TYPE_CHECKING:
     from checker.real.workspace import Workspace
@@ -150,21 +150,30 @@ def model_syncs(steps: list[Step]) -> list[str]:
 
 
 def _final_place(path: str, later: list[Step]) -> str:
-    where: str | None = path
+    """Where the inode at `path` is after `later`: its first name in name order when
+    it has several (hard links), as `inode_paths` names it."""
+    names = {path}
     for step in later:
-        if where is None:
+        if not names:
             break
-        if isinstance(step, LinkTmpfile) and step.src == where:
-            where = step.dst
+        if isinstance(step, LinkTmpfile) and step.src in names:
+            names = {step.dst}
+        elif isinstance(step, Link) and step.src in names:
+            names.add(step.dst)
         elif isinstance(step, Rename):
-            moved = moved_path(where, step.src, step.dst)
-            if step.flags is RenameFlags.EXCHANGE and moved is None:
-                moved = moved_path(where, step.dst, step.src)
-            if moved is not None:
-                where = moved
-        elif isinstance(step, Unlink | Rmdir) and moved_path(where, step.path, "") is not None:
-            where = None  # the entry, or a directory above it, went
-    return REMOVED if where is None else where
+            moved = set()
+            if step.flags is not RenameFlags.EXCHANGE:  # a name renamed over is gone
+                names = {w for w in names if moved_path(w, step.dst, "") is None
+                         or moved_path(w, step.src, step.dst) is not None}
+            for where in names:
+                to = moved_path(where, step.src, step.dst)
+                if step.flags is RenameFlags.EXCHANGE and to is None:
+                    to = moved_path(where, step.dst, step.src)
+                moved.add(where if to is None else to)
+            names = moved
+        elif isinstance(step, Unlink | Rmdir):
+            names = {w for w in names if moved_path(w, step.path, "") is None}  # it, or a dir above it, went
+    return REMOVED if not names else min(names, key=split)
 
 
 def differences(model: list[str], observed: list[str]) -> tuple[list[str], list[str]]:
