@@ -6,9 +6,10 @@
 Sequence k uses seed S + k (tests/strategies.py: two lower layers, an upper layer, 1 to 6
 ops over a small name space, among them mv/rm/cp through coreutils) and the mount
 options of combination (seed - 100,000) mod 6: redirect_dir off or on with fsync ordered or strict,
-and metacopy on with fsync ordered or strict. Seeds from 200,000 on run index=on, with
-hard links in the bottom layer (combination (seed - 200,000) mod 3: fsync ordered or
-strict, or redirect_dir on). For
+and metacopy on with fsync ordered or strict. Seeds from 200,000 on add the generator's
+newer choices (hard links in the bottom layer, `remount rotate`) and run combination
+(seed - 200,000) mod 4: index=on with fsync ordered or strict or with redirect_dir on,
+or index off. For
 every op the result, the merged view and the syncs must be the model's, and at the end
 the upper dirs. Prints the agreement figure and every disagreement with its seed.
 """
@@ -35,7 +36,7 @@ COMBINATIONS = [
 
 
 INDEX_COMBINATIONS = [
-    {"index": True}, {"index": True, "fsync": "strict"}, {"index": True, "redirect_dir": "on"},
+    {"index": True}, {"index": True, "fsync": "strict"}, {"index": True, "redirect_dir": "on"}, {},
 ]
 
 FIRST_SEED = 100_000
@@ -71,7 +72,8 @@ def main() -> int:
         for k in range(args.sequences):
             seed = args.first_seed + k
             options = options_of(seed)
-            table = gen_workload(RandomChooser(seed), options=dict(options), redirects=False)
+            table = gen_workload(RandomChooser(seed), options=dict(options), redirects=False,
+                                 extended=seed >= INDEX_SEED)
             spec = parse_spec(table, f"<sequence {seed}>")
             count, found = compare_workload(ws, shim, spec, fs / f"q{seed}", tracer)
             ops += count

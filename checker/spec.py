@@ -86,6 +86,7 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 PATH_ARGS = ("path", "src", "dst")
 INT_ARGS = ("size", "mode", "from_layer", "offset")
 ID_ARGS = ("uid", "gid", "user")
+BOOL_ARGS = ("rotate",)
 #: client programs: their paths take no trailing slash (coreutils treats one its own way)
 CLIENT_OPS = ("mv", "rm", "cp")
 NAME_ARGS = ("image", "container", "tag")
@@ -135,6 +136,8 @@ class Op:
                 shown.append("|".join(value))
             elif key == "user":
                 shown.append(f"as uid {value}")
+            elif isinstance(value, bool):
+                shown.extend([key] if value else [])
             else:
                 shown.append(str(value))
         return " ".join([self.kind] + shown)
@@ -607,6 +610,10 @@ def _op_arg(kind: str, arg: str, value: Any, file: str, key: str) -> Any:
         return check_path(value, file, key, trailing_slash=kind not in CLIENT_OPS)
     if arg == "flags":
         return _open_flags(value, file, key)
+    if arg in BOOL_ARGS:
+        if not isinstance(value, bool):
+            raise SpecError(file, "must be true or false", key)
+        return value
     if arg in ID_ARGS:
         return _number(value, file, key, MAX_ID)
     if arg == "mtime":

@@ -313,7 +313,7 @@ class Driver:
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
         """The client program (a generator of system calls) for one of EXTRA_OPS."""
         if kind == "remount":
-            return syscall(sc.Remount())
+            return syscall(sc.Remount(rotate=bool(args.get("rotate", False))))
         return None
 
     @classmethod
@@ -346,6 +346,8 @@ class Driver:
 
 #: the op of drivers that can be unmounted and mounted again mid-workload
 REMOUNT_OP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"remount": ((), ())}
+#: overlayfs's remount may also rotate the upper layer into the lower stack
+ROTATING_REMOUNT_OP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"remount": ((), ("rotate",))}
 
 
 def _type_names(opt: Option) -> str:

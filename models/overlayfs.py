@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, OptionError, Recovery, handles
+from models.driver import ROTATING_REMOUNT_OP, Driver, FileSystemMount, Option, OptionError, Recovery, handles
 from models.format import INDEX_DIR, NLINK, UPPER_FH
 from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
@@ -197,7 +197,8 @@ class OverlayMount(FileSystemMount):
             version, volatile=self.options["volatile"], fsync_mode=self.options["fsync"],
             copy_up_fsync=self.options["copy_up_fsync"], metacopy=self.options["metacopy"],
         )
-        self._resolved: dict[tuple[bytes, Parts], tuple[Entry, Entry]] = {}
+        self._resolved: dict[tuple[tuple[bytes, ...], bytes, Parts], tuple[Entry, Entry]] = {}
+        self._rotated_unions: dict[tuple[bytes, ...], Union] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
         self.index_on = bool(self.options["index"])
         self.workdir = INDEX if self.index_on else WORK  # where temp entries are made
@@ -208,6 +209,33 @@ class OverlayMount(FileSystemMount):
     @property
     def union(self) -> Union:
         return self._union
+
+    def rotated(self, root: Dir) -> list[str]:
+        """The upper layers `remount rotate` moved into the lower stack: `lowerN` and
+        on, after the spec's layers, bottom first (they live on the upper file system)."""
+        out: list[str] = []
+        n = len(self.lower_names)
+        while f"lower{n}" in root.entries:
+            out.append(f"lower{n}")
+            n += 1
+        return out
+
+    def union_of(self, root: Dir) -> Union:
+        """The union a backing store mounts as: the spec's lower layers under the rotated
+        upper layers it holds (a crash state before a rotation has none)."""
+        key = self._rotation_key(root)
+        if not key:
+            return self._union
+        hit = self._rotated_unions.get(key)
+        if hit is None:
+            rotated = self.rotated(root)
+            layers = [(root.entries[n], (n,)) for n in reversed(rotated)]
+            hit = Union(layers + [(f.node, f.path) for f in self._union.lower_roots])  # type: ignore[misc]
+            self._rotated_unions[key] = hit
+        return hit
+
+    def _rotation_key(self, root: Dir) -> tuple[bytes, ...]:
+        return tuple(root.entries[n].digest for n in self.rotated(root))
 
     def union_layers(self) -> tuple[Union, Parts]:
         """The lower layers' union and where upper lives (models.capabilities.UnionView)."""
@@ -230,7 +258,9 @@ class OverlayMount(FileSystemMount):
 
     def device(self, parts: Parts) -> str:
         top = parts[0] if parts else ""
-        return "upper" if top in ("upper", "work", "") else top
+        if top in ("upper", "work", "") or (top.startswith("lower") and top not in self.lower_names):
+            return "upper"  # rotated upper layers stay on the upper file system
+        return top
 
     def lower_devices(self) -> frozenset[str]:
         return frozenset(self.lower_names)
@@ -243,7 +273,8 @@ class OverlayMount(FileSystemMount):
         return upper
 
     def view(self, root: Dir) -> Dir:
-        merged = self.union.view(self.union.root(self._upper(root)))
+        union = self.union_of(root)
+        merged = union.view(union.root(self._upper(root)))
         assert isinstance(merged, Dir)
         if self._linked_paths:
             merged = self._linked_view(root, merged)
@@ -259,7 +290,7 @@ class OverlayMount(FileSystemMount):
             _, entry = self.resolve(root, parts)
             if not entry.exists or not isinstance(entry.node, File):
                 continue
-            node = self.union.view(entry)
+            node = self.union_of(root).view(entry)
             if isinstance(node, File):
                 node = node.with_links(node.ino, self.overlay_nlink(root, entry))
             if node.digest != shown.digest:
@@ -271,12 +302,12 @@ class OverlayMount(FileSystemMount):
         index=on a hard-linked lower file not copied up under this name is found through
         its index entry (`ovl_lookup_index`): an upper inode with no upper name yet."""
         upper = self._upper(root)
-        key = (upper.digest, parts)
+        key = (self._rotation_key(root), upper.digest, parts)
         hit = self._resolved.get(key)
         if hit is None:
             if len(self._resolved) > RESOLVE_MEMO:
                 self._resolved.clear()
-            hit = self._resolved[key] = self.union.resolve(upper, parts)
+            hit = self._resolved[key] = self.union_of(root).resolve(upper, parts)
         if self.index_on and hit[1].exists and hit[1].upper is None:
             index = self.index_path(hit[1])
             node = lookup(root, index) if index is not None else None
@@ -287,7 +318,7 @@ class OverlayMount(FileSystemMount):
 
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
         _, entry = self.resolve(root, parts)
-        return self.union.view(entry) if entry.exists else None
+        return self.union_of(root).view(entry) if entry.exists else None
 
     def read(self, root: Dir, call: sc.Syscall) -> sc.SysResult:
         if isinstance(call, sc.Readdir):  # a listing shows what the union shows
@@ -298,12 +329,16 @@ class OverlayMount(FileSystemMount):
             if not isinstance(node, Dir):
                 return sc.fail(errno.ENOTDIR)
             _, entry = self.resolve(root, split(call.path))
-            return sc.SysResult(0, self.union.listing(entry))
+            return sc.SysResult(0, self.union_of(root).listing(entry))
         return super().read(root, call)
 
     # -- recovery (mount) --------------------------------------------------------------
 
     def recover(self, root: Dir) -> Recovery:
+        if not isinstance(root.entries.get("upper"), Dir):
+            remedied = self._mount_workdir(replace(root, UPPER, Dir()))
+            return Recovery(None, refusal="upperdir is missing (a crash in the middle of `remount rotate`)",
+                            remedy="make an empty upper dir", fallback=remedied.root)
         return self._mount_workdir(root)
 
     def _mount_workdir(self, root: Dir) -> Recovery:
@@ -474,6 +509,8 @@ class OverlayMount(FileSystemMount):
         incompat = WORK + ("incompat",)
         if lookup(log.root, incompat) is not None:
             log.do(RemoveTree(join(incompat)))
+        if call.rotate:
+            self._rotate(log)
         work = lookup(log.root, WORK)
         if isinstance(work, Dir):
             log.do_all(_cleanup_steps(join(WORK), work))  # ovl_workdir_cleanup
@@ -493,6 +530,21 @@ class OverlayMount(FileSystemMount):
             log.do(Create(join(incompat + ("volatile", "dirty")), 0o644, ino=self.next("ino", 1000)))
         self.new_lifetime()
         self._mounted = log.root
+
+    def _rotate(self, log: StepLog) -> None:
+        """`remount rotate` between umount and mount: the upper dir becomes the top
+        lower layer, `lowerN` beside it on the upper file system, and a fresh upper dir
+        is made; under index=on the index, which records the old upper root, goes too
+        (the mount would fail with ESTALE)."""
+        name = f"lower{len(self.lower_names) + len(self.rotated(log.root))}"
+        layer = self._upper(log.root)
+        log.do(Rename("upper", name))
+        log.do(Mkdir("upper", 0o755))
+        if self.index_on and lookup(log.root, INDEX) is not None:
+            log.do(RemoveTree(join(INDEX)))
+        self._layer_roots[(name,)] = layer
+        linked = {p for p, n in walk(layer) if isinstance(n, File) and n.nlink > 1}
+        self._linked_paths = sorted(set(self._linked_paths) | linked)
 
     def _probe_workdir(self, log: StepLog) -> None:
         """`ovl_make_workdir`'s feature probes on a new work dir: an overlay xattr set
@@ -1044,7 +1096,7 @@ class OverlayFS(Driver):
     name = "overlayfs"
     description = "Linux overlayfs: lower layers, one upper file system with upper/ and work/"
     layered = True
-    EXTRA_OPS = REMOUNT_OP
+    EXTRA_OPS = ROTATING_REMOUNT_OP
     OPTIONS = {
         "redirect_dir": Option(
             (bool, str), "off",

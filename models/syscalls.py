@@ -285,9 +285,14 @@ class Syncfs(Syscall):
 
 @dataclass(frozen=True)
 class Remount(Syscall):
-    """umount(2) of the file system, then mount(2) with the same options."""
+    """umount(2) of the file system, then mount(2) with the same options; with `rotate`,
+    in between the upper dir becomes the top lower layer and a fresh one is made."""
 
+    rotate: bool = False
     NAME: ClassVar[str] = "remount"
+
+    def __str__(self) -> str:
+        return "remount(rotate)" if self.rotate else "remount()"
 
 
 @dataclass(frozen=True)

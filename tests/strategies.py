@@ -127,8 +127,11 @@ def with_hardlinks(c: Chooser, table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def gen_op(c: Chooser) -> dict[str, Any]:
+def gen_op(c: Chooser, extended: bool = False) -> dict[str, Any]:
+    """One op; `extended` adds the newer choices (`remount rotate`)."""
     op = _gen_op(c)
+    if op["op"] == "remount" and extended and c.coin():
+        op["rotate"] = True
     if op["op"] not in CLIENT_OPS + ("remount",):
         for key in ("path", "src", "dst"):
             if key in op and c.choice(SLASHED):
@@ -178,16 +181,19 @@ def _gen_op(c: Chooser) -> dict[str, Any]:
 
 
 def gen_workload(
-    c: Chooser, max_ops: int = 6, options: dict[str, Any] | None = None, redirects: bool = True
+    c: Chooser, max_ops: int = 6, options: dict[str, Any] | None = None, redirects: bool = True,
+    extended: bool = False,
 ) -> dict[str, Any]:
     """Two lower layers, an upper layer and a few ops. Without `redirects`, no generated
-    layer holds a redirect (ops may still create them)."""
+    layer holds a redirect (ops may still create them). `extended` adds the newer
+    choices: hard links in the bottom layer and `remount rotate` (off, the choices and so
+    every seed's workload stay what they were before these existed)."""
 
     def kinds(base: tuple[str, ...]) -> tuple[str, ...]:
         return base if redirects else tuple(k for k in base if k != "redirect")
 
     bottom = gen_layer(c, LOWER_KINDS)
-    if (options or {}).get("index"):  # only then: other option sets keep their seeds' workloads
+    if extended:
         bottom = with_hardlinks(c, bottom)
     return {
         "name": "generated",
@@ -195,7 +201,7 @@ def gen_workload(
         "options": dict(options or {}),
         "layers": [bottom, gen_layer(c, kinds(MIDDLE_KINDS))],
         "upper": gen_layer(c, kinds(UPPER_KINDS)),
-        "ops": [gen_op(c) for _ in range(c.choice(range(1, max_ops + 1)))],
+        "ops": [gen_op(c, extended) for _ in range(c.choice(range(1, max_ops + 1)))],
     }
 
 

@@ -69,8 +69,8 @@ def test_merged_view_of_generated_states_matches_the_kernel():
 
 @pytest.mark.parametrize("options", [
     {"redirect_dir": "off"}, {"redirect_dir": "on"}, {"redirect_dir": "off", "fsync": "strict"},
-    {"metacopy": True}, {"index": True},
-], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index"])
+    {"metacopy": True}, {"index": True}, {"redirect_dir": "off", "extended": True},
+], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index", "hardlinks-rotate"])
 def test_generated_op_sequences_match_the_kernel(options: dict[str, str]):
     """Results, views and syncs after every op, and the upper dir at the end
     (`checker.real.fidelity`, also behind benchmarks/fidelity.py)."""
@@ -82,7 +82,10 @@ def test_generated_op_sequences_match_the_kernel(options: dict[str, str]):
         for seed in range(SEQUENCES):
             # Hand-made redirects can make the kernel answer ESTALE (two merged dirs
             # claiming one lower dir); here redirects come only from the ops themselves.
-            table = gen_workload(RandomChooser(10_000 + seed), options=dict(options), redirects=False)
+            mount_options = {k: v for k, v in options.items() if k != "extended"}
+            extended = bool(options.get("extended") or options.get("index"))
+            table = gen_workload(RandomChooser(10_000 + seed), options=mount_options, redirects=False,
+                                 extended=extended)
             count, found = compare_workload(ws, shim, parse_spec(table, f"<sequence {seed}>"),
                                             fs / f"q{seed}", tracer)
             assert not found, f"seed {seed}: {table}\n" + "\n".join(map(str, found))

@@ -50,7 +50,7 @@ def test_report_tables_in_three_formats_are_reproducible(suite_json: Path):
     assert "| overlayfs | prefix | 21 |" in md  # the pivot: 21 overlayfs specs under prefix
     csv_lines = _cli("report", str(suite_json), "--format", "csv").stdout.splitlines()
     assert csv_lines[0] == "spec,driver,persistence,verdict,violated,crash states,unique states"
-    assert len(csv_lines) == 96
+    assert len(csv_lines) == 97
     tex = _cli("report", str(suite_json), "--format", "latex").stdout
     assert tex.count("\\begin{tabular}") == 2 and "\\toprule" in tex and "no-dual-existence" in tex
     assert latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
@@ -153,7 +153,7 @@ def test_progress_is_a_bar_on_a_terminal_and_silent_in_a_pipe():
         seen += chunk
     p.wait(timeout=60)
     os.close(main)
-    assert b"/39 [" in seen and b"spec/s" in seen  # tqdm: n of the 39 specs, a rate
+    assert b"/40 [" in seen and b"spec/s" in seen  # tqdm: n of the 40 specs, a rate
 
 
 def test_explore_results_plot_per_op_kind(tmp_path: Path):

@@ -29,6 +29,7 @@ from checker.errors import CrashcheckError
 from checker.real import kernel, sandbox, synctrace
 from checker.real.fanotify import FanotifyUnavailable, FsWatcher
 from checker.real.ops import agrees, run_op
+from checker.real.synctrace import INDEX_ENTRY
 from checker.spec import Spec
 from models import drivers
 from models.capabilities import KernelTwin, can, mount_can
@@ -39,8 +40,6 @@ from models.steps import (
 )
 
 TEMP = re.compile(r"(?<=work/work/)#[0-9a-f]+|(?<=work/index/)#[0-9a-f]+")
-#: an index entry: the kernel names it by the hex of a file handle, the model by its origin
-INDEX_ENTRY = re.compile(r"(?<=work/index/)(?!#)[^ ]+")
 
 
 def namespace_events(step: Step) -> list[str]:
@@ -136,11 +135,8 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
         target = ws.path("mnt")
         assert can(trace.mount, KernelTwin)
         options = trace.mount.kernel_mount_options()
-        ws.mount_overlay(lowers, upper, work, target, options)
-
-        def remount() -> None:
-            ws.umount(target)
-            ws.mount_overlay(lowers, upper, work, target, options)
+        live = kernel.LiveOverlay(ws, lowers, upper, work, target, options)
+        live.mount()
 
         try:
             watcher = FsWatcher(upper.parent)
@@ -151,7 +147,7 @@ def conform(spec: Spec, driver: Driver | None = None) -> list[OpConformance]:
                 watcher.drain()
                 if tracer is not None:
                     tracer.drain()
-                result = run_op(target, record.op, shim, remount)
+                result = run_op(target, record.op, shim, live.remount)
                 observed = [str(e) for e in watcher.drain()]
                 steps = trace.steps[record.first_step:record.end_step]
                 model = [e for step in steps for e in namespace_events(step)]

@@ -552,6 +552,8 @@ def real_check(spec: Spec, impl_name: str, progress: Callable[[str], None] | Non
                     _, syscall = run.run_op(t, record, n, daemon_kill, seen)
                     points += 1
                     violations.extend(run.check(record, before, after, t, n, process, syscall))
+            if record.op.kind == "remount" and record.op.arg("rotate"):
+                after_t.lowers = kernel.rotate_upper(after_t.lowers, after_t.upper, after_t.work)
             current = after_t
     violations.sort(key=lambda v: (v.op, v.process, v.crash_at_call, v.invariant))
     return RealResult(

@@ -50,18 +50,14 @@ def compare_workload(ws: kernel.Workspace, shim: Path, spec: Spec, base: Path,
     lowers, upper, work = kernel.materialize_overlay(ws, trace.initial, base / "state", fresh_work=True)
     target = base / "mnt"
     options = trace.mount.kernel_mount_options()
-    ws.mount_overlay(lowers, upper, work, target, options)
-
-    def remount() -> None:
-        ws.umount(target)
-        ws.mount_overlay(lowers, upper, work, target, options)
-
+    live = kernel.LiveOverlay(ws, lowers, upper, work, target, options)
+    live.mount()
     found: list[Disagreement] = []
     try:
         for record in trace.ops:
             if tracer is not None:
                 tracer.drain()
-            real = run_op(target, record.op, shim, remount)
+            real = run_op(target, record.op, shim, live.remount)
             found += _op_disagreements(trace, record.index, real, target, upper.parent, tracer)
     finally:
         ws.umount(target)

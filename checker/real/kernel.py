@@ -14,13 +14,15 @@ import shutil
 import stat
 import subprocess
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from checker.errors import CrashcheckError
 from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, workspace
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
-    "BOOKKEEPING_XATTRS", "KernelUnavailable", "forget_upper_root", "MountRefused", "Workspace",
+    "BOOKKEEPING_XATTRS", "KernelUnavailable", "LiveOverlay", "forget_upper_root", "MountRefused",
+    "Workspace", "rotate_upper",
     "kernel_release",
     "materialize_overlay", "overlay_unavailable_reason", "pinned_times", "read_node", "read_upper",
     "xattrs_of",
@@ -170,12 +172,13 @@ def materialize_overlay(
     lowers = sorted((n for n in backing.entries if n.startswith("lower")), key=lambda n: int(n[5:]))
     for entry in lowers:
         write_node(backing.entries[entry], base / entry)
-    upper = backing.entries["upper"]
+    upper = backing.entries.get("upper")  # None: a crash in the middle of `remount rotate`
     work = Dir() if fresh_work else backing.entries["work"]
     origins = _indexed_origins(work)
     if origins:
         handles = real_origins(ws, base, origins)
-        upper, work = _with_handles(upper, handles), _with_handles(work, handles)
+        upper = _with_handles(upper, handles) if upper is not None else None
+        work = _with_handles(work, handles)
         index = work.entries[INDEX_DIR]
         assert isinstance(index, Dir)
         renamed = {handles[_origin_named(n, origins)].hex() if _origin_named(n, origins) else n: node
@@ -183,7 +186,8 @@ def materialize_overlay(
         work = Dir({**work.entries, INDEX_DIR: Dir(renamed, index.mode, index.xattrs)}, work.mode,
                    work.xattrs)
     links: dict[int, Path] = {}  # upper and work share inodes under index=on
-    write_node(upper, base / "upper", links)
+    if upper is not None:
+        write_node(upper, base / "upper", links)
     write_node(work, base / "work", links)
     return [base / n for n in reversed(lowers)], base / "upper", base / "work"
 
@@ -235,6 +239,42 @@ def real_origins(ws: Workspace, base: Path, origins: set[str]) -> dict[str, byte
         out[origin] = os.getxattr(scratch / "upper" / rest, ORIGIN, follow_symlinks=False)
         shutil.rmtree(scratch)
     return out
+
+
+@dataclass
+class LiveOverlay:
+    """A kernel overlay mount of materialized dirs, for workloads that remount it."""
+
+    ws: Workspace
+    lowers: list[Path]  # top first
+    upper: Path
+    work: Path
+    target: Path
+    options: list[str]
+
+    def mount(self) -> None:
+        self.ws.mount_overlay(self.lowers, self.upper, self.work, self.target, self.options)
+
+    def remount(self, rotate: bool = False) -> None:
+        """umount and mount again (with `rotate`, the upper dir rotated in between)."""
+        self.ws.umount(self.target)
+        if rotate:
+            self.lowers = rotate_upper(self.lowers, self.upper, self.work)
+        self.mount()
+
+
+def rotate_upper(lowers: list[Path], upper: Path, work: Path) -> list[Path]:
+    """What the model's `remount rotate` does between umount and mount: the upper dir
+    becomes the top lower layer, `lowerN` beside it, a fresh upper dir is made, and
+    index=on's index (which records the old upper root) is removed. Returns the new
+    lower dirs, top first."""
+    layer = upper.parent / f"lower{len(lowers)}"
+    os.rename(upper, layer)
+    os.mkdir(upper)
+    os.chmod(upper, 0o755)
+    if (work / INDEX_DIR).exists():
+        shutil.rmtree(work / INDEX_DIR)
+    return [layer] + lowers
 
 
 def forget_upper_root(work: Path) -> None:

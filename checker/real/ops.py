@@ -44,14 +44,14 @@ def agrees(model: int | str, real: int | str) -> bool:
     return model == real
 
 
-def run_op(mountpoint: Path, op: Op, shim: Path, remount: Callable[[], None] | None = None) -> int | str:
+def run_op(mountpoint: Path, op: Op, shim: Path, remount: Callable[[bool], None] | None = None) -> int | str:
     """Perform one op confined to `mountpoint`: 0, the errno name a system call failed
     with, or CLIENT_FAILED for a client program that exited non-zero. A `remount` op
-    calls `remount` (the caller's umount and mount of the same file system)."""
+    calls `remount(rotate)` (the caller's umount and mount of the same file system)."""
     if op.kind == "remount":
         if remount is None:
             raise ValueError("a remount op needs the caller's remount")
-        remount()
+        remount(bool(op.arg("rotate", False)))
         return 0
     argv = client_argv(op)
     if argv is not None:

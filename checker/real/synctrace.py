@@ -133,8 +133,14 @@ def inode_paths(base: Path) -> dict[int, str]:
     return found
 
 
+#: an index entry (index=on): the kernel names it by the hex of a file handle, the model
+#: by its origin, so syncs name any one as `work/index/<index>`
+INDEX_ENTRY = re.compile(r"(?<=work/index/)(?!#)[^ ]+")
+
+
 def observed_syncs(events: list[tuple[str, int]], inodes: dict[int, str]) -> list[str]:
-    return [f"fsync {inodes.get(ino, REMOVED)}" if kind == "fsync" else "syncfs" for kind, ino in events]
+    return [INDEX_ENTRY.sub("<index>", f"fsync {inodes.get(ino, REMOVED)}") if kind == "fsync" else "syncfs"
+            for kind, ino in events]
 
 
 def model_syncs(steps: list[Step]) -> list[str]:
@@ -145,7 +151,7 @@ def model_syncs(steps: list[Step]) -> list[str]:
         if isinstance(step, Syncfs):
             out.append("syncfs")
         elif isinstance(step, Fsync):
-            out.append(f"fsync {_final_place(step.path, steps[i + 1:])}")
+            out.append(INDEX_ENTRY.sub("<index>", f"fsync {_final_place(step.path, steps[i + 1:])}"))
     return out
 
 

@@ -41,7 +41,7 @@ from checker.engine.persistence import CrashState, apply_amount, copy_sources
 from models.capabilities import IdentityView, UnionView, can
 from models.clients import FULL_SYNC_OPS, SYNC_OPS
 from models.format import METACOPY, OPAQUE, OVL_PREFIX, REDIRECT
-from models.steps import Effect, Link, SetXattr, Step
+from models.steps import Effect, Link, Rename, SetXattr, Step
 from models.syscalls import RenameFlags
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, join, lookup, split
 from models.union import Entry, Frame
@@ -63,6 +63,8 @@ def unsupported(ctx: Context) -> str | None:
             return "hard links of regular files (writes through one name change the other)"
         if isinstance(step, SetXattr) and step.name == METACOPY:
             return "metacopy files (their data is read from a lower layer)"
+        if isinstance(step, Rename) and step.src == "upper":
+            return "remount rotate (the lower layers change mid-workload)"
     if any(n.xattr(METACOPY) is not None for _, n in _walk(ctx.trace.initial)):
         return "metacopy files (their data is read from a lower layer)"
     return None
