@@ -7,9 +7,9 @@ Sequence k uses seed S + k (tests/strategies.py: two lower layers, an upper laye
 ops over a small name space, among them mv/rm/cp through coreutils) and the mount
 options of combination (seed - 100,000) mod 6: redirect_dir off or on with fsync ordered or strict,
 and metacopy on with fsync ordered or strict. Seeds from 200,000 on add the generator's
-newer choices (hard links in the bottom layer, `remount rotate`) and run combination
-(seed - 200,000) mod 4: index=on with fsync ordered or strict or with redirect_dir on,
-or index off. For
+newer choices (hard links in the bottom layer, `remount rotate`, xattrs in overlay's own
+namespaces) and run combination (seed - 200,000) mod 6: index=on with fsync ordered or
+strict or with redirect_dir on, none of the options, userxattr, or xino=on. For
 every op the result, the merged view and the syncs must be the model's, and at the end
 the upper dirs. Prints the agreement figure and every disagreement with its seed.
 """
@@ -37,6 +37,7 @@ COMBINATIONS = [
 
 INDEX_COMBINATIONS = [
     {"index": True}, {"index": True, "fsync": "strict"}, {"index": True, "redirect_dir": "on"}, {},
+    {"userxattr": True}, {"xino": "on"},
 ]
 
 FIRST_SEED = 100_000

@@ -14,3 +14,25 @@ METACOPY = OVL_PREFIX + "metacopy"  # an upper file whose data is still the lowe
 NLINK = OVL_PREFIX + "nlink"  # an indexed upper inode's union nlink: "U+n"/"L-n" from upper/lower
 UPPER_FH = OVL_PREFIX + "upper"  # the index dir's record of the upper root it belongs to
 INDEX_DIR = "index"  # work/index: copies of hard-linked lower files, named by origin
+
+
+class OverlayXattrs:
+    """The names of overlay's private xattrs in one namespace: `trusted.overlay.*`, or
+    `user.overlay.*` on a `userxattr` mount (5.11: "ovl: user xattr")."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.opaque = prefix + "opaque"
+        self.redirect = prefix + "redirect"
+        self.origin = prefix + "origin"
+        self.impure = prefix + "impure"
+        self.metacopy = prefix + "metacopy"
+        self.nlink = prefix + "nlink"
+        self.upper = prefix + "upper"
+
+    def __repr__(self) -> str:
+        return f"OverlayXattrs({self.prefix!r})"
+
+
+TRUSTED = OverlayXattrs(OVL_PREFIX)
+USER = OverlayXattrs("user.overlay.")

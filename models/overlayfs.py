@@ -48,7 +48,7 @@ from typing import Any
 
 from models import syscalls as sc
 from models.driver import ROTATING_REMOUNT_OP, Driver, FileSystemMount, Option, OptionError, Recovery, handles
-from models.format import INDEX_DIR, NLINK, UPPER_FH
+from models.format import INDEX_DIR, TRUSTED, USER, OverlayXattrs
 from models.ovl_kernels import DEFAULT_KERNEL, KernelBehaviour, missing_option, parse_kernel, shown
 from models.steps import (
     Chmod,
@@ -92,7 +92,7 @@ from models.tree import (
     split,
     walk,
 )
-from models.union import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT, Entry, Frame, Union
+from models.union import Entry, Frame, Union
 
 UPPER: Parts = ("upper",)
 WORK: Parts = ("work", "work")
@@ -105,7 +105,6 @@ VOLATILE_REMEDY = (
 )
 Y = b"y"
 EMPTY_WORKDIR = Dir(mode=0)  # what the kernel leaves in work/work after a mount
-EMPTY_INDEX = Dir(mode=0, xattrs=((UPPER_FH, b"upper"),))  # index=on's first mount makes it
 RESOLVE_MEMO = 200_000  # memoized path lookups kept before the memo starts over
 
 
@@ -115,10 +114,10 @@ def index_name(origin: str) -> str:
     return origin.replace("/", ":")
 
 
-def stored_nlink(upper: Node, lower: File, fallback: int) -> int:
+def stored_nlink(upper: Node, lower: File, fallback: int, names: OverlayXattrs = TRUSTED) -> int:
     """`ovl_get_nlink`: the union nlink an indexed upper inode stores, or `fallback`
     (a lower file of one link, no or a bad xattr, a result below 1)."""
-    raw = upper.xattr(NLINK)
+    raw = upper.xattr(names.nlink)
     if lower.nlink == 1 or raw is None or not isinstance(upper, File):
         return fallback
     text = raw.decode("ascii", "replace")
@@ -138,6 +137,33 @@ def _cleanup_steps(path: str, node: Node) -> list[Step]:
     return steps + [Rmdir(path)]
 
 
+def _user_xattr_options(given: Mapping[str, Any], resolved: dict[str, Any]) -> None:
+    """`ovl_fs_params_verify` with userxattr: an explicit redirect_dir other than
+    nofollow, or metacopy=on, conflicts; otherwise both are silently turned off."""
+    if "redirect_dir" in given and resolved["redirect_dir"] != "nofollow":
+        raise OptionError(f"options userxattr and redirect_dir = \"{resolved['redirect_dir']}\" conflict "
+                          f"(the kernel refuses userxattr,redirect_dir={resolved['redirect_dir']}; "
+                          f"only \"nofollow\" goes with userxattr)")
+    if resolved["metacopy"]:
+        raise OptionError("options userxattr and metacopy = true conflict (the kernel refuses "
+                          "userxattr,metacopy=on)")
+    resolved["redirect_dir"] = "nofollow"
+
+
+def in_namespace(node: Node, names: OverlayXattrs) -> Node:
+    """A spec tree with overlay's xattrs (written trusted.overlay.*, and `opaque` and
+    `redirect`) in the namespace of `names` (user.overlay.* under userxattr)."""
+    if names is TRUSTED:
+        return node
+    for key, value in node.xattrs:
+        if key.startswith(TRUSTED.prefix):
+            node = node.with_xattr(key, None).with_xattr(names.prefix + key[len(TRUSTED.prefix):], value)
+    if isinstance(node, Dir):
+        entries = {n: in_namespace(c, names) for n, c in node.entries.items()}
+        node = Dir(entries, node.mode, node.xattrs, uid=node.uid, gid=node.gid)
+    return node
+
+
 def _redirect_dir(value: object) -> str:
     if value is True:
         return "on"
@@ -152,8 +178,11 @@ class OverlayMount(FileSystemMount):
     engine) and `KernelTwin` (confirm, conform, real)."""
 
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
+        if self.options.get("userxattr"):
+            layers = [in_namespace(layer, USER) for layer in layers]  # type: ignore[misc]
+            upper = in_namespace(upper, USER) if upper is not None else None  # type: ignore[assignment]
         self.lower_names = [f"lower{i}" for i in range(len(layers))]
-        self._start(Union([(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))]))
+        self._start([(layers[i], (self.lower_names[i],)) for i in reversed(range(len(layers)))])
         self._layer_roots = {(n,): tree for n, tree in zip(self.lower_names, layers, strict=True)}
         self._linked_paths = sorted({
             parts for tree in layers for parts, node in walk(tree)
@@ -175,7 +204,7 @@ class OverlayMount(FileSystemMount):
         mount = driver.mount([])
         assert isinstance(mount, cls)
         mount.lower_names = [f"lower{i}" for i in range(len(lowers))]
-        mount._start(Union([(node, split(path)) for path, node in lowers]))
+        mount._start([(node, split(path)) for path, node in lowers])
         return mount
 
     def clean_shutdown(self, root: Dir) -> Dir:
@@ -188,8 +217,10 @@ class OverlayMount(FileSystemMount):
         self._whiteout_source = None
         self._mounted = self.initial
 
-    def _start(self, union: Union) -> None:
-        self._union = union
+    def _start(self, lowers: list[tuple[Dir, Parts]]) -> None:
+        """Set the mount up over `lowers` ((tree, backing path), top first)."""
+        self.x = USER if self.options.get("userxattr") else TRUSTED  # overlay's xattr names
+        self._union = self._make_union(lowers)
         self.redirect_on = self.options["redirect_dir"] == "on"
         version = parse_kernel(self.options["kernel"])
         assert version is not None  # checked by OverlayFS.resolve_options
@@ -209,6 +240,13 @@ class OverlayMount(FileSystemMount):
     @property
     def union(self) -> Union:
         return self._union
+
+    def _make_union(self, lowers: list[tuple[Dir, Parts]]) -> Union:
+        return Union(lowers, names=self.x, follow_redirects=self.options.get("redirect_dir") != "nofollow")
+
+    def _empty_index(self) -> Dir:
+        """What index=on's first mount makes: work/index, recording the upper root."""
+        return Dir(mode=0, xattrs=((self.x.upper, b"upper"),))
 
     def rotated(self, root: Dir) -> list[str]:
         """The upper layers `remount rotate` moved into the lower stack: `lowerN` and
@@ -230,7 +268,7 @@ class OverlayMount(FileSystemMount):
         if hit is None:
             rotated = self.rotated(root)
             layers = [(root.entries[n], (n,)) for n in reversed(rotated)]
-            hit = Union(layers + [(f.node, f.path) for f in self._union.lower_roots])  # type: ignore[misc]
+            hit = self._make_union(layers + [(f.node, f.path) for f in self._union.lower_roots])  # type: ignore[misc]
             self._rotated_unions[key] = hit
         return hit
 
@@ -245,10 +283,14 @@ class OverlayMount(FileSystemMount):
         """The kernel mount options of this model's options (models.capabilities.KernelTwin)."""
         redirect = self.options["redirect_dir"]
         extra = ["volatile"] if self.options["volatile"] else []
+        if self.options["userxattr"]:
+            extra.append("userxattr")
         if self.options["metacopy"]:
             extra.append("metacopy=on")
         if self.index_on:
             extra.append("index=on")
+        if self.options["xino"] != "off":
+            extra.append(f"xino={self.options['xino']}")
         if self.options["fsync"] != "ordered":
             extra.append(f"fsync={self.options['fsync']}")
         return [f"redirect_dir={redirect}"] + extra
@@ -373,11 +415,11 @@ class OverlayMount(FileSystemMount):
     def _mount_index(self, root: Dir) -> Recovery:
         """`ovl_get_indexdir`: make work/index at the first mount, else clean it up."""
         if lookup(root, INDEX) is None:
-            return Recovery(replace(root, INDEX, EMPTY_INDEX))
+            return Recovery(replace(root, INDEX, self._empty_index()))
         steps, refusal = self.index_cleanup(root)
         if refusal:
             return Recovery(None, refusal=refusal, remedy=INDEX_REMEDY,
-                            fallback=remove_subtree(root, INDEX, EMPTY_INDEX))
+                            fallback=remove_subtree(root, INDEX, self._empty_index()))
         for step in steps:
             root = step.apply(root, self.device)
         return Recovery(root)
@@ -470,11 +512,16 @@ class OverlayMount(FileSystemMount):
 
     @handles(sc.SetXattr)
     def setxattr(self, call: sc.SetXattr, log: StepLog) -> sc.SysResult:
-        if call.xattr.startswith(OVL_PREFIX):
-            return sc.fail(errno.EOPNOTSUPP)  # overlay refuses its own private xattrs
+        """`ovl_xattr_set`: one of overlay's own names is stored escaped (6.7 and later)
+        or refused."""
+        name = call.xattr
+        if name.startswith(self.x.prefix):
+            if not self.kernel.escaped_xattrs:
+                return sc.fail(errno.EOPNOTSUPP)
+            name = self.x.prefix + "overlay." + name[len(self.x.prefix):]
         parts = split(call.path)
         self.copy_up(log, parts, data=False)
-        log.do(SetXattr(join(UPPER + parts), call.xattr, call.value))
+        log.do(SetXattr(join(UPPER + parts), name, call.value))
         return sc.OK
 
     @handles(sc.Fsync)
@@ -519,7 +566,7 @@ class OverlayMount(FileSystemMount):
         if self.index_on:
             if lookup(log.root, INDEX) is None:
                 log.do(Mkdir(join(INDEX), 0))
-                log.do(SetXattr(join(INDEX), UPPER_FH, b"upper"))
+                log.do(SetXattr(join(INDEX), self.x.upper, b"upper"))
             steps, refusal = self.index_cleanup(log.root)
             if refusal:
                 raise FsError(errno.ENODATA, join(INDEX))
@@ -549,8 +596,8 @@ class OverlayMount(FileSystemMount):
     def _probe_workdir(self, log: StepLog) -> None:
         """`ovl_make_workdir`'s feature probes on a new work dir: an overlay xattr set
         and removed, and RENAME_WHITEOUT tried on a temp file and cleaned up."""
-        log.do(SetXattr(join(WORK), OPAQUE, b"0"))
-        log.do(RemoveXattr(join(WORK), OPAQUE))
+        log.do(SetXattr(join(WORK), self.x.opaque, b"0"))
+        log.do(RemoveXattr(join(WORK), self.x.opaque))
         temp, dest = self.temp_name(WORK), self.temp_name(WORK)
         log.do(Create(temp, 0, ino=self.next("ino", 1000)))
         log.do(Rename(temp, dest, RenameFlags.WHITEOUT))
@@ -578,18 +625,23 @@ class OverlayMount(FileSystemMount):
     def _set_impure(self, log: StepLog, upper_dir: Parts) -> None:
         """`ovl_set_impure`: mark an upper dir that may hold non-pure entries (once)."""
         node = lookup(log.root, upper_dir)
-        if node is not None and node.xattr(IMPURE) is None:
-            log.do(SetXattr(join(upper_dir), IMPURE, Y))
+        if node is not None and node.xattr(self.x.impure) is None:
+            log.do(SetXattr(join(upper_dir), self.x.impure, Y))
 
     def _has_origin(self, entry: Entry) -> bool:
         """OVL_TYPE_ORIGIN: an upper entry copied up from (or merged with) a lower one."""
         up = entry.upper
-        return up is not None and (bool(entry.lowers) or up.node.xattr(ORIGIN) is not None)
+        return up is not None and (bool(entry.lowers) or up.node.xattr(self.x.origin) is not None)
+
+    def _private_xattr(self, name: str) -> bool:
+        """`ovl_is_private_xattr`: overlay's own name, and not an escaped one (6.7)."""
+        return name.startswith(self.x.prefix) and not (
+            self.kernel.escaped_xattrs and name.startswith(self.x.prefix + "overlay."))
 
     def _allow_offline_changes(self) -> bool:
         """`ovl_allow_offline_changes`: "we allow lower changes only if none of the new
-        features are used" (index, metacopy, redirect_dir)."""
-        return not (self.redirect_on or self.index_on or self.kernel.metacopy)
+        features are used" (index, metacopy, redirect_dir, xino=on)."""
+        return not (self.redirect_on or self.index_on or self.kernel.metacopy or self.options["xino"] == "on")
 
     # -- index ---------------------------------------------------------------------------
 
@@ -615,7 +667,7 @@ class OverlayMount(FileSystemMount):
             lower = entry.lowers[0]
             return (self.origin_of(lower), lower.node) if isinstance(lower.node, File) else None
         up = entry.upper
-        origin = up.node.xattr(ORIGIN) if up is not None and isinstance(up.node, File) else None
+        origin = up.node.xattr(self.x.origin) if up is not None and isinstance(up.node, File) else None
         if origin is None:
             return None
         text = origin.decode("utf-8", "replace")
@@ -643,7 +695,7 @@ class OverlayMount(FileSystemMount):
         index = self.index_path(entry)
         if up is None or found is None or index is None or lookup(root, index) is None:
             return node.nlink
-        return stored_nlink(up.node, found[1], fallback=node.nlink)
+        return stored_nlink(up.node, found[1], fallback=node.nlink, names=self.x)
 
     def _no_alias(self, entry: Entry) -> bool:
         """An upper inode found through the index that has no upper name yet."""
@@ -661,7 +713,7 @@ class OverlayMount(FileSystemMount):
         lower = found[1]
         index = join(up.path)
         self._set_impure(log, UPPER + entry.path[:-1])
-        log.do(SetXattr(index, NLINK, f"L{nlink - lower.nlink:+d}".encode()))
+        log.do(SetXattr(index, self.x.nlink, f"L{nlink - lower.nlink:+d}".encode()))
         log.do(Link(index, join(UPPER + entry.path)))
         self._set_nlink_upper(log, index, nlink)
 
@@ -669,7 +721,7 @@ class OverlayMount(FileSystemMount):
         """`ovl_set_nlink_upper`: the union nlink relative to the upper inode's."""
         node = lookup(log.root, split(upper_path))
         assert isinstance(node, File)
-        log.do(SetXattr(upper_path, NLINK, f"U{nlink - node.nlink:+d}".encode()))
+        log.do(SetXattr(upper_path, self.x.nlink, f"U{nlink - node.nlink:+d}".encode()))
 
     def _nlink_start(self, log: StepLog, parts: Parts) -> int | None:
         """`ovl_nlink_start` before unlink, rename over or link of a file: a lower file
@@ -719,14 +771,14 @@ class OverlayMount(FileSystemMount):
                 continue
             if not isinstance(node, File):
                 continue  # a whiteout or a directory index is kept (no nfs_export)
-            origin = node.xattr(ORIGIN)
+            origin = node.xattr(self.x.origin)
             if origin is None:
                 return [], (f"failed to verify index ({path}: no origin xattr, ENODATA); "
                             f"overlayfs refuses to mount")
             lower = self._origin_node(origin.decode("utf-8", "replace"))
             if index_name(origin.decode("utf-8", "replace")) != name or lower is None:
                 steps.append(Unlink(path))  # stale
-            elif node.nlink == 1 and stored_nlink(node, lower, fallback=0) == 0:
+            elif node.nlink == 1 and stored_nlink(node, lower, fallback=0, names=self.x) == 0:
                 steps.append(Unlink(path))  # orphan
         return steps, ""
 
@@ -764,7 +816,7 @@ class OverlayMount(FileSystemMount):
 
     def _is_metacopy(self, entry: Entry) -> bool:
         up = entry.upper
-        return up is not None and isinstance(up.node, File) and up.node.xattr(METACOPY) is not None
+        return up is not None and isinstance(up.node, File) and up.node.xattr(self.x.metacopy) is not None
 
     def _copy_up_data(self, log: StepLog, entry: Entry, truncate: bool) -> None:
         """`ovl_copy_up_meta_inode_data`: copy the lower data into the upper file (and
@@ -782,7 +834,7 @@ class OverlayMount(FileSystemMount):
             # there is one (fsync=strict) - but this path makes none (6.18, observed):
             if self.kernel.data_fsync and not self.kernel.metadata_fsync:
                 log.do(Fsync(join(up.path)))
-        log.do(RemoveXattr(join(up.path), METACOPY))
+        log.do(RemoveXattr(join(up.path), self.x.metacopy))
 
     def _copy_up_one(self, log: StepLog, entry: Entry, truncate: bool = False,
                      metacopy: bool = False) -> None:
@@ -812,13 +864,13 @@ class OverlayMount(FileSystemMount):
         else:
             raise FsError(errno.EIO, dest)
         for name, value in node.xattrs:
-            if not name.startswith(OVL_PREFIX):
+            if not self._private_xattr(name):
                 log.do(SetXattr(temp, name, value))
         if not isinstance(node, File) or node.nlink == 1 or index is not None:
             # no origin for one name of a lower hard link: "breaking the association"
-            log.do(SetXattr(temp, ORIGIN, self.origin_of(lower).encode()))
+            log.do(SetXattr(temp, self.x.origin, self.origin_of(lower).encode()))
         if metacopy:
-            log.do(SetXattr(temp, METACOPY, b""))
+            log.do(SetXattr(temp, self.x.metacopy, b""))
             if node.content:
                 log.do(Truncate(temp, len(node.content)))  # ovl_set_size: a sparse file
         self._set_attr(log, temp, node)
@@ -863,7 +915,7 @@ class OverlayMount(FileSystemMount):
         dest = join(UPPER + parts)
         log.do(self._make(kind, dest, mode, target, hardlink, owner))
         if kind == "dir" and parent.is_merge and not self._allow_offline_changes():
-            log.do(SetXattr(dest, OPAQUE, Y))  # "just an optimization"
+            log.do(SetXattr(dest, self.x.opaque, Y))  # "just an optimization"
 
     def _make(self, kind: str, path: str, mode: int, target: str, hardlink: Parts,
               owner: tuple[int, int] = (0, 0)) -> Step:
@@ -885,7 +937,7 @@ class OverlayMount(FileSystemMount):
         temp = self.temp_name()
         log.do(self._make(kind, temp, mode, target, hardlink, owner))
         if kind == "dir":
-            log.do(SetXattr(temp, OPAQUE, Y))
+            log.do(SetXattr(temp, self.x.opaque, Y))
             log.do(Rename(temp, dest, RenameFlags.EXCHANGE))
             log.do(Unlink(temp))  # the whiteout, now in work
         else:
@@ -936,9 +988,9 @@ class OverlayMount(FileSystemMount):
         temp = self.temp_name()
         log.do(Mkdir(temp, up.node.mode))
         for name, value in up.node.xattrs:
-            if not name.startswith(OVL_PREFIX):
+            if not self._private_xattr(name):
                 log.do(SetXattr(temp, name, value))
-        log.do(SetXattr(temp, OPAQUE, Y))
+        log.do(SetXattr(temp, self.x.opaque, Y))
         if up.node.uid or up.node.gid:
             log.do(ChownStep(temp, up.node.uid, up.node.gid))  # its ovl_set_attr
         log.do(Rename(temp, join(up.path), RenameFlags.EXCHANGE))
@@ -1043,17 +1095,17 @@ class OverlayMount(FileSystemMount):
 
         old_upper = join(UPPER + old)
         new_upper = join(UPPER + new)
-        old_opaque = o.upper is not None and o.upper.node.xattr(OPAQUE) == Y
+        old_opaque = o.upper is not None and o.upper.node.xattr(self.x.opaque) == Y
         if (o.is_dir and o.merge_or_lower) or self._is_metacopy(o):
             self._set_redirect(log, o, samedir)
         elif is_dir and not old_opaque and n_parent.is_merge:
-            log.do(SetXattr(old_upper, OPAQUE, Y))
+            log.do(SetXattr(old_upper, self.x.opaque, Y))
         if not overwrite:
-            new_opaque = n.upper is not None and n.upper.node.xattr(OPAQUE) == Y
+            new_opaque = n.upper is not None and n.upper.node.xattr(self.x.opaque) == Y
             if (n.is_dir and n.merge_or_lower) or self._is_metacopy(n):
                 self._set_redirect(log, n, samedir)
             elif new_is_dir and not new_opaque and o_parent.is_merge:
-                log.do(SetXattr(new_upper, OPAQUE, Y))
+                log.do(SetXattr(new_upper, self.x.opaque, Y))
 
         target = lookup(log.root, UPPER + new)
         exchange = real_flags is RenameFlags.EXCHANGE
@@ -1071,19 +1123,19 @@ class OverlayMount(FileSystemMount):
         """`ovl_set_redirect`: relative (same parent) or absolute redirect to the origin."""
         up = entry.upper
         assert up is not None
-        current = up.node.xattr(REDIRECT)
+        current = up.node.xattr(self.x.redirect)
         absolute = not samedir
         if current is not None and (not absolute or current.startswith(b"/")):
             return
         value = entry.path[-1] if not absolute else self._absolute_redirect(log.root, entry.path)
-        log.do(SetXattr(join(up.path), REDIRECT, value.encode()))
+        log.do(SetXattr(join(up.path), self.x.redirect, value.encode()))
 
     def _absolute_redirect(self, root: Dir, parts: Parts) -> str:
         """`ovl_get_redirect`: the origin path, built from each ancestor's redirect."""
         names: list[str] = []
         for depth in range(len(parts), 0, -1):
             node = lookup(root, UPPER + parts[:depth])
-            redirect = node.xattr(REDIRECT) if node is not None else None
+            redirect = node.xattr(self.x.redirect) if node is not None else None
             name = redirect.decode() if redirect is not None else parts[depth - 1]
             if name.startswith("/"):
                 names.append(name.lstrip("/"))
@@ -1101,8 +1153,15 @@ class OverlayFS(Driver):
         "redirect_dir": Option(
             (bool, str), "off",
             "on: rename of merged/lower directories sets a redirect xattr; off/follow: "
-            "such renames fail with EXDEV (redirects already present are followed)",
-            choices=("on", "off", "follow"), normalize=_redirect_dir,
+            "such renames fail with EXDEV (redirects already present are followed); "
+            "nofollow: EXDEV, and redirects present are not followed either",
+            choices=("on", "off", "follow", "nofollow"), normalize=_redirect_dir,
+        ),
+        "userxattr": Option(
+            (bool,), False,
+            "overlay's xattrs are user.overlay.* instead of trusted.overlay.* (unprivileged "
+            "mounts); implies redirect_dir = \"nofollow\" and no metacopy, as the kernel "
+            "does (5.11)",
         ),
         "volatile": Option(
             (bool,), False,
@@ -1131,6 +1190,13 @@ class OverlayFS(Driver):
             "inodes index (work/index): a lower file of several links is copied up once, "
             "its names stay one inode; the work dir moves into work/index (4.13)",
         ),
+        "xino": Option(
+            (str,), "off",
+            "inode numbers composed from the layer's and the real one (st_ino, d_ino only: "
+            "no step changes, but on, like index, ends offline lower changes, so new "
+            "directories in merged ones are made opaque) (4.17)",
+            choices=("off", "auto", "on"),
+        ),
         "kernel": Option(
             (str,), DEFAULT_KERNEL,
             "the Linux version whose overlayfs to model (\"X.Y\" or \"X.Y.Z\"): copy-up "
@@ -1142,6 +1208,8 @@ class OverlayFS(Driver):
     def resolve_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
         """The options, checked against the kernel version that must have them."""
         resolved = super().resolve_options(given)
+        if resolved["userxattr"]:
+            _user_xattr_options(given, resolved)
         if resolved["metacopy"]:
             if "redirect_dir" in given and resolved["redirect_dir"] != "on":
                 raise OptionError(f"option metacopy = true needs redirect_dir = \"on\" (the kernel "

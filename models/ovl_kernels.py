@@ -10,8 +10,13 @@ The behaviours that change crash states, each with the commit that changed it:
   4.15 (e8d4bfe3a715, "ovl: Sync upper dirty data when syncing overlayfs", also in
   4.14 stable): between the two, syncfs commits metadata and leaves data unwritten;
 - `redirect_dir` exists since 4.10, `index` since 4.13 (02bcd1577400, "ovl: introduce the
-  inodes index dir feature"), `metacopy` since 4.19 (d5791044d2e5, "ovl: Provide a
-  mount option metacopy=on/off for metadata copyup"), `volatile` since 5.10;
+  inodes index dir feature"), `xino` since 4.17 (795939a93e60, "ovl: add support for
+  "xino" mount and config options"), `metacopy` since 4.19 (d5791044d2e5, "ovl: Provide a
+  mount option metacopy=on/off for metadata copyup"), `volatile` since 5.10, `userxattr`
+  since 5.11 (2d2f2d7322ff, "ovl: user xattr"), redirect_dir=nofollow since 4.15;
+- a user's xattr in overlay's own namespace is stored escaped (`trusted.overlay.X` as
+  `trusted.overlay.overlay.X` in upper) since 6.7 ("ovl: Support escaped overlay.*
+  xattrs", for composefs's nested overlays); before, setting one failed with EOPNOTSUPP;
 - the work dir's whiteout is made once and shared by hard links since 5.8 (c21c839b8448,
   "ovl: whiteout inode sharing"); before, each removal made its own;
 - "ovl: fsync after metadata copy-up" (7d6899fb69d2, 6.12) fsyncs every copied-up file
@@ -43,11 +48,16 @@ SYNCFS_UPPER_DATA = (4, 15, 0)
 SHARED_WHITEOUT = (5, 8, 0)
 METADATA_FSYNC = (6, 12, 0)
 FSYNC_OPTION = (6, 18, 0)
+ESCAPED_XATTRS = (6, 7, 0)
 
 #: mount options and the version that added them: (option, value that needs it) -> version
 OPTION_SINCE: dict[tuple[str, object], Version] = {
     ("redirect_dir", "on"): (4, 10, 0),
     ("index", True): (4, 13, 0),
+    ("xino", "on"): (4, 17, 0),
+    ("xino", "auto"): (4, 17, 0),
+    ("redirect_dir", "nofollow"): (4, 15, 0),
+    ("userxattr", True): (5, 11, 0),
     ("redirect_dir", "follow"): (4, 10, 0),
     ("metacopy", True): (4, 19, 0),
     ("volatile", True): (5, 10, 0),
@@ -125,3 +135,9 @@ class KernelBehaviour:
     @property
     def shared_whiteout(self) -> bool:
         return self.version >= SHARED_WHITEOUT
+
+    @property
+    def escaped_xattrs(self) -> bool:
+        """setxattr of one of overlay's own names stores it escaped, `<prefix>overlay.X`,
+        instead of failing with EOPNOTSUPP (for nested overlays; seen on 6.18)."""
+        return self.version >= ESCAPED_XATTRS

@@ -21,7 +21,16 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from models.format import IMPURE, METACOPY, OPAQUE, ORIGIN, OVL_PREFIX, REDIRECT  # noqa: F401 - re-exported
+from models.format import (  # noqa: F401 - the names are re-exported
+    IMPURE,
+    METACOPY,
+    OPAQUE,
+    ORIGIN,
+    OVL_PREFIX,
+    REDIRECT,
+    TRUSTED,
+    OverlayXattrs,
+)
 from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, split
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched for a merged base
@@ -78,19 +87,25 @@ class Entry:
         return self.is_merge or (self.exists and self.upper is None)
 
 
-def visible_xattrs(xattrs: Xattrs) -> Xattrs:
-    """The extended attributes a user sees: overlay's private ones are hidden."""
-    if not xattrs:
+def visible_xattrs(xattrs: Xattrs, prefix: str = OVL_PREFIX) -> Xattrs:
+    """The extended attributes a user sees: overlay's private ones are hidden, escaped
+    ones (`<prefix>overlay.X`, a user's own `<prefix>X`) shown unescaped."""
+    if not xattrs or not any(k.startswith(prefix) for k, _ in xattrs):
         return xattrs
-    return tuple((k, v) for k, v in xattrs if not k.startswith(OVL_PREFIX))
+    escaped = prefix + "overlay."
+    shown = [(k, v) for k, v in xattrs if not k.startswith(prefix)]
+    shown += [(prefix + k[len(escaped):], v) for k, v in xattrs if k.startswith(escaped)]
+    return tuple(sorted(shown))
 
 
 class _LookupData:
     """`struct ovl_lookup_data`: the name being looked up and the search flags."""
 
-    __slots__ = ("name", "absolute", "is_dir", "opaque", "stop")
+    __slots__ = ("name", "absolute", "is_dir", "opaque", "stop", "x", "follow")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, x: OverlayXattrs = TRUSTED, follow: bool = True) -> None:
+        self.x = x  # the mount's xattr names
+        self.follow = follow  # redirects are followed (not redirect_dir=nofollow)
         self.name: list[str] = [name]
         self.absolute = False
         self.is_dir = False
@@ -112,18 +127,18 @@ def _lookup_single(this: Node | None, d: _LookupData, idx: int) -> Node | None:
             return None
         # A regular file or symlink ends the search, unless it is a metacopy file: its
         # data is further down, under its own name or its redirect.
-        d.stop = not (isinstance(this, File) and this.xattr(METACOPY) is not None)
+        d.stop = not (isinstance(this, File) and this.xattr(d.x.metacopy) is not None)
         if d.stop:
             return this
     else:
         if last:
             d.is_dir = True
-        if this.xattr(OPAQUE) == b"y":
+        if this.xattr(d.x.opaque) == b"y":
             d.stop = True
             if last:
                 d.opaque = True
             return this
-    redirect = this.xattr(REDIRECT)
+    redirect = this.xattr(d.x.redirect) if d.follow else None
     if redirect is not None:
         target = redirect.decode("utf-8", "replace")
         post = d.name[idx + 1 :]
@@ -163,8 +178,11 @@ class Union:
     Layer index 0 is the upper layer; lower layer i is index i + 1.
     """
 
-    def __init__(self, lower_roots: list[tuple[Dir, Parts]]) -> None:
+    def __init__(self, lower_roots: list[tuple[Dir, Parts]], names: OverlayXattrs = TRUSTED,
+                 follow_redirects: bool = True) -> None:
         self.lower_roots = tuple(Frame(i + 1, node, path) for i, (node, path) in enumerate(lower_roots))
+        self.x = names
+        self.follow_redirects = follow_redirects
         self._memo: dict[tuple[tuple[int, bytes], ...], Node] = {}
         self._leaf: dict[bytes, Node] = {}
 
@@ -174,7 +192,7 @@ class Union:
 
     def lookup(self, parent: Entry, name: str) -> Entry:
         """`ovl_lookup` of `name` in the merged directory `parent`."""
-        d = _LookupData(name)
+        d = _LookupData(name, self.x, self.follow_redirects)
         stack: list[Frame] = []
         whiteout = False
         up = parent.upper
@@ -246,7 +264,7 @@ class Union:
         return (
             entry.path == ()
             or len(entry.stack) > 1
-            or top.xattr(ORIGIN) is not None
+            or top.xattr(self.x.origin) is not None
         )
 
     def upper_whiteouts(self, entry: Entry) -> list[str]:
@@ -261,7 +279,7 @@ class Union:
     def view(self, entry: Entry) -> Node:
         """The node a user sees for an existing entry (directories merged recursively)."""
         top = entry.stack[0].node
-        if isinstance(top, File) and top.xattr(METACOPY) is not None:
+        if isinstance(top, File) and top.xattr(self.x.metacopy) is not None:
             return self._metacopy_view(entry, top)
         if not isinstance(top, Dir):
             return self._leaf_view(top)
@@ -281,7 +299,7 @@ class Union:
         """The file a metacopy entry's data comes from: the first one below it that is
         not a metacopy file itself (`ovl_lookup`'s lowerdata)."""
         for frame in entry.stack[1:]:
-            if isinstance(frame.node, File) and frame.node.xattr(METACOPY) is None:
+            if isinstance(frame.node, File) and frame.node.xattr(self.x.metacopy) is None:
                 return frame
         return None
 
@@ -292,7 +310,7 @@ class Union:
         if data is None:
             return ErrorEntry(errno.EIO, "metacopy file without its lower data")
         assert isinstance(data.node, File)
-        return File(data.node.content, top.mode, visible_xattrs(top.xattrs), nlink=top.nlink,
+        return File(data.node.content, top.mode, visible_xattrs(top.xattrs, self.x.prefix), nlink=top.nlink,
                     uid=top.uid, gid=top.gid, mtime=top.mtime)
 
     def _leaf_view(self, node: Node) -> Node:
@@ -301,10 +319,11 @@ class Union:
             return hit
         shown: Node
         if isinstance(node, File):
-            shown = File(node.content, node.mode, visible_xattrs(node.xattrs), nlink=node.nlink,
-                         uid=node.uid, gid=node.gid, mtime=node.mtime)
+            shown = File(node.content, node.mode, visible_xattrs(node.xattrs, self.x.prefix),
+                         nlink=node.nlink, uid=node.uid, gid=node.gid, mtime=node.mtime)
         elif isinstance(node, Symlink):
-            shown = Symlink(node.target, visible_xattrs(node.xattrs), uid=node.uid, gid=node.gid)
+            shown = Symlink(node.target, visible_xattrs(node.xattrs, self.x.prefix), uid=node.uid,
+                            gid=node.gid)
         else:
             shown = node
         if len(self._leaf) >= MERGE_MEMO:
@@ -320,7 +339,7 @@ class Union:
             child = self.lookup(entry, name)
             if child.exists:
                 entries[name] = self.view(child)
-        return Dir(entries, top.mode, visible_xattrs(top.xattrs), uid=top.uid, gid=top.gid)
+        return Dir(entries, top.mode, visible_xattrs(top.xattrs, self.x.prefix), uid=top.uid, gid=top.gid)
 
     def _merge_delta(self, entry: Entry, key: tuple[tuple[int, bytes], ...]) -> Dir | None:
         """Patch the merge of the directory this upper directory was derived from."""
@@ -345,7 +364,7 @@ class Union:
             child = self.lookup(entry, name)
             changes[name] = self.view(child) if child.exists else None
         merged = old.with_children(changes) if changes else old
-        xattrs = visible_xattrs(top.xattrs)
+        xattrs = visible_xattrs(top.xattrs, self.x.prefix)
         if merged.mode != top.mode or merged.xattrs != xattrs or merged.owner != top.owner:
             merged = merged.with_attrs(top.mode, xattrs, top.owner)
         return merged

@@ -128,10 +128,13 @@ def with_hardlinks(c: Chooser, table: dict[str, Any]) -> dict[str, Any]:
 
 
 def gen_op(c: Chooser, extended: bool = False) -> dict[str, Any]:
-    """One op; `extended` adds the newer choices (`remount rotate`)."""
+    """One op; `extended` adds the newer choices (`remount rotate`, xattrs in overlay's
+    own namespaces)."""
     op = _gen_op(c)
     if op["op"] == "remount" and extended and c.coin():
         op["rotate"] = True
+    if op["op"] == "setxattr" and extended:  # overlay's own names: escaped (6.7 and later)
+        op["name"] = c.choice(["user.tag", "trusted.overlay.tag", "user.overlay.tag"])
     if op["op"] not in CLIENT_OPS + ("remount",):
         for key in ("path", "src", "dst"):
             if key in op and c.choice(SLASHED):

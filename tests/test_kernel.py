@@ -70,7 +70,8 @@ def test_merged_view_of_generated_states_matches_the_kernel():
 @pytest.mark.parametrize("options", [
     {"redirect_dir": "off"}, {"redirect_dir": "on"}, {"redirect_dir": "off", "fsync": "strict"},
     {"metacopy": True}, {"index": True}, {"redirect_dir": "off", "extended": True},
-], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index", "hardlinks-rotate"])
+    {"userxattr": True, "xino": "on", "extended": True},
+], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index", "hardlinks-rotate", "userxattr-xino"])
 def test_generated_op_sequences_match_the_kernel(options: dict[str, str]):
     """Results, views and syncs after every op, and the upper dir at the end
     (`checker.real.fidelity`, also behind benchmarks/fidelity.py)."""

@@ -213,9 +213,10 @@ data = "x"
     assert ops[2] == []
 
 
-def test_overlay_private_xattrs_cannot_be_set_through_the_mount():
+def test_overlay_private_xattrs_are_refused_before_6_7_and_escaped_after():
     text = (
         '[[layers]]\n"d/x" = "x"\n[[ops]]\nop = "setxattr"\npath = "d"\n'
         'name = "trusted.overlay.opaque"\nvalue = "y"\n'
     )
-    assert errnos(text) == [errno.EOPNOTSUPP]
+    assert errnos(text.replace("[[layers]]", '[options]\nkernel = "6.6"\n[[layers]]')) == [errno.EOPNOTSUPP]
+    assert errnos(text) == [0]  # stored as trusted.overlay.overlay.opaque: d does not become opaque

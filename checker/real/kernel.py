@@ -28,12 +28,13 @@ __all__ = [  # the workspace names are re-exported: kernel.workspace() is the us
     "xattrs_of",
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
-from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH
+from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH, USER
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.
-BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid", UPPER_FH)
+BOOKKEEPING_XATTRS = (ORIGIN, IMPURE, OVL_PREFIX + "uuid", UPPER_FH,
+                      USER.origin, USER.impure, USER.prefix + "uuid", USER.upper)  # userxattr
 
 
 class KernelUnavailable(CrashcheckError):
@@ -211,8 +212,8 @@ def _with_handles(node: Node, handles: dict[str, bytes]) -> Node:
     if isinstance(node, Dir):
         return Dir({n: _with_handles(c, handles) for n, c in node.entries.items()}, node.mode, node.xattrs,
                    uid=node.uid, gid=node.gid)
-    if isinstance(node, File) and any(k == ORIGIN for k, _ in node.xattrs):
-        xattrs = tuple((k, handles.get(v.decode("utf-8", "replace"), v) if k == ORIGIN else v)
+    if isinstance(node, File) and any(k in (ORIGIN, USER.origin) for k, _ in node.xattrs):
+        xattrs = tuple((k, handles.get(v.decode("utf-8", "replace"), v) if k in (ORIGIN, USER.origin) else v)
                        for k, v in node.xattrs)
         return File(node.content, node.mode, xattrs, ino=node.ino, nlink=node.nlink, uid=node.uid,
                     gid=node.gid, mtime=node.mtime)
@@ -282,8 +283,9 @@ def forget_upper_root(work: Path) -> None:
     (`trusted.overlay.upper`), which the next index=on mount writes again; with it the
     mount fails with ESTALE ("failed to verify upper")."""
     index = work / INDEX_DIR
-    with suppress(OSError):
-        os.removexattr(index, UPPER_FH)
+    for name in (UPPER_FH, USER.upper):  # trusted, or user under userxattr
+        with suppress(OSError):
+            os.removexattr(index, name)
 
 
 def pinned_times(*trees: Node | None) -> frozenset[Parts]:
@@ -295,8 +297,9 @@ def pinned_times(*trees: Node | None) -> frozenset[Parts]:
 
 
 def read_view(mountpoint: Path, times_at: frozenset[Parts] = frozenset()) -> Dir:
-    """The merged view as a user sees it (user xattrs only; times at `times_at`)."""
-    node = read_node(mountpoint, keep_prefixes=("user.",), times_at=times_at)
+    """The merged view as a user sees it (user and trusted xattrs: overlay hides its
+    own, and shows escaped ones by the name they were set with; times at `times_at`)."""
+    node = read_node(mountpoint, keep_prefixes=("user.", "trusted."), times_at=times_at)
     assert isinstance(node, Dir)
     return node
 

@@ -57,6 +57,8 @@ def unsupported(ctx: Context) -> str | None:
         return "the ops after a crash op (usable-after-recovery)"
     if not (can(ctx.trace.mount, UnionView) or can(ctx.trace.mount, IdentityView)):
         return f"no symbolic encoding of driver {ctx.spec.driver}"  # models.capabilities
+    if getattr(ctx.trace.mount, "options", {}).get("userxattr"):
+        return "userxattr (overlay's xattrs in the user.overlay.* namespace)"
     states = ctx.trace.states
     for i, step in enumerate(ctx.trace.steps):
         if isinstance(step, Link) and isinstance(lookup(states[i], split(step.src)), File):
