@@ -33,3 +33,20 @@ def suite_counts(directory: Path) -> dict[str, tuple[int, int, list[str]]]:
         assert r.ok, path.name
         counts[path.stem] = (r.steps, r.crash_states, r.violated)
     return counts
+
+
+def assert_enumeration_only(spec: Spec, why: str) -> None:
+    """`auto` checks `spec` by enumeration, and the symbolic engine says why it cannot."""
+    from checker import check
+
+    assert check(spec).engine == "enumerate"
+    with pytest.raises(Exception, match=why):
+        check(spec, engine="symbolic")
+
+
+def assert_conforms(spec: Spec, ops: int) -> None:
+    """Every one of the spec's `ops` ops conforms with the kernel: steps, result, syncs."""
+    from checker.real.conform import conform
+
+    found = conform(spec)
+    assert len(found) == ops and all(o.conforms for o in found), [o.to_json() for o in found if not o.conforms]

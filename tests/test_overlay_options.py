@@ -9,11 +9,10 @@ import pytest
 from checker import check, load_spec
 from checker.engine.trace import build_trace
 from checker.real import kernel, sandbox, synctrace
-from checker.real.conform import conform
 from checker.real.fidelity import compare_workload
 from checker.spec import SpecError
 from models.tree import Dir, File, lookup
-from tests.conftest import ROOT, make_spec
+from tests.conftest import ROOT, assert_conforms, assert_enumeration_only, make_spec
 
 NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 USERXATTR_SPEC = ROOT / "specs" / "overlayfs" / "userxattr-rootless.toml"
@@ -106,16 +105,12 @@ def test_own_xattrs_are_escaped_from_6_7(kernel_version: str, escaped: bool):
 
 
 def test_symbolic_engine_says_it_cannot_decide_userxattr():
-    spec = load_spec(USERXATTR_SPEC)
-    assert check(spec).engine == "enumerate"
-    with pytest.raises(Exception, match="userxattr"):
-        check(spec, engine="symbolic")
+    assert_enumeration_only(load_spec(USERXATTR_SPEC), "userxattr")
 
 
 @pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
 def test_userxattr_spec_conforms_with_syncs():
-    ops = conform(load_spec(USERXATTR_SPEC))
-    assert len(ops) == 5 and all(o.conforms for o in ops), [o.to_json() for o in ops if not o.conforms]
+    assert_conforms(load_spec(USERXATTR_SPEC), 5)
 
 
 @pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")

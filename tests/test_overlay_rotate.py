@@ -10,12 +10,11 @@ from checker import check, load_spec
 from checker.engine.trace import build_trace
 from checker.real import kernel, sandbox
 from checker.real.confirm import confirm
-from checker.real.conform import conform
 from checker.real.crash import real_check
 from checker.spec import SpecError
 from models.steps import StepLog
 from models.tree import Dir, File, Whiteout, lookup
-from tests.conftest import ROOT, make_spec
+from tests.conftest import ROOT, assert_conforms, assert_enumeration_only, make_spec
 
 NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 SPEC = ROOT / "specs" / "overlayfs" / "remount-rotate.toml"
@@ -103,16 +102,12 @@ def test_rotate_is_overlayfs_only_and_a_boolean():
 
 
 def test_symbolic_engine_says_it_cannot_decide_rotate():
-    spec = load_spec(SPEC)
-    assert check(spec).engine == "enumerate"
-    with pytest.raises(Exception, match="remount rotate"):
-        check(spec, engine="symbolic")
+    assert_enumeration_only(load_spec(SPEC), "remount rotate")
 
 
 @pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
 def test_rotate_conforms_with_syncs():
-    ops = conform(load_spec(SPEC))
-    assert len(ops) == 7 and all(o.conforms for o in ops), [o.to_json() for o in ops if not o.conforms]
+    assert_conforms(load_spec(SPEC), 7)
 
 
 @pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
