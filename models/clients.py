@@ -162,8 +162,9 @@ def rm(path: str) -> Client:
 
 def cp(src: str, dst: str) -> Client:
     """`cp -a -T src dst`: copy the tree, then restore mode, times and xattrs. An existing
-    directory at `dst` is copied into; an existing file is overwritten (O_TRUNC); an
-    existing entry is unlinked before a symlink is made, as coreutils does."""
+    directory at `dst` is copied into; an existing file is overwritten (O_TRUNC), or,
+    when it has several links, unlinked and made anew; an existing entry is unlinked
+    before a symlink is made, as coreutils does."""
     st = yield sc.Stat(src)
     if not st.ok:
         return st.errno
@@ -198,7 +199,12 @@ def _copy_tree(src: str, dst: str, node: Node) -> Client:
         return errno.EISDIR  # "cannot overwrite directory with non-directory"
     if existing is None:
         return (yield from _copy_node(src, dst, node))
-    if isinstance(node, Symlink):
+    if isinstance(node, File) and isinstance(existing, File) and node.ino and node.ino == existing.ino:
+        return errno.EINVAL  # "'src' and 'dst' are the same file": hard links of one inode
+    if isinstance(node, Symlink) or (isinstance(existing, File) and existing.nlink > 1):
+        # a symlink is made anew; and `--preserve=links` (in -a) unlinks a destination
+        # of several links first, so that its other names keep their data (copy.c:
+        # "x->preserve_links && 1 < dst_sb.st_nlink")
         gone = yield sc.Unlink(dst)
         if not gone.ok:
             return gone.errno

@@ -184,7 +184,7 @@ class Union:
         self.x = names
         self.follow_redirects = follow_redirects
         self._memo: dict[tuple[tuple[int, bytes], ...], Node] = {}
-        self._leaf: dict[bytes, Node] = {}
+        self._leaf: dict[tuple[bytes, int], Node] = {}
 
     def root(self, upper: Dir | None, upper_path: Parts = ("upper",)) -> Entry:
         stack = () if upper is None else (Frame(0, upper, upper_path),)
@@ -314,12 +314,16 @@ class Union:
                     uid=top.uid, gid=top.gid, mtime=top.mtime)
 
     def _leaf_view(self, node: Node) -> Node:
-        hit = self._leaf.get(node.digest)
+        """A file or symlink as shown: without overlay's xattrs; a file of several links
+        keeps its inode number (tools such as cp tell hard links apart by it)."""
+        linked = node.ino if isinstance(node, File) and node.nlink > 1 else 0
+        key = (node.digest, linked)
+        hit = self._leaf.get(key)
         if hit is not None:
             return hit
         shown: Node
         if isinstance(node, File):
-            shown = File(node.content, node.mode, visible_xattrs(node.xattrs, self.x.prefix),
+            shown = File(node.content, node.mode, visible_xattrs(node.xattrs, self.x.prefix), ino=linked,
                          nlink=node.nlink, uid=node.uid, gid=node.gid, mtime=node.mtime)
         elif isinstance(node, Symlink):
             shown = Symlink(node.target, visible_xattrs(node.xattrs, self.x.prefix), uid=node.uid,
@@ -328,7 +332,7 @@ class Union:
             shown = node
         if len(self._leaf) >= MERGE_MEMO:
             self._leaf.clear()
-        self._leaf[node.digest] = shown
+        self._leaf[key] = shown
         return shown
 
     def _merge_full(self, entry: Entry) -> Dir:

@@ -156,8 +156,8 @@ def model_syncs(steps: list[Step]) -> list[str]:
 
 
 def _final_place(path: str, later: list[Step]) -> str:
-    """Where the inode at `path` is after `later`: its first name in name order when
-    it has several (hard links), as `inode_paths` names it."""
+    """Where the inode at `path` is after `later`: its first name in `inode_paths`'s
+    order when it has several (hard links)."""
     names = {path}
     for step in later:
         if not names:
@@ -179,7 +179,14 @@ def _final_place(path: str, later: list[Step]) -> str:
             names = moved
         elif isinstance(step, Unlink | Rmdir):
             names = {w for w in names if moved_path(w, step.path, "") is None}  # it, or a dir above it, went
-    return REMOVED if not names else min(names, key=split)
+    return REMOVED if not names else min(names, key=_walk_order)
+
+
+def _walk_order(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`inode_paths`'s order: a directory's entries are named when the walk (top down,
+    sorted) reaches it, before any deeper entry; so by parent, then by name."""
+    parts = split(path)
+    return parts[:-1], parts[-1:]
 
 
 def differences(model: list[str], observed: list[str]) -> tuple[list[str], list[str]]:
