@@ -5,7 +5,8 @@ writable branch `rw`, each its own file system. aufs keeps its bookkeeping insid
 branches, as files with reserved names that users never see:
 
 - a whiteout is `.wh.<name>`, a hard link to the branch's `.wh..wh.aufs`;
-- an opaque directory holds `.wh..wh..opq`;
+- an opaque directory holds `.wh..wh..opq`, also a hard link to the whiteout base
+  (`link_or_create_wh` in whout.c: a new empty file only when there is no base);
 - temporary names are `.wh..wh.<name>.<hex>`;
 - with `dirren`, a renamed directory records its old name in `.wh..wh.hinfo`.
 
@@ -269,7 +270,7 @@ class AufsMount(FileSystemMount):
             log.do(SetTimes(path, node.mtime))
 
     def _whiteout(self, log: StepLog, parts: Parts) -> None:
-        log.do(Link(join(RW + (WH_BASE,)), join(RW + parts[:-1] + (whiteout_name(parts[-1]),))))
+        self._make_whiteout(log, RW + parts[:-1] + (whiteout_name(parts[-1]),))
 
     def _drop_whiteout(self, log: StepLog, parts: Parts) -> None:
         wh = RW + parts[:-1] + (whiteout_name(parts[-1]),)
@@ -283,8 +284,16 @@ class AufsMount(FileSystemMount):
         over_whiteout = lookup(log.root, RW + parts[:-1] + (whiteout_name(parts[-1]),)) is not None
         log.do(make)  # type: ignore[arg-type]
         if is_dir and over_whiteout:
-            log.do(Create(join(RW + parts + (OPAQUE,)), WH_MODE, ino=self.next("ino", 1000)))
+            self._make_whiteout(log, RW + parts + (OPAQUE,))
         self._drop_whiteout(log, parts)
+
+    def _make_whiteout(self, log: StepLog, at: Parts) -> None:
+        """`link_or_create_wh` (whout.c): a whiteout or the opaque marker is a hard link
+        of the branch's whiteout base when there is one, else a new empty file."""
+        if lookup(log.root, RW + (WH_BASE,)) is not None:
+            log.do(Link(join(RW + (WH_BASE,)), join(at)))
+        else:
+            log.do(Create(join(at), WH_MODE, ino=self.next("ino", 1000)))
 
     @handles(sc.Create)
     def create(self, call: sc.Create, log: StepLog) -> None:

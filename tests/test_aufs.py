@@ -64,7 +64,7 @@ def test_rmdir_renames_to_a_temp_whiteout_then_removes_children_then_the_dir():
 
 def test_mkdir_over_a_whiteout_is_mkdir_opaque_marker_unlink_whiteout():
     ops = steps_per_op('[[layers]]\n"D/old" = "x"\n[upper]\n"D" = { type = "whiteout" }\n[[ops]]\nop = "mkdir"\npath = "D"\n')
-    assert ops == [["mkdir rw/D", "create rw/D/.wh..wh..opq", "unlink rw/.wh.D"]]
+    assert ops == [["mkdir rw/D", "link rw/.wh..wh.aufs -> rw/D/.wh..wh..opq", "unlink rw/.wh.D"]]
 
 
 def test_spec_whiteouts_are_stored_as_links_to_the_whiteout_base():
