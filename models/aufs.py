@@ -16,11 +16,14 @@ Operations are sequences of unjournaled steps with no fsync (design docs):
   `.wh..wh.<name>.<hex>` in the same directory: create, copy, attributes, rename;
 - unlink of a name that exists below: the whiteout first, then the file on `rw`; a crash
   in between leaves both on one branch, and lookup fails with EIO;
-- rmdir: rename the directory to a temp name, whiteout the name if it exists below,
-  remove the children, then the directory;
+- rmdir (`aufs_rmdir`, aufs-standalone 2d0a17c): the whiteout first if the name exists
+  below, then rename the directory to a temp name (`renwh_and_rmdir`, `au_whtmp_ren`),
+  remove the children, then the directory; a crash after the whiteout leaves the name and
+  its whiteout on one branch (EIO);
 - create or mkdir over a whiteout: create (mkdir adds the opaque marker), then unlink the
   whiteout;
-- rename of a file: rename on `rw`, then whiteout the source if it exists below, then
+- rename of a file (`aufs_rename`, `do_rename`): copy up, whiteout the source if it exists
+  below (while the copy still has its name: EIO until the rename), rename on `rw`, then
   remove a whiteout left at the target; of a directory: EXDEV unless `dirren`.
 
 Recovery is nothing: aufs has no journal and no mount-time clean-up; leftover temp names
@@ -403,11 +406,11 @@ class AufsMount(FileSystemMount):
         self.copy_up(log, parts[:-1])
         node = self._in_rw(log.root, parts)
         temp = None
+        if below:
+            self._whiteout(log, parts)  # aufs_rmdir: the whiteout first (au_wh_create)
         if isinstance(node, Dir):
             temp = self._temp(parts)
-            log.do(Rename(join(RW + parts), temp))  # au_whtmp_ren
-        if below:
-            self._whiteout(log, parts)
+            log.do(Rename(join(RW + parts), temp))  # then renwh_and_rmdir: au_whtmp_ren
         if temp is not None:
             tree = lookup(log.root, split(temp))
             assert isinstance(tree, Dir)
@@ -431,14 +434,16 @@ class AufsMount(FileSystemMount):
         dst = self._in_rw(log.root, new)
         if isinstance(dst, Dir):
             log.do(Rmdir(join(RW + new))) if not dst.entries else None
+        if below:
+            # do_rename: the source's whiteout first (au_wh_create), while the source is
+            # still on rw: a crash here leaves a name and its whiteout on one branch (EIO)
+            self._whiteout(log, old)
         log.do(Rename(join(RW + old), join(RW + new)))
         if isinstance(src, Dir) and below:
             info = join(RW + new + (HINFO,))
             if lookup(log.root, split(info)) is None:
                 log.do(Create(info, WH_MODE, ino=self.next("ino", 1000)))
                 log.do(Write(info, old[-1].encode(), 0, replace=True))
-        if below:
-            self._whiteout(log, old)  # the source shows again until this whiteout exists
         self._drop_whiteout(log, new)
 
 

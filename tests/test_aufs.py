@@ -52,11 +52,12 @@ path = "etc/issue"
     ]
 
 
-def test_rmdir_renames_to_a_temp_whiteout_then_removes_children_then_the_dir():
+def test_rmdir_whites_out_then_renames_to_a_temp_then_removes_children_then_the_dir():
+    """aufs_rmdir: au_wh_create before renwh_and_rmdir (issue 13, item 1)."""
     ops = steps_per_op('[[layers]]\n"D/a" = "x"\n[[ops]]\nop = "unlink"\npath = "D/a"\n[[ops]]\nop = "rmdir"\npath = "D"\n')
     assert ops[1] == [
-        "rename rw/D -> rw/.wh..wh.D.0001",
         "link rw/.wh..wh.aufs -> rw/.wh.D",
+        "rename rw/D -> rw/.wh..wh.D.0001",
         "unlink rw/.wh..wh.D.0001/.wh.a",
         "rmdir rw/.wh..wh.D.0001",
     ]
@@ -80,11 +81,23 @@ def test_directory_rename_is_exdev_without_dirren_and_hinfo_with_it():
     assert build_trace(make_spec(HEAD + text)).ops[0].errno == errno.EXDEV
     assert steps_per_op("[options]\ndirren = true\n" + text) == [[
         "mkdir rw/A",
+        "link rw/.wh..wh.aufs -> rw/.wh.A",
         "rename rw/A -> rw/B",
         "create rw/B/.wh..wh.hinfo",
         "write rw/B/.wh..wh.hinfo ='A'",
-        "link rw/.wh..wh.aufs -> rw/.wh.A",
     ]]
+
+
+def test_rename_of_a_lower_file_whites_the_source_out_before_the_rename():
+    """do_rename (i_op_ren.c): copy up, the source's whiteout, the rename, the target's
+    old whiteout removed (issue 13, item 1); a crash after the whiteout is EIO."""
+    text = '[[layers]]\n"logs/today" = "x"\n[[ops]]\nop = "rename"\nsrc = "logs/today"\ndst = "logs/yesterday"\n'
+    assert steps_per_op(text)[0][-2:] == [
+        "link rw/.wh..wh.aufs -> rw/logs/.wh.today",
+        "rename rw/logs/today -> rw/logs/yesterday",
+    ]
+    r = check(load_spec(ROOT / "specs/aufs/rename-lower-file.toml"))
+    assert [(v.invariant, v.crash_after_step) for v in r.violations] == [("atomicity", 5), ("no-loss", 5)]
 
 
 def test_a_name_and_its_whiteout_on_one_branch_look_up_as_eio():
@@ -103,10 +116,10 @@ def test_builtin_aufs_specs_exact_counts():
         "copy-up-through-temp": (5, 6, []),
         "create-over-whiteout": (2, 3, ["atomicity"]),
         "mkdir-over-whiteout": (3, 4, ["atomicity"]),
-        "mv-lower-dir-dirren": (5, 6, ["atomicity", "no-dual-existence"]),
-        "mv-lower-dir-no-dirren": (18, 19, ["atomicity", "no-dual-existence"]),
+        "mv-lower-dir-dirren": (5, 6, ["atomicity"]),
+        "mv-lower-dir-no-dirren": (18, 19, ["atomicity", "no-dual-existence", "no-loss"]),
         "mv-upper-dir-dirren": (1, 2, []),
-        "rename-lower-file": (6, 7, ["atomicity", "no-dual-existence"]),
+        "rename-lower-file": (6, 7, ["atomicity", "no-loss"]),
         "rename-upper-file": (1, 2, []),
         "rmdir-merged-dir": (6, 7, ["atomicity"]),
         "unlink-copied-up-file": (7, 8, ["atomicity"]),
