@@ -114,6 +114,12 @@ def index_name(origin: str) -> str:
     return origin.replace("/", ":")
 
 
+def index_origin(name: str) -> str | None:
+    """The origin an index entry's model name stands for (`index_name` backwards), or
+    None for a name that is not one (a temp entry)."""
+    return name.replace(":", "/") if name.startswith("lower") and ":" in name else None
+
+
 def stored_nlink(upper: Node, lower: File, fallback: int, names: OverlayXattrs = TRUSTED) -> int:
     """`ovl_get_nlink`: the union nlink an indexed upper inode stores, or `fallback`
     (a lower file of one link, no or a bad xattr, a result below 1)."""
@@ -261,19 +267,20 @@ class OverlayMount(FileSystemMount):
     def union_of(self, root: Dir) -> Union:
         """The union a backing store mounts as: the spec's lower layers under the rotated
         upper layers it holds (a crash state before a rotation has none)."""
-        key = self._rotation_key(root)
-        if not key:
-            return self._union
+        return self._union_keyed(root)[1]
+
+    def _union_keyed(self, root: Dir) -> tuple[tuple[bytes, ...], Union]:
+        """`union_of`, with its key: the digests of the rotated layers."""
+        rotated = self.rotated(root)
+        if not rotated:
+            return (), self._union
+        key = tuple(root.entries[n].digest for n in rotated)
         hit = self._rotated_unions.get(key)
         if hit is None:
-            rotated = self.rotated(root)
             layers = [(root.entries[n], (n,)) for n in reversed(rotated)]
             hit = self._make_union(layers + [(f.node, f.path) for f in self._union.lower_roots])  # type: ignore[misc]
             self._rotated_unions[key] = hit
-        return hit
-
-    def _rotation_key(self, root: Dir) -> tuple[bytes, ...]:
-        return tuple(root.entries[n].digest for n in self.rotated(root))
+        return key, hit
 
     def union_layers(self) -> tuple[Union, Parts]:
         """The lower layers' union and where upper lives (models.capabilities.UnionView)."""
@@ -325,6 +332,7 @@ class OverlayMount(FileSystemMount):
     def _linked_view(self, root: Dir, merged: Dir) -> Dir:
         """Hard-linked lower files as the kernel shows them: through their index entry
         (index=on) and with the union nlink (`ovl_get_nlink`)."""
+        union = self.union_of(root)
         for parts in self._linked_paths:
             shown = lookup(merged, parts)
             if not isinstance(shown, File):
@@ -332,7 +340,7 @@ class OverlayMount(FileSystemMount):
             _, entry = self.resolve(root, parts)
             if not entry.exists or not isinstance(entry.node, File):
                 continue
-            node = self.union_of(root).view(entry)
+            node = union.view(entry)
             if isinstance(node, File):
                 node = node.with_links(node.ino, self.overlay_nlink(root, entry))
             if node.digest != shown.digest:
@@ -344,12 +352,13 @@ class OverlayMount(FileSystemMount):
         index=on a hard-linked lower file not copied up under this name is found through
         its index entry (`ovl_lookup_index`): an upper inode with no upper name yet."""
         upper = self._upper(root)
-        key = (self._rotation_key(root), upper.digest, parts)
+        rotation, union = self._union_keyed(root)
+        key = (rotation, upper.digest, parts)
         hit = self._resolved.get(key)
         if hit is None:
             if len(self._resolved) > RESOLVE_MEMO:
                 self._resolved.clear()
-            hit = self._resolved[key] = self.union_of(root).resolve(upper, parts)
+            hit = self._resolved[key] = union.resolve(upper, parts)
         if self.index_on and hit[1].exists and hit[1].upper is None:
             index = self.index_path(hit[1])
             node = lookup(root, index) if index is not None else None
@@ -775,8 +784,9 @@ class OverlayMount(FileSystemMount):
             if origin is None:
                 return [], (f"failed to verify index ({path}: no origin xattr, ENODATA); "
                             f"overlayfs refuses to mount")
-            lower = self._origin_node(origin.decode("utf-8", "replace"))
-            if index_name(origin.decode("utf-8", "replace")) != name or lower is None:
+            text = origin.decode("utf-8", "replace")
+            lower = self._origin_node(text)
+            if index_name(text) != name or lower is None:
                 steps.append(Unlink(path))  # stale
             elif node.nlink == 1 and stored_nlink(node, lower, fallback=0, names=self.x) == 0:
                 steps.append(Unlink(path))  # orphan

@@ -29,6 +29,7 @@ __all__ = [  # the workspace names are re-exported: kernel.workspace() is the us
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
 from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH, USER
+from models.overlayfs import index_origin
 from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
@@ -182,7 +183,7 @@ def materialize_overlay(
         work = _with_handles(work, handles)
         index = work.entries[INDEX_DIR]
         assert isinstance(index, Dir)
-        renamed = {handles[_origin_named(n, origins)].hex() if _origin_named(n, origins) else n: node
+        renamed = {handles[o].hex() if (o := index_origin(n)) is not None else n: node
                    for n, node in index.entries.items()}
         work = Dir({**work.entries, INDEX_DIR: Dir(renamed, index.mode, index.xattrs)}, work.mode,
                    work.xattrs)
@@ -199,12 +200,7 @@ def _indexed_origins(work: Node) -> set[str]:
     index = work.entries.get(INDEX_DIR) if isinstance(work, Dir) else None
     if not isinstance(index, Dir):
         return set()
-    return {n.replace(":", "/") for n in index.entries if n.startswith("lower") and ":" in n}
-
-
-def _origin_named(name: str, origins: set[str]) -> str | None:
-    origin = name.replace(":", "/")
-    return origin if origin in origins else None
+    return {o for n in index.entries if (o := index_origin(n)) is not None}
 
 
 def _with_handles(node: Node, handles: dict[str, bytes]) -> Node:
