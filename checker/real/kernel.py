@@ -238,9 +238,6 @@ def real_origins(ws: Workspace, base: Path, origins: set[str]) -> dict[str, byte
     return out
 
 
-REMOUNT_UMOUNT_RETRIES = 200  # 10 s of 50 ms waits before a lazy unmount
-
-
 @dataclass
 class LiveOverlay:
     """A kernel overlay mount of materialized dirs, for workloads that remount it."""
@@ -256,10 +253,8 @@ class LiveOverlay:
         self.ws.mount_overlay(self.lowers, self.upper, self.work, self.target, self.options)
 
     def remount(self, rotate: bool = False) -> None:
-        """umount and mount again (with `rotate`, the upper dir rotated in between). The
-        umount waits longer than usual for a busy mount: its sync is part of the op, and
-        a lazy unmount would make it later (under load it was seen in the next op)."""
-        self.ws.umount(self.target, retries=REMOUNT_UMOUNT_RETRIES)
+        """umount and mount again (with `rotate`, the upper dir rotated in between)."""
+        self.ws.umount(self.target)
         if rotate:
             self.lowers = rotate_upper(self.lowers, self.upper, self.work)
         self.mount()

@@ -217,16 +217,16 @@ UMOUNT_RETRIES = 20  # a confined child that has just exited may hold the mount 
 UMOUNT_RETRY_WAIT = 0.05  # seconds
 
 
-def umount(target: Path, retries: int = UMOUNT_RETRIES) -> None:
+def umount(target: Path) -> None:
     """Unmount `target`, retrying a moment while it is busy (a just-ended child still
     holds it), then lazily (a dead FUSE daemon, an open file): a lazy unmount shuts the
     file system down later, so its final sync would come after the op that asked."""
     with held_signals():
-        for attempt in range(retries):
+        for attempt in range(UMOUNT_RETRIES):
             proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
             if proc.returncode == 0 or not os.path.ismount(target):
                 return
-            if attempt + 1 < retries:
+            if attempt + 1 < UMOUNT_RETRIES:
                 time.sleep(UMOUNT_RETRY_WAIT)
         subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=MOUNT_TIMEOUT)
 
@@ -300,8 +300,8 @@ class Workspace:
         """tracefs (one kernel-wide instance tree) mounted inside the workspace."""
         self.run_mount(["mount", "-t", "tracefs", "crashcheck", str(target)], target)
 
-    def umount(self, target: Path, retries: int = UMOUNT_RETRIES) -> None:
-        umount(target, retries)
+    def umount(self, target: Path) -> None:
+        umount(target)
 
     def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a process in a session of its own (a terminal's Ctrl-C reaches only
