@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from checker.real import kernel, sandbox
 from checker.spec import Spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: why real overlayfs mounts with confined clients cannot run here, or None
+NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
+#: marks a test that mounts the kernel's overlayfs and runs confined clients on it
+NEEDS_OVERLAY = pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
 
 
 def make_spec(text: str, file: str = "<test>") -> Spec:

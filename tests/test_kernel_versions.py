@@ -95,6 +95,10 @@ def test_whiteouts_are_shared_from_5_8():
     ({"kernel": "six"}, "option 'kernel' must be a Linux version like \"6.18\" or \"4.14.3\", not 'six'"),
     ({"volatile": True, "fsync": "strict"},
      "options volatile and fsync = 'strict' exclude each other (volatile is fsync=volatile)"),
+    ({"metacopy": True, "redirect_dir": "off"},
+     'option metacopy = true needs redirect_dir = "on" (the kernel refuses metacopy=on,redirect_dir=off)'),
+    ({"metacopy": True, "kernel": "4.18"},
+     "option metacopy = True needs Linux 4.19 or later (kernel = \"4.18\" does not have it)"),
 ])
 def test_options_a_version_lacks_are_refused(options: dict[str, object], message: str):
     with pytest.raises(OptionError) as e:

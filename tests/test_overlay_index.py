@@ -9,7 +9,7 @@ import pytest
 
 from checker import check, load_spec
 from checker.engine.trace import Trace, build_trace
-from checker.real import kernel, sandbox
+from checker.real import kernel
 from checker.real.confirm import confirm
 from checker.real.conform import conform, normalize
 from checker.real.crash import real_check
@@ -17,9 +17,8 @@ from checker.spec import SpecError
 from models.overlayfs import INDEX, OverlayFS
 from models.steps import StepLog
 from models.tree import Dir, File, lookup
-from tests.conftest import ROOT, make_spec
+from tests.conftest import NEEDS_OVERLAY, ROOT, make_spec
 
-NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 SPECS = ROOT / "specs" / "overlayfs"
 
 LINKED = '''
@@ -157,14 +156,14 @@ def test_conform_normalizes_index_names():
     ]
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 @pytest.mark.parametrize("name", ["index-hardlink-copy-up", "index-unlink-hardlinks"])
 def test_index_specs_conform_with_syncs(name: str):
     ops = conform(load_spec(SPECS / f"{name}.toml"))
     assert ops and all(o.conforms for o in ops), [o.to_json() for o in ops if not o.conforms]
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_index_violations_are_confirmed_by_the_kernel():
     """Every crash state of the weak spec, the refused mounts among them, is mounted on
     the kernel with the kernel's own index names and origin handles."""
@@ -173,7 +172,7 @@ def test_index_violations_are_confirmed_by_the_kernel():
     assert len(found) == 44 and {c.status for c in found} == {"confirmed"}, {c.detail for c in found}
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_materialized_index_entries_get_the_kernel_names():
     trace = build_trace(load_spec(SPECS / "index-hardlink-copy-up.toml"))
     root = _backing_after(trace)
@@ -193,7 +192,7 @@ def _backing_after(trace: Trace) -> Dir:
     return log.root
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 @pytest.mark.parametrize("name", ["index-hardlink-copy-up", "index-unlink-hardlinks"])
 def test_real_kernel_crash_runs_pass_the_index_specs(name: str):
     result = real_check(load_spec(SPECS / f"{name}.toml"), "kernel")

@@ -16,13 +16,10 @@ from checker.engine.trace import build_trace
 from checker.real import kernel, sandbox
 from checker.real.confirm import confirm
 from checker.real.conform import conform
-from models.driver import OptionError
 from models.overlayfs import OverlayFS
 from models.tree import ErrorEntry
 from models.union import Union
-from tests.conftest import ROOT, make_spec
-
-NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
+from tests.conftest import NEEDS_OVERLAY, ROOT, make_spec
 
 # Entries as in the probe of this machine's kernel (tmpfs and overlay agree; upper
 # entries, so that directories may move without redirect_dir): a file f, a symlink
@@ -230,18 +227,6 @@ def test_metacopy_file_without_lower_data_is_eio():
     assert isinstance(shown, ErrorEntry) and shown.errno == errno.EIO
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"metacopy": True, "redirect_dir": "off"},
-     'option metacopy = true needs redirect_dir = "on" (the kernel refuses metacopy=on,redirect_dir=off)'),
-    ({"metacopy": True, "kernel": "4.18"},
-     "option metacopy = True needs Linux 4.19 or later (kernel = \"4.18\" does not have it)"),
-])
-def test_metacopy_option_refusals(options: dict[str, object], message: str):
-    with pytest.raises(OptionError) as e:
-        OverlayFS(options)
-    assert str(e.value) == message
-
-
 def test_metacopy_implies_redirect_dir_on():
     assert OverlayFS({"metacopy": True}).options["redirect_dir"] == "on"
 
@@ -300,7 +285,7 @@ def test_remount_is_refused_by_drivers_without_it(tmp_path: Path):
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=NO_OVERLAY or "")
+@NEEDS_OVERLAY
 def test_open_flags_and_trailing_slashes_on_the_kernel():
     """Every KERNEL_ANSWERS row on a real overlay mount, through the same confined ops."""
     from checker.real.ops import run_op
@@ -318,7 +303,7 @@ def test_open_flags_and_trailing_slashes_on_the_kernel():
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=NO_OVERLAY or "")
+@NEEDS_OVERLAY
 @pytest.mark.parametrize("name", ["metacopy-chmod-data-lost", "metacopy-data-copy-up-fsync-strict",
                                   "chown-lost-on-copy-up", "open-trunc-copy-up"])
 def test_new_violations_are_confirmed_by_the_kernel(name: str):
@@ -329,7 +314,7 @@ def test_new_violations_are_confirmed_by_the_kernel(name: str):
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=NO_OVERLAY or "")
+@NEEDS_OVERLAY
 def test_metacopy_and_user_ops_conform():
     for name in ("metacopy-data-copy-up", "metacopy-data-copy-up-fsync-strict", "user-permissions"):
         ops = conform(load_spec(ROOT / f"specs/overlayfs/{name}.toml"))

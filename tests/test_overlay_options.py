@@ -12,9 +12,8 @@ from checker.real import kernel, sandbox, synctrace
 from checker.real.fidelity import compare_workload
 from checker.spec import SpecError
 from models.tree import Dir, File, lookup
-from tests.conftest import ROOT, assert_conforms, assert_enumeration_only, make_spec
+from tests.conftest import NEEDS_OVERLAY, ROOT, assert_conforms, assert_enumeration_only, make_spec
 
-NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 USERXATTR_SPEC = ROOT / "specs" / "overlayfs" / "userxattr-rootless.toml"
 
 MERGED = '''
@@ -108,12 +107,12 @@ def test_symbolic_engine_says_it_cannot_decide_userxattr():
     assert_enumeration_only(load_spec(USERXATTR_SPEC), "userxattr")
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_userxattr_spec_conforms_with_syncs():
     assert_conforms(load_spec(USERXATTR_SPEC), 5)
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 @pytest.mark.parametrize("options", ["userxattr = true", 'xino = "on"', 'kernel = "6.18"'])
 def test_results_views_syncs_and_upper_dirs_match_the_kernel(options: str):
     """The kernel writes user.overlay.* under userxattr, escapes overlay's own names, and

@@ -8,15 +8,13 @@ import pytest
 
 from checker import check, load_spec
 from checker.engine.trace import build_trace
-from checker.real import kernel, sandbox
 from checker.real.confirm import confirm
 from checker.real.crash import real_check
 from checker.spec import SpecError
 from models.steps import StepLog
 from models.tree import Dir, File, Whiteout, lookup
-from tests.conftest import ROOT, assert_conforms, assert_enumeration_only, make_spec
+from tests.conftest import NEEDS_OVERLAY, ROOT, assert_conforms, assert_enumeration_only, make_spec
 
-NO_OVERLAY = kernel.overlay_unavailable_reason() or sandbox.unavailable_reason()
 SPEC = ROOT / "specs" / "overlayfs" / "remount-rotate.toml"
 
 # a merged dir whose upper part is rotated, then copied up again from the rotated layer
@@ -105,18 +103,18 @@ def test_symbolic_engine_says_it_cannot_decide_rotate():
     assert_enumeration_only(load_spec(SPEC), "remount rotate")
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_rotate_conforms_with_syncs():
     assert_conforms(load_spec(SPEC), 7)
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_rotated_crash_states_are_confirmed_by_the_kernel():
     found = confirm(check(make_spec(ROTATED_DIR)))
     assert len(found) == 96 and {c.status for c in found} == {"confirmed"}, {c.detail for c in found}
 
 
-@pytest.mark.skipif(NO_OVERLAY is not None, reason=f"needs real overlayfs mounts: {NO_OVERLAY}")
+@NEEDS_OVERLAY
 def test_real_kernel_crash_run_passes_the_rotate_spec():
     result = real_check(load_spec(SPEC), "kernel")
     assert result.ok and len(result.outcomes) == 7, result.to_json()
