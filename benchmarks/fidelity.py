@@ -9,7 +9,9 @@ options of combination (seed - 100,000) mod 6: redirect_dir off or on with fsync
 and metacopy on with fsync ordered or strict. Seeds from 200,000 on add the generator's
 newer choices (hard links in the bottom layer, `remount rotate`, xattrs in overlay's own
 namespaces) and run combination (seed - 200,000) mod 6: index=on with fsync ordered or
-strict or with redirect_dir on, none of the options, userxattr, or xino=on. For
+strict or with redirect_dir on, none of the options, userxattr, or xino=on. Seeds from
+300,000 on run the newer choices under nfs_export=on, combination (seed - 300,000) mod 3:
+alone, with redirect_dir on, or with fsync strict. For
 every op the result, the merged view and the syncs must be the model's, and at the end
 the upper dirs. Prints the agreement figure and every disagreement with its seed.
 """
@@ -40,13 +42,20 @@ INDEX_COMBINATIONS = [
     {"userxattr": True}, {"xino": "on"},
 ]
 
+NFS_COMBINATIONS = [
+    {"nfs_export": True}, {"nfs_export": True, "redirect_dir": "on"}, {"nfs_export": True, "fsync": "strict"},
+]
+
 FIRST_SEED = 100_000
 INDEX_SEED = 200_000
+NFS_SEED = 300_000
 
 
 def options_of(seed: int) -> dict[str, object]:
     """The mount options of sequence `seed`: the same whatever --first-seed (so one
     seed of a report is re-run alone with --first-seed SEED --sequences 1)."""
+    if seed >= NFS_SEED:
+        return dict(NFS_COMBINATIONS[(seed - NFS_SEED) % len(NFS_COMBINATIONS)])
     if seed >= INDEX_SEED:
         return dict(INDEX_COMBINATIONS[(seed - INDEX_SEED) % len(INDEX_COMBINATIONS)])
     return dict(COMBINATIONS[(seed - FIRST_SEED) % len(COMBINATIONS)])

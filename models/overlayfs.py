@@ -79,6 +79,7 @@ from models.steps import Chown as ChownStep
 from models.syscalls import RenameFlags
 from models.tree import (
     Dir,
+    ErrorEntry,
     File,
     FsError,
     Node,
@@ -120,11 +121,14 @@ def index_origin(name: str) -> str | None:
     return name.replace(":", "/") if name.startswith("lower") and ":" in name else None
 
 
-def stored_nlink(upper: Node, lower: File, fallback: int, names: OverlayXattrs = TRUSTED) -> int:
+def stored_nlink(upper: Node, lower: File, fallback: int, names: OverlayXattrs = TRUSTED,
+                 in_memory: bool = False) -> int:
     """`ovl_get_nlink`: the union nlink an indexed upper inode stores, or `fallback`
-    (a lower file of one link, no or a bad xattr, a result below 1)."""
+    (a lower file of one link, no or a bad xattr, a result below 1). With `in_memory`,
+    what the overlay inode of a one-link lower file copied up in this mount counts: the
+    stored value too (the fallback applies only when the inode is looked up again)."""
     raw = upper.xattr(names.nlink)
-    if lower.nlink == 1 or raw is None or not isinstance(upper, File):
+    if (lower.nlink == 1 and not in_memory) or raw is None or not isinstance(upper, File):
         return fallback
     text = raw.decode("ascii", "replace")
     if len(text) < 3 or text[0] not in "LU" or text[1] not in "+-" or not text[2:].isdigit():
@@ -154,6 +158,18 @@ def _user_xattr_options(given: Mapping[str, Any], resolved: dict[str, Any]) -> N
         raise OptionError("options userxattr and metacopy = true conflict (the kernel refuses "
                           "userxattr,metacopy=on)")
     resolved["redirect_dir"] = "nofollow"
+
+
+def _nfs_export_options(given: Mapping[str, Any], resolved: dict[str, Any]) -> None:
+    """`ovl_fs_params_verify` with nfs_export: index=off given as well, or metacopy=on,
+    conflicts; otherwise index is turned on."""
+    if "index" in given and not resolved["index"]:
+        raise OptionError("options nfs_export = true and index = false conflict (the kernel "
+                          "refuses nfs_export=on,index=off)")
+    if resolved["metacopy"]:
+        raise OptionError("options nfs_export = true and metacopy = true conflict (the kernel "
+                          "refuses nfs_export=on,metacopy=on)")
+    resolved["index"] = True
 
 
 def in_namespace(node: Node, names: OverlayXattrs) -> Node:
@@ -221,6 +237,7 @@ class OverlayMount(FileSystemMount):
 
     def new_lifetime(self) -> None:
         self._whiteout_source = None
+        self._fresh_index = set()
         self._mounted = self.initial
 
     def _start(self, lowers: list[tuple[Dir, Parts]]) -> None:
@@ -237,7 +254,9 @@ class OverlayMount(FileSystemMount):
         self._resolved: dict[tuple[tuple[bytes, ...], bytes, Parts], tuple[Entry, Entry]] = {}
         self._rotated_unions: dict[tuple[bytes, ...], Union] = {}
         self._whiteout_source: str | None = None  # `ovl_whiteout`'s shared whiteout in work
+        self._fresh_index: set[Parts] = set()  # index entries copied up in this mount's lifetime
         self.index_on = bool(self.options["index"])
+        self.index_all = self.index_on and bool(self.options["nfs_export"])  # `ovl_index_all`
         self.workdir = INDEX if self.index_on else WORK  # where temp entries are made
         self._layer_roots: dict[Parts, Dir] = {}
         self._linked_paths: list[Parts] = []  # merged paths of hard-linked lower files
@@ -296,6 +315,8 @@ class OverlayMount(FileSystemMount):
             extra.append("metacopy=on")
         if self.index_on:
             extra.append("index=on")
+        if self.index_all:
+            extra.append("nfs_export=on")
         if self.options["xino"] != "off":
             extra.append(f"xino={self.options['xino']}")
         if self.options["fsync"] != "ordered":
@@ -327,7 +348,59 @@ class OverlayMount(FileSystemMount):
         assert isinstance(merged, Dir)
         if self._linked_paths:
             merged = self._linked_view(root, merged)
+        if self.index_all:
+            merged = self._verified_view(root, merged)
         return merged
+
+    def _verified_view(self, root: Dir, merged: Dir) -> Dir:
+        """nfs_export: names whose index entry fails `ovl_lookup_index`'s checks fail
+        their lookup with EIO. The index names an origin, and the model looks for the
+        entry at the origin's own path (an entry renamed away from it is not checked)."""
+        index = lookup(root, INDEX)
+        if not isinstance(index, Dir):
+            return merged
+        for name in sorted(index.entries):
+            origin = index_origin(name)
+            parts = split(origin)[1:] if origin is not None else ()
+            if not parts or lookup(merged, parts) is None:
+                continue
+            _, entry = self.resolve(root, parts)
+            reason = self.index_error(root, entry)
+            if reason:
+                merged = replace(merged, parts, ErrorEntry(errno.EIO, reason))
+        return merged
+
+    def index_error(self, root: Dir, entry: Entry) -> str:
+        """Why `ovl_lookup_index` fails an entry with EIO ("" when it does not): its
+        index entry is a whiteout (all its names were removed), of another type, or
+        (a directory, nfs_export) there is no upper dir or another one is recorded."""
+        if not entry.exists or (entry.is_dir and (not self.index_all or not entry.lowers)):
+            return ""
+        index = self.index_path(entry)
+        node = lookup(root, index) if index is not None else None
+        if node is None:
+            return ""
+        if isinstance(node, Whiteout):
+            return "bad index: its index entry is a whiteout"
+        if isinstance(node, Dir) != entry.is_dir:
+            return "bad index: its index entry is of another type"
+        if entry.is_dir:
+            if entry.upper is None:
+                return ("suspected uncovered redirected dir: its index entry records an upper dir "
+                        "it does not have")
+            if node.xattr(self.x.upper) != entry.upper.node.xattr(self.x.origin):
+                return "failed to verify upper: its index entry records another upper dir"
+        return ""
+
+    def lookup_in(self, root: Dir) -> Any:
+        """Lookups through the view; walking into a name whose lookup fails raises its
+        errno (an index entry the kernel rejects: EIO)."""
+        def find(parts: Parts) -> Node | None:
+            node = self.view_lookup(root, parts)
+            if isinstance(node, ErrorEntry):
+                raise FsError(node.errno, join(parts))
+            return node
+        return find
 
     def _linked_view(self, root: Dir, merged: Dir) -> Dir:
         """Hard-linked lower files as the kernel shows them: through their index entry
@@ -362,12 +435,18 @@ class OverlayMount(FileSystemMount):
         if self.index_on and hit[1].exists and hit[1].upper is None:
             index = self.index_path(hit[1])
             node = lookup(root, index) if index is not None else None
-            if isinstance(node, File):
+            if isinstance(node, File | Symlink):
                 parent, entry = hit
                 return parent, Entry(entry.path, (Frame(0, node, index),) + entry.stack, opaque=entry.opaque)
         return hit
 
     def view_lookup(self, root: Dir, parts: Parts) -> Node | None:
+        for depth in range(1, len(parts) + 1 if self.index_all else 0):
+            _, entry = self.resolve(root, parts[:depth])
+            if not entry.exists:
+                return None
+            if self.index_all and (reason := self.index_error(root, entry)):
+                return ErrorEntry(errno.EIO, reason)
         _, entry = self.resolve(root, parts)
         return self.union_of(root).view(entry) if entry.exists else None
 
@@ -669,6 +748,15 @@ class OverlayMount(FileSystemMount):
             origin = self._origins[key] = join(base + min(find_inode(self._layer_roots[base], node.ino)))
         return origin
 
+    def _entry_origin(self, entry: Entry) -> str | None:
+        """The origin of any entry: the lower one found below it, or the one its upper
+        entry's origin xattr names."""
+        if entry.lowers:
+            return self.origin_of(entry.lowers[0])
+        up = entry.upper
+        value = up.node.xattr(self.x.origin) if up is not None else None
+        return value.decode("utf-8", "replace") if value is not None else None
+
     def _origin_file(self, entry: Entry) -> tuple[str, File] | None:
         """The lower file an entry comes from, with its origin: the lower one found
         below it, or the one its upper file's origin xattr names (`ovl_check_origin`)."""
@@ -684,10 +772,13 @@ class OverlayMount(FileSystemMount):
         return (text, node) if node is not None else None
 
     def index_path(self, entry: Entry) -> Parts | None:
-        """`ovl_need_index`: where a lower file of several links is (or will be) indexed,
-        or None."""
+        """`ovl_need_index`: where a lower file of several links (under nfs_export, any
+        entry with an origin) is (or will be) indexed, or None."""
         if not self.index_on:
             return None
+        if self.index_all:
+            origin = self._entry_origin(entry)
+            return INDEX + (index_name(origin),) if origin is not None else None
         found = self._origin_file(entry)
         if found is None or found[1].nlink < 2:
             return None
@@ -696,7 +787,10 @@ class OverlayMount(FileSystemMount):
     def overlay_nlink(self, root: Dir, entry: Entry) -> int:
         """The union nlink of a file (`ovl_get_nlink`): the upper inode's, or, for an
         indexed one, from its nlink xattr relative to the upper or the lower inode (with
-        the index entry gone, the kernel shows the upper inode's; seen on 6.18)."""
+        the index entry gone, the kernel shows the upper inode's; seen on 6.18). A
+        one-link lower file indexed under nfs_export counts its upper inode's links (the
+        index entry's among them) once looked up again, but its names while the inode
+        that copied it up lives (seen on 6.18: 1, then 2 after a remount)."""
         node = entry.node
         assert isinstance(node, File)
         up = entry.upper
@@ -704,7 +798,8 @@ class OverlayMount(FileSystemMount):
         index = self.index_path(entry)
         if up is None or found is None or index is None or lookup(root, index) is None:
             return node.nlink
-        return stored_nlink(up.node, found[1], fallback=node.nlink, names=self.x)
+        return stored_nlink(up.node, found[1], fallback=node.nlink, names=self.x,
+                            in_memory=index in self._fresh_index)
 
     def _no_alias(self, entry: Entry) -> bool:
         """An upper inode found through the index that has no upper name yet."""
@@ -716,28 +811,27 @@ class OverlayMount(FileSystemMount):
         store the union nlink relative to the lower inode, link, then relative to upper."""
         up = entry.upper
         assert up is not None
-        nlink = self.overlay_nlink(log.root, entry)
         found = self._origin_file(entry)
-        assert found is not None
-        lower = found[1]
+        nlink, lower_nlink = (self.overlay_nlink(log.root, entry), found[1].nlink) if found else (1, 1)
         index = join(up.path)
         self._set_impure(log, UPPER + entry.path[:-1])
-        log.do(SetXattr(index, self.x.nlink, f"L{nlink - lower.nlink:+d}".encode()))
+        log.do(SetXattr(index, self.x.nlink, f"L{nlink - lower_nlink:+d}".encode()))
         log.do(Link(index, join(UPPER + entry.path)))
-        self._set_nlink_upper(log, index, nlink)
+        self._set_nlink_upper(log, index, nlink, links=2)
 
-    def _set_nlink_upper(self, log: StepLog, upper_path: str, nlink: int) -> None:
-        """`ovl_set_nlink_upper`: the union nlink relative to the upper inode's."""
+    def _set_nlink_upper(self, log: StepLog, upper_path: str, nlink: int, links: int = 1) -> None:
+        """`ovl_set_nlink_upper`: the union nlink relative to the upper inode's (the
+        model counts the links of a file; of a symlink, which it does not, `links`)."""
         node = lookup(log.root, split(upper_path))
-        assert isinstance(node, File)
-        log.do(SetXattr(upper_path, self.x.nlink, f"U{nlink - node.nlink:+d}".encode()))
+        own = node.nlink if isinstance(node, File) else links
+        log.do(SetXattr(upper_path, self.x.nlink, f"U{nlink - own:+d}".encode()))
 
     def _nlink_start(self, log: StepLog, parts: Parts) -> int | None:
         """`ovl_nlink_start` before unlink, rename over or link of a file: a lower file
         that needs an index is copied up first (data and all); an indexed one stores its
         union nlink. Returns that nlink (None when not indexed)."""
         _, entry = self.resolve(log.root, parts)
-        if not entry.exists or entry.is_dir or self.index_path(entry) is None:
+        if not entry.exists or self.index_path(entry) is None:
             return None
         if entry.upper is None or self._no_alias(entry):
             self.copy_up(log, parts)
@@ -746,6 +840,8 @@ class OverlayMount(FileSystemMount):
         assert index is not None and entry.upper is not None
         if lookup(log.root, index) is None:
             return None  # copied up before index=on: not indexed
+        if entry.is_dir or not isinstance(entry.node, File):
+            return 1  # no nlink is stored for these (`ovl_nlink_start`): rmdir or unlink ends it
         nlink = self.overlay_nlink(log.root, entry)
         self._set_nlink_upper(log, join(entry.upper.path), nlink)
         return nlink
@@ -757,12 +853,15 @@ class OverlayMount(FileSystemMount):
         if index is None or nlink > 0:
             return
         node = lookup(log.root, index)
-        if not isinstance(node, File):
+        if not isinstance(node, File | Symlink | Dir):
             return
-        if node.nlink != 1:
+        if isinstance(node, File) and node.nlink != 1:
             self._set_nlink_upper(log, join(index), node.nlink - 1)  # "cleanup linked index"
             return
-        log.do(Unlink(join(index)))
+        if self.index_all:
+            self.cleanup_and_whiteout(log, join(index))  # "to block future open by handle"
+        else:
+            log.do(Unlink(join(index)))
 
     def index_cleanup(self, root: Dir) -> tuple[list[Step], str]:
         """`ovl_indexdir_cleanup` at mount: the steps that remove temp entries, stale
@@ -772,14 +871,20 @@ class OverlayMount(FileSystemMount):
         if not isinstance(index, Dir):
             return [], ""
         steps: list[Step] = []
+        upper_dirs: dict[bytes, Parts] | None = None
         for name in sorted(index.entries):
             node = index.entries[name]
             path = join(INDEX + (name,))
             if name.startswith("#"):
                 steps.extend(_cleanup_steps(path, node))
                 continue
+            if isinstance(node, Dir) and self.index_all:
+                if upper_dirs is None:
+                    upper_dirs = self._upper_dirs_by_origin(root)
+                steps.extend(self._verify_dir_index(path, node, upper_dirs, len(steps)))
+                continue
             if not isinstance(node, File):
-                continue  # a whiteout or a directory index is kept (no nfs_export)
+                continue  # a whiteout is kept; so is a directory index without nfs_export
             origin = node.xattr(self.x.origin)
             if origin is None:
                 return [], (f"failed to verify index ({path}: no origin xattr, ENODATA); "
@@ -789,8 +894,43 @@ class OverlayMount(FileSystemMount):
             if index_name(text) != name or lower is None:
                 steps.append(Unlink(path))  # stale
             elif node.nlink == 1 and stored_nlink(node, lower, fallback=0, names=self.x) == 0:
-                steps.append(Unlink(path))  # orphan
+                steps.extend(self._orphan_index(path, node, len(steps)))
         return steps, ""
+
+    def _orphan_index(self, path: str, node: Node, serial: int) -> list[Step]:
+        """An orphan index entry at mount: removed, or under nfs_export replaced by a
+        whiteout ("to block future open by handle": `ovl_cleanup_and_whiteout`)."""
+        if not self.index_all:
+            return [Unlink(path)]
+        temp = join(INDEX + (f"#r{serial:x}",))
+        if isinstance(node, Dir):
+            return [MknodWhiteout(temp), Rename(temp, path, RenameFlags.EXCHANGE),
+                    *_cleanup_steps(temp, node)]
+        return [MknodWhiteout(temp), Rename(temp, path)]
+
+    def _verify_dir_index(self, path: str, node: Dir, upper_dirs: dict[bytes, Parts],
+                          serial: int) -> list[Step]:
+        """`ovl_verify_index` of a directory's index entry (nfs_export): without its
+        `upper` record it is stale (removed); an upper dir that no longer exists makes it
+        an orphan (whited out); one whose origin is not the entry's name, stale."""
+        recorded = node.xattr(self.x.upper)
+        if recorded is None:
+            return _cleanup_steps(path, node)
+        if recorded not in upper_dirs:
+            return self._orphan_index(path, node, serial)
+        if index_name(recorded.decode("utf-8", "replace")) != split(path)[-1]:
+            return _cleanup_steps(path, node)
+        return []
+
+    def _upper_dirs_by_origin(self, root: Dir) -> dict[bytes, Parts]:
+        """The upper dirs by the origin they carry: how the model decodes a directory
+        index's record of its upper dir (the kernel decodes a file handle)."""
+        out: dict[bytes, Parts] = {}
+        for parts, node in walk(self._upper(root)):
+            origin = node.xattr(self.x.origin) if isinstance(node, Dir) else None
+            if origin is not None:
+                out.setdefault(origin, parts)
+        return out
 
     def _origin_node(self, origin: str) -> File | None:
         parts = split(origin)
@@ -855,6 +995,9 @@ class OverlayMount(FileSystemMount):
         lower = entry.stack[0]
         node = lower.node
         index = self.index_path(entry)  # a file of several links goes to the index first
+        dir_index = index if isinstance(node, Dir) else None  # nfs_export: see _create_index
+        if dir_index is not None:
+            index = None
         dest = join(index if index is not None else UPPER + entry.path)
         if index is None:
             self._set_impure(log, UPPER + entry.path[:-1])
@@ -869,6 +1012,8 @@ class OverlayMount(FileSystemMount):
                     log.do(Fsync(temp))
         elif isinstance(node, Dir):
             log.do(Mkdir(temp, 0))  # "can't properly set mode on creation" (umask)
+            if dir_index is not None and self.kernel.dir_index_first:
+                self._create_index(log, dir_index, lower)
         elif isinstance(node, Symlink):
             log.do(MakeSymlink(node.target, temp))
         else:
@@ -886,15 +1031,28 @@ class OverlayMount(FileSystemMount):
         self._set_attr(log, temp, node)
         if metadata_fsync:
             log.do(Fsync(temp))
+        if dir_index is not None and not self.kernel.dir_index_first:
+            self._create_index(log, dir_index, lower)
         if isinstance(node, File):
             log.do(LinkTmpfile(temp, dest))
         else:
             log.do(Rename(temp, dest))
         if index is not None:
-            assert isinstance(node, File)
-            self._set_nlink_upper(log, dest, node.nlink)  # "initialize nlink"
+            self._fresh_index.add(index)
+            links = node.nlink if isinstance(node, File) else 1
+            self._set_nlink_upper(log, dest, links)  # "initialize nlink"
             _, entry = self.resolve(log.root, entry.path)
             self._link_up(log, entry)
+
+    def _create_index(self, log: StepLog, index: Parts, lower: Frame) -> None:
+        """`ovl_create_index` (nfs_export): a directory's index entry, made as a temp dir
+        that records the upper dir and renamed into place. The kernel records the upper
+        dir by its file handle; the model by the origin that dir carries, which follows
+        it through renames just as the handle does."""
+        temp = self.temp_name()
+        log.do(Mkdir(temp, 0))
+        log.do(SetXattr(temp, self.x.upper, self.origin_of(lower).encode()))
+        log.do(Rename(temp, join(index)))
 
     def _set_attr(self, log: StepLog, temp: str, node: Node) -> None:
         """`ovl_set_attr`: mode (a file was made with it already), owner, times; an
@@ -1020,7 +1178,7 @@ class OverlayMount(FileSystemMount):
         if is_dir and (lower_positive or not self._pure_upper(entry)):
             whiteouts = self.union.upper_whiteouts(entry)  # ovl_check_empty_dir's list
         self.copy_up(log, parts[:-1])
-        nlink = None if is_dir else self._nlink_start(log, parts)
+        nlink = None if is_dir and not self.index_all else self._nlink_start(log, parts)
         parent, entry = self.resolve(log.root, parts)
         upper_path = join(UPPER + parts)
         if whiteouts:
@@ -1088,8 +1246,8 @@ class OverlayMount(FileSystemMount):
         nlink = None
         if not overwrite:
             self.copy_up(log, new, data=False)
-        elif n.exists and not n.is_dir:
-            nlink = self._nlink_start(log, new)  # the target's union nlink drops
+        elif n.exists and (not n.is_dir or self.index_all):
+            nlink = self._nlink_start(log, new)  # the target's union nlink drops (nfs_export: a dir's too)
         replaced_index = self.index_path(n) if nlink is not None else None
         _, o = self.resolve(log.root, old)
         n_parent, n = self.resolve(log.root, new)
@@ -1200,6 +1358,13 @@ class OverlayFS(Driver):
             "inodes index (work/index): a lower file of several links is copied up once, "
             "its names stay one inode; the work dir moves into work/index (4.13)",
         ),
+        "nfs_export": Option(
+            (bool,), False,
+            "every lower entry copied up is indexed (work/index/<origin>; a directory's "
+            "entry records its upper dir), removed ones leave a whiteout in the index, and "
+            "lookups verify the index (EIO on a mismatch); implies index = true, conflicts "
+            "with metacopy, as the kernel does (4.16)",
+        ),
         "xino": Option(
             (str,), "off",
             "inode numbers composed from the layer's and the real one (st_ino, d_ino only: "
@@ -1225,6 +1390,8 @@ class OverlayFS(Driver):
                 raise OptionError(f"option metacopy = true needs redirect_dir = \"on\" (the kernel "
                                   f"refuses metacopy=on,redirect_dir={resolved['redirect_dir']})")
             resolved["redirect_dir"] = "on"  # as the kernel does when only metacopy=on is given
+        if resolved["nfs_export"]:
+            _nfs_export_options(given, resolved)
         version = parse_kernel(resolved["kernel"])
         if version is None:
             raise OptionError(

@@ -17,6 +17,14 @@ The behaviours that change crash states, each with the commit that changed it:
 - a user's xattr in overlay's own namespace is stored escaped (`trusted.overlay.X` as
   `trusted.overlay.overlay.X` in upper) since 6.7 ("ovl: Support escaped overlay.*
   xattrs", for composefs's nested overlays); before, setting one failed with EOPNOTSUPP;
+- `nfs_export` exists since 4.16 ("ovl: add support for "nfs_export" configuration",
+  Amir Goldstein's NFS export series); a directory copied up
+  under it gets its index entry (`ovl_create_index`) after its xattrs and attributes
+  until 6.16, and right after the temp directory is made since 6.17 (NeilBrown's
+  2025 series narrowing overlayfs's directory locking moved the call ahead of
+  `ovl_copy_up_metadata`; the exact release is inferred from the series' date; seen on
+  6.18 with inotify: the index entry is renamed into place before the temp directory's
+  attributes change);
 - the work dir's whiteout is made once and shared by hard links since 5.8 (c21c839b8448,
   "ovl: whiteout inode sharing"); before, each removal made its own;
 - "ovl: fsync after metadata copy-up" (7d6899fb69d2, 6.12) fsyncs every copied-up file
@@ -49,6 +57,7 @@ SHARED_WHITEOUT = (5, 8, 0)
 METADATA_FSYNC = (6, 12, 0)
 FSYNC_OPTION = (6, 18, 0)
 ESCAPED_XATTRS = (6, 7, 0)
+DIR_INDEX_FIRST = (6, 17, 0)
 
 #: mount options and the version that added them: (option, value that needs it) -> version
 OPTION_SINCE: dict[tuple[str, object], Version] = {
@@ -58,6 +67,7 @@ OPTION_SINCE: dict[tuple[str, object], Version] = {
     ("xino", "auto"): (4, 17, 0),
     ("redirect_dir", "nofollow"): (4, 15, 0),
     ("userxattr", True): (5, 11, 0),
+    ("nfs_export", True): (4, 16, 0),
     ("redirect_dir", "follow"): (4, 10, 0),
     ("metacopy", True): (4, 19, 0),
     ("volatile", True): (5, 10, 0),
@@ -135,6 +145,12 @@ class KernelBehaviour:
     @property
     def shared_whiteout(self) -> bool:
         return self.version >= SHARED_WHITEOUT
+
+    @property
+    def dir_index_first(self) -> bool:
+        """A directory copy-up under nfs_export makes its index entry before it copies
+        the directory's xattrs and attributes (else after them)."""
+        return self.version >= DIR_INDEX_FIRST
 
     @property
     def escaped_xattrs(self) -> bool:

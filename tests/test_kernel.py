@@ -70,8 +70,9 @@ def test_merged_view_of_generated_states_matches_the_kernel():
 @pytest.mark.parametrize("options", [
     {"redirect_dir": "off"}, {"redirect_dir": "on"}, {"redirect_dir": "off", "fsync": "strict"},
     {"metacopy": True}, {"index": True}, {"redirect_dir": "off", "extended": True},
-    {"userxattr": True, "xino": "on", "extended": True},
-], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index", "hardlinks-rotate", "userxattr-xino"])
+    {"userxattr": True, "xino": "on", "extended": True}, {"nfs_export": True, "extended": True},
+], ids=["redirect-off", "redirect-on", "fsync-strict", "metacopy", "index", "hardlinks-rotate", "userxattr-xino",
+        "nfs-export"])
 def test_generated_op_sequences_match_the_kernel(options: dict[str, str]):
     """Results, views and syncs after every op, and the upper dir at the end
     (`checker.real.fidelity`, also behind benchmarks/fidelity.py)."""

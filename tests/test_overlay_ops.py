@@ -241,6 +241,10 @@ def test_metacopy_implies_redirect_dir_on():
     ("open-trunc-copy-up", (11, 12, 2)),
     ("user-permissions", (12, 13, 0)),
     ("remount-cleans-work", (16, 17, 0)),
+    ("nfs-export-copy-up-dir", (9, 10, 3)),
+    ("nfs-export-copy-up-file", (11, 12, 6)),
+    ("nfs-export-rmdir", (31, 32, 9)),
+    ("nfs-export-upper-only", (5, 6, 0)),
 ])
 def test_new_specs_exact_counts(name: str, counts: tuple[int, int, int]):
     result = check(load_spec(ROOT / f"specs/overlayfs/{name}.toml"))

@@ -404,7 +404,7 @@ class RealRun:
         run = self.lab.fresh("run")
         # one cp keeps the hard links between upper and work/index (index=on)
         subprocess.run(["cp", "-a", str(t.upper), str(t.work), str(run)], check=True)
-        kernel.forget_upper_root(run / "work")
+        kernel.forget_upper_root(run / "work", run / "upper")
         return Template(t.lowers, run / "upper", run / "work")
 
     def mount(self, t: Template) -> Mounted:

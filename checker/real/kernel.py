@@ -9,15 +9,18 @@ by the next run.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
+import struct
 import subprocess
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from checker.errors import CrashcheckError
+from checker.real import fanotify
 from checker.real.workspace import MOUNT_TIMEOUT, MountRefused, Workspace, workspace
 
 __all__ = [  # the workspace names are re-exported: kernel.workspace() is the usual entry
@@ -30,7 +33,7 @@ __all__ = [  # the workspace names are re-exported: kernel.workspace() is the us
 ]
 from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH, USER
 from models.overlayfs import index_origin
-from models.tree import Dir, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
+from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
 #: their values cannot match a model, so comparisons of upper trees leave them out.
@@ -122,6 +125,8 @@ def read_node(
                 # overlayfs lists a whiteout in a directory it iterates as a plain upper
                 # dir, but lookup hides it: the name cannot be opened, so it is not there.
                 continue
+            except OSError as e:
+                entries[name] = ErrorEntry(e.errno or errno.EIO)  # listed, but its lookup fails
         return Dir(entries, stat.S_IMODE(st.st_mode), xattrs, **owner)
     if stat.S_ISREG(st.st_mode):
         mtime = int(st.st_mtime) if here in times_at else None
@@ -177,20 +182,33 @@ def materialize_overlay(
     upper = backing.entries.get("upper")  # None: a crash in the middle of `remount rotate`
     work = Dir() if fresh_work else backing.entries["work"]
     origins = _indexed_origins(work)
+    recorded: dict[str, tuple[str, bytes]] = {}  # nfs_export: index entry -> (xattr, origin of its upper dir)
+    handles: dict[str, bytes] = {}
     if origins:
+        origins |= _model_origins(upper) | _model_origins(work)
         handles = real_origins(ws, base, origins)
         upper = _with_handles(upper, handles) if upper is not None else None
         work = _with_handles(work, handles)
         index = work.entries[INDEX_DIR]
         assert isinstance(index, Dir)
-        renamed = {handles[o].hex() if (o := index_origin(n)) is not None else n: node
-                   for n, node in index.entries.items()}
+        renamed: dict[str, Node] = {}
+        for n, node in index.entries.items():
+            o = index_origin(n)
+            name = handles[o].hex() if o is not None and o in handles else n
+            for key in (UPPER_FH, USER.upper):
+                value = node.xattr(key) if isinstance(node, Dir) else None
+                if value is not None:
+                    recorded[name] = (key, value)
+                    node = node.with_xattr(key, None)
+            renamed[name] = node
         work = Dir({**work.entries, INDEX_DIR: Dir(renamed, index.mode, index.xattrs)}, work.mode,
                    work.xattrs)
     links: dict[int, Path] = {}  # upper and work share inodes under index=on
     if upper is not None:
         write_node(upper, base / "upper", links)
     write_node(work, base / "work", links)
+    if recorded:
+        _record_upper_dirs(base, upper, recorded, handles)
     return [base / n for n in reversed(lowers)], base / "upper", base / "work"
 
 
@@ -203,17 +221,67 @@ def _indexed_origins(work: Node) -> set[str]:
     return {o for n in index.entries if (o := index_origin(n)) is not None}
 
 
+def _model_origins(tree: Node | None) -> set[str]:
+    """Every model origin (`lowerN/path`) an origin xattr in `tree` names (nfs_export
+    verifies a directory's origin against the lower one, so all must be real)."""
+    if tree is None:
+        return set()
+    texts = {v.decode("utf-8", "replace") for _, node in walk(tree) for k, v in node.xattrs
+             if k in (ORIGIN, USER.origin)}
+    return {t for t in texts if t.startswith("lower") and "/" in t}
+
+
 def _with_handles(node: Node, handles: dict[str, bytes]) -> Node:
     """`node` with each model origin in `handles` replaced by the real file handle."""
     if isinstance(node, Dir):
-        return Dir({n: _with_handles(c, handles) for n, c in node.entries.items()}, node.mode, node.xattrs,
+        node = Dir({n: _with_handles(c, handles) for n, c in node.entries.items()}, node.mode, node.xattrs,
                    uid=node.uid, gid=node.gid)
-    if isinstance(node, File) and any(k in (ORIGIN, USER.origin) for k, _ in node.xattrs):
-        xattrs = tuple((k, handles.get(v.decode("utf-8", "replace"), v) if k in (ORIGIN, USER.origin) else v)
-                       for k, v in node.xattrs)
-        return File(node.content, node.mode, xattrs, ino=node.ino, nlink=node.nlink, uid=node.uid,
-                    gid=node.gid, mtime=node.mtime)
+    for key in (ORIGIN, USER.origin):
+        value = node.xattr(key)
+        if value is not None and value.decode("utf-8", "replace") in handles:
+            node = node.with_xattr(key, handles[value.decode("utf-8", "replace")])
     return node
+
+
+def _record_upper_dirs(base: Path, upper: Node | None, recorded: dict[str, tuple[str, bytes]],
+                       handles: dict[str, bytes]) -> None:
+    """nfs_export: give each directory index entry the kernel's record of its upper dir
+    (`trusted.overlay.upper`: the overlay file handle of that dir, flagged as upper).
+    The model records the dir by the origin it carries; the real upper dir with that
+    origin gives the handle (`name_to_handle_at`), and the header (the file system's
+    uuid) comes from a handle the kernel wrote. An upper dir that no longer exists gets
+    a handle of a removed dir: stale, as the kernel would find it."""
+    by_origin: dict[bytes, Parts] = {}
+    for parts, node in walk(upper) if upper is not None else ():
+        origin = node.xattr(ORIGIN) or node.xattr(USER.origin)
+        if isinstance(node, Dir) and origin is not None:
+            by_origin.setdefault(origin, parts)
+    uuid = next(iter(handles.values()))[5:21]
+    for name, (key, value) in sorted(recorded.items()):
+        text = value.decode("utf-8", "replace")
+        parts = by_origin.get(handles.get(text, value))
+        target = base.joinpath("upper", *parts) if parts is not None else None
+        fh = _upper_fh(uuid, target, base)
+        os.setxattr(base / "work" / INDEX_DIR / name, key, fh, follow_symlinks=False)
+
+
+def _upper_fh(uuid: bytes, upper_dir: Path | None, scratch: Path) -> bytes:
+    """The overlay file handle of `upper_dir` as a directory index records it
+    (`ovl_encode_real_fh(upper, true)`: version 0, magic 0xfb, length, the upper flag, the
+    fid type, the file system's uuid, the fid); None gives the handle of a dir made and
+    removed in `scratch`, which decodes as stale."""
+    if upper_dir is None:
+        gone = scratch / f"gone-{next(_GONE)}"
+        gone.mkdir()
+        fid = fanotify.file_handle(gone)
+        gone.rmdir()
+    else:
+        fid = fanotify.file_handle(upper_dir)
+    kind, raw = struct.unpack("i", fid[:4])[0], fid[4:]
+    return bytes([0, 0xFB, 21 + len(raw), 0x04, kind]) + uuid + raw
+
+
+_GONE = itertools.count()
 
 
 def real_origins(ws: Workspace, base: Path, origins: set[str]) -> dict[str, bytes]:
@@ -274,14 +342,31 @@ def rotate_upper(lowers: list[Path], upper: Path, work: Path) -> list[Path]:
     return [layer] + lowers
 
 
-def forget_upper_root(work: Path) -> None:
+def forget_upper_root(work: Path, upper: Path | None = None) -> None:
     """A copied upper dir is a new inode: drop the index dir's record of the old one
     (`trusted.overlay.upper`), which the next index=on mount writes again; with it the
-    mount fails with ESTALE ("failed to verify upper")."""
+    mount fails with ESTALE ("failed to verify upper"). Directory index entries
+    (nfs_export) are pointed at the copied dirs of `upper`, found by their origin."""
     index = work / INDEX_DIR
     for name in (UPPER_FH, USER.upper):  # trusted, or user under userxattr
         with suppress(OSError):
             os.removexattr(index, name)
+    if upper is None or not index.is_dir():
+        return
+    entries = [e for e in index.iterdir() if not e.is_symlink() and e.is_dir() and not e.name.startswith("#")]
+    if not entries:
+        return
+    by_origin: dict[str, Path] = {}
+    for dirpath, _, _ in os.walk(upper):
+        for name in (ORIGIN, USER.origin):
+            with suppress(OSError):
+                by_origin.setdefault(os.getxattr(dirpath, name, follow_symlinks=False).hex(), Path(dirpath))
+    for entry in entries:
+        for name in (UPPER_FH, USER.upper):
+            with suppress(OSError):
+                old = os.getxattr(entry, name, follow_symlinks=False)
+                os.setxattr(entry, name, _upper_fh(old[5:21], by_origin.get(entry.name), work),
+                            follow_symlinks=False)
 
 
 def pinned_times(*trees: Node | None) -> frozenset[Parts]:

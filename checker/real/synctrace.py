@@ -1,11 +1,13 @@
 """The syncs the kernel makes on an upper file system, seen through ext4's trace events.
 
 `crashcheck conform` puts the overlay's upper and work dirs on a private ext4 file system
-(a loop-mounted image inside the run's workspace) and turns on two events of a private
+(a loop-mounted image inside the run's workspace) and turns on three events of a private
 tracefs instance: `ext4_sync_file_enter` (every fsync or fdatasync that reaches ext4:
 `dev 7,0 ino 12 parent 2 datasync 0`) and `ext4_sync_fs` (the file system's sync_fs;
 `sync_filesystem` calls it with `wait 0` and then `wait 1`, so one syncfs is the
-`wait 1` event). Events of other devices are ignored. Each fsync is named by where its
+`wait 1` event), and `ext4_free_inode`, so an inode fsynced and then freed is named
+removed even when a later create in the op reuses its number. Events of other devices
+are ignored. Each fsync is named by where its
 inode is when the op has ended (the upper tree is scanned for inode numbers), which is
 how the model's `fsync` steps are named too (`model_syncs` follows the temp entry through
 the op's renames and links): `fsync upper/a/b`, `fsync (removed)` for an inode that is
@@ -34,11 +36,12 @@ from models.tree import moved_path, split
 if TYPE_CHECKING:
     from checker.real.workspace import Workspace
 
-EVENTS = ("ext4/ext4_sync_file_enter", "ext4/ext4_sync_fs")
+EVENTS = ("ext4/ext4_sync_file_enter", "ext4/ext4_sync_fs", "ext4/ext4_free_inode")
 IMAGE_MB = 64
 REMOVED = "(removed)"
 _FILE_EVENT = re.compile(r"ext4_sync_file_enter: dev (\d+),(\d+) ino (\d+) parent \d+ datasync (\d)")
 _FS_EVENT = re.compile(r"ext4_sync_fs: dev (\d+),(\d+) wait (\d)")
+_FREE_EVENT = re.compile(r"ext4_free_inode: dev (\d+),(\d+) ino (\d+)")
 
 
 class SyncTraceUnavailable(CrashcheckError):
@@ -78,7 +81,8 @@ class SyncTracer:
         (self.instance / "tracing_on").write_text("1")
 
     def drain(self) -> list[tuple[str, int]]:
-        """The syncs since the last drain, in order: ("fsync", inode) or ("syncfs", 0)."""
+        """The syncs since the last drain, in order: ("fsync", inode) or ("syncfs", 0);
+        an fsync of an inode freed since has inode 0 (named removed)."""
         text = (self.instance / "trace").read_text()
         (self.instance / "trace").write_text("")
         out: list[tuple[str, int]] = []
@@ -90,6 +94,13 @@ class SyncTracer:
             m = _FS_EVENT.search(line)
             if m and (int(m.group(1)), int(m.group(2))) == self.device and m.group(3) == "1":
                 out.append(("syncfs", 0))
+                continue
+            m = _FREE_EVENT.search(line)
+            if m and (int(m.group(1)), int(m.group(2))) == self.device:
+                # An inode freed after its fsync is gone, even if a later create reuses
+                # its number (a copied-up dir removed, a new one made: seen on 6.18).
+                freed = int(m.group(3))
+                out = [(kind, 0 if kind == "fsync" and ino == freed else ino) for kind, ino in out]
         return out
 
     def syncs_named_in(self, base: Path) -> list[str]:
