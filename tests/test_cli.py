@@ -77,7 +77,7 @@ BAD = [
     ('name = "x"\ndriver = "overlayfs"\n[[ops]]\nop = "mvv"\n', "ops[0].op: unknown op 'mvv' for this driver (known: "),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nlowerdir = "/"\n',
      "options: unknown option 'lowerdir' for driver overlayfs (known: copy_up_fsync, fsync, index, kernel, "
-     "metacopy, redirect_dir, userxattr, volatile, xino)"),
+     "metacopy, nfs_export, redirect_dir, userxattr, volatile, xino)"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nvolatile = "yes"\n',
      "options: option 'volatile' must be a boolean, not str"),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nredirect_dir = 1\n',

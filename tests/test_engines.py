@@ -36,8 +36,9 @@ CASES = decidable()
 
 
 def test_the_symbolic_engine_covers_the_overlayfs_and_plain_suites():
-    # 41 overlayfs and plain specs x 3 persistence models, less link-and-symlink (hard links)
-    # and the 4 metacopy specs (their data is read from a lower layer)
+    # overlayfs and plain specs x 3 persistence models, less link-and-symlink (hard links),
+    # the 4 metacopy specs (their data is read from a lower layer), and the 4 nfs_export
+    # specs (lookups verify the inodes index)
     assert len(CASES) == 108
 
 

@@ -59,6 +59,8 @@ def unsupported(ctx: Context) -> str | None:
         return f"no symbolic encoding of driver {ctx.spec.driver}"  # models.capabilities
     if getattr(ctx.trace.mount, "options", {}).get("userxattr"):
         return "userxattr (overlay's xattrs in the user.overlay.* namespace)"
+    if getattr(ctx.trace.mount, "index_all", False):
+        return "nfs_export (lookups verify the inodes index: a bad index entry makes a name unreadable)"
     states = ctx.trace.states
     for i, step in enumerate(ctx.trace.steps):
         if isinstance(step, Link) and isinstance(lookup(states[i], split(step.src)), File):
