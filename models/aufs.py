@@ -1,5 +1,10 @@
 """aufs (aufs-standalone) as a driver model.
 
+Read step for step against aufs-standalone (branch aufs6.x-rcN, commit 2d0a17c; aufs5
+has the same orders for rename, rmdir and copy-up): cpup.c, i_op_ren.c, i_op_del.c,
+i_op_add.c, whout.c, dirren.c, plink.c, dentry.c. aufs cannot run on this machine, so
+the model is only as good as that reading; `crashcheck conform` has no aufs twin.
+
 Branches: the read-only lower layers `lower0` (bottom) .. `lowerN-1` (top) and the
 writable branch `rw`, each its own file system. aufs keeps its bookkeeping inside the
 branches, as files with reserved names that users never see:
@@ -8,26 +13,46 @@ branches, as files with reserved names that users never see:
 - an opaque directory holds `.wh..wh..opq`, also a hard link to the whiteout base
   (`link_or_create_wh` in whout.c: a new empty file only when there is no base);
 - temporary names are `.wh..wh.<name>.<hex>`;
-- with `dirren`, a renamed directory records its old name in `.wh..wh.hinfo`.
+- with `plink` (the default), `.wh..wh.plnk/` holds pseudo-links (`au_wh_init_rw`);
+- with `dirren`, a renamed directory's copy on rw records its old name for each lower
+  branch in `.wh..wh..dr.<branch>`, and `.wh..wh.hino` at rw's root lists the renamed
+  directories (written at umount only).
 
-Operations are sequences of unjournaled steps with no fsync (design docs):
+Operations are sequences of unjournaled steps with no fsync:
 
-- copy-up: parent directories first (mkdir on `rw`), then the file through a temp
-  `.wh..wh.<name>.<hex>` in the same directory: create, copy, attributes, rename;
+- copy-up (`au_cpup_dirs`, `au_cpup_simple`, `au_cpup_single`, `cpup_entry`,
+  `cpup_iattr`, `au_do_ren_after_cpup`): parent directories first, then the entry, each
+  through a temp `.wh..wh.<name>.<hex>` in the same directory: mkdir (with the lower
+  mode), or create 0600 and copy the data, or symlink; then mode, owner and times (one
+  notify_change), then xattrs, then rename to the name;
 - unlink of a name that exists below: the whiteout first, then the file on `rw`; a crash
-  in between leaves both on one branch, and lookup fails with EIO;
-- rmdir (`aufs_rmdir`, aufs-standalone 2d0a17c): the whiteout first if the name exists
-  below, then rename the directory to a temp name (`renwh_and_rmdir`, `au_whtmp_ren`),
-  remove the children, then the directory; a crash after the whiteout leaves the name and
-  its whiteout on one branch (EIO);
+  in between leaves both on one branch;
+- rmdir (`aufs_rmdir`): the whiteout first if the name exists below, then rename the
+  directory to a temp name (`renwh_and_rmdir`, `au_whtmp_ren`), remove the children, then
+  the directory;
 - create or mkdir over a whiteout: create (mkdir adds the opaque marker), then unlink the
   whiteout;
-- rename of a file (`aufs_rename`, `do_rename`): copy up, whiteout the source if it exists
-  below (while the copy still has its name: EIO until the rename), rename on `rw`, then
-  remove a whiteout left at the target; of a directory: EXDEV unless `dirren`.
+- link (`aufs_link`): with plink a source only below is copied up under the new name in
+  place and kept as a pseudo-link (`au_cpup_or_link`, `au_plink_append`); with noplink
+  the source is copied up and linked (`au_cpup_before_link`);
+- rename (`aufs_rename`, `do_rename`): a directory whose lower branch holds children is
+  EXDEV unless `dirren` (`may_rename_srcdir`); the target's parent is copied up, then the
+  source; dirren's records (`au_dr_rename`); the source's whiteout if it exists below;
+  a target directory moved to a temp name; the rename; the opaque marker when the new
+  name exists below or over a whiteout (`au_ren_diropq`, not with dirren); the target's
+  whiteout removed; the temp directory removed.
 
-Recovery is nothing: aufs has no journal and no mount-time clean-up; leftover temp names
-stay hidden.
+Lookup (`au_do_lookup`): a whiteout on a branch that takes them (rw, and lower branches
+mounted `ro+wh` as Docker mounts them: `au_br_whable`) ends the search; a name beside its
+own whiteout is EIO on the first branch searched unless `udba=none`, and deleted below.
+Recovery: aufs has no journal and cleans nothing at mount; leftover temp names stay
+hidden. dirren's list is loaded at mount, and a renamed directory missing from it (its
+rename was after the last clean umount) is looked up by its new name only: the model
+drops its records, since aufs never reads them again.
+
+Not modelled (documented limits): the in-memory pseudo-link of plink (a change through
+one name of a linked pair shows through the other while aufs is mounted), the xino
+files, asynchronous removal of large temp directories, and udba=notify's inotify.
 """
 
 from __future__ import annotations
@@ -37,7 +62,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models import syscalls as sc
-from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, handles
+from models.driver import REMOUNT_OP, Driver, FileSystemMount, Option, Recovery, handles
 from models.format import OPAQUE as OPAQUE_XATTR
 from models.steps import (
     Chmod,
@@ -56,6 +81,7 @@ from models.steps import (
     Truncate,
     Unlink,
     Write,
+    remove_subtree,
 )
 from models.steps import Chown as ChownStep
 from models.syscalls import RenameFlags
@@ -79,7 +105,9 @@ RW: Parts = ("rw",)
 WH = ".wh."
 WH_BASE = ".wh..wh.aufs"
 OPAQUE = ".wh..wh..opq"
-HINFO = ".wh..wh.hinfo"
+DR_INFO = ".wh..wh..dr."  # + the lower branch: dirren's record of a renamed dir's old name
+HINO = ".wh..wh.hino"  # dirren's list of renamed directories, at the rw branch's root
+PLNK = ".wh..wh.plnk"  # plink's pseudo-link dir, at the rw branch's root
 WH_MODE = 0o444  # aufs whiteouts are read-only empty files
 
 
@@ -121,6 +149,8 @@ class AufsMount(FileSystemMount):
         rw = to_branch(upper) if upper is not None else Dir()
         if WH_BASE not in rw.entries:
             rw = rw.with_child(WH_BASE, File(b"", WH_MODE))
+        if self.options["plink"] and PLNK not in rw.entries:
+            rw = rw.with_child(PLNK, Dir(mode=0o700))  # au_wh_init_rw: the pseudo-link dir
         entries["rw"] = rw
         return Dir(entries)
 
@@ -143,26 +173,42 @@ class AufsMount(FileSystemMount):
         return merged
 
     def _lookup(self, stack: tuple[tuple[int, Dir], ...], name: str) -> list[tuple[int, Node]] | ErrorEntry:
-        """The branches that hold `name` under a merged directory (top first)."""
+        """The branches that hold `name` under a merged directory (top first): `au_do_lookup`
+        per branch. A whiteout on a branch that takes them (rw, or a lower branch mounted
+        `ro+wh`, `au_br_whable`) ends the search; a name beside its own whiteout is EIO on
+        the first branch searched (udba other than none), and deleted below. With dirren
+        the lower branches are searched by the old name their record gives
+        (`au_dr_lkup_name`)."""
         frames: list[tuple[int, Node]] = []
-        look = name
-        for branch, d in stack:
-            has = look in d.entries
-            if has and whiteout_name(look) in d.entries:
-                return ErrorEntry(errno.EIO)
-            if has:
-                child = d.entries[look]
-                if frames and not isinstance(child, Dir):
-                    break  # a non-directory below a directory is ignored, and ends the search
-                frames.append((branch, child))
-                if not isinstance(child, Dir) or OPAQUE in child.entries:
-                    break
-                info = child.entries.get(HINFO)
-                if isinstance(info, File) and info.content:
-                    look = info.content.decode()  # dirren: lower branches hold the old name
-            if whiteout_name(look) in d.entries:
+        renamed: dict[int, str] = {}
+        for i, (branch, d) in enumerate(stack):
+            look = renamed.get(branch, name)
+            whable = branch == 0 or self.options["lower_whiteouts"]
+            if whable and whiteout_name(look) in d.entries:
+                if look in d.entries and i == 0 and self.options["udba"] != "none":
+                    return ErrorEntry(errno.EIO)
                 break
+            child = d.entries.get(look)
+            if child is None:
+                continue
+            if frames and not isinstance(child, Dir):
+                break  # a non-directory below a directory is ignored, and ends the search
+            frames.append((branch, child))
+            if not isinstance(child, Dir) or OPAQUE in child.entries:
+                break
+            if len(frames) == 1 and self.options["dirren"]:
+                renamed = self._old_names(child)
         return frames
+
+    def _old_names(self, d: Dir) -> dict[int, str]:
+        """dirren: the old name of a renamed directory on each lower branch, from the
+        records (`.wh..wh..dr.<branch>`) in its copy on rw."""
+        out: dict[int, str] = {}
+        for i, lower in enumerate(self.lower_names):
+            info = d.entries.get(DR_INFO + lower)
+            if isinstance(info, File) and b":" in info.content:
+                out[len(self.lower_names) - i] = info.content.split(b":", 1)[1].decode()
+        return out
 
     def _merge(self, stack: tuple[tuple[int, Dir], ...]) -> Node:
         key = tuple(d.digest for _, d in stack) + tuple(bytes([b]) for b, _ in stack)
@@ -245,28 +291,28 @@ class AufsMount(FileSystemMount):
                 raise FsError(errno.ENOENT, join(here))
             node = frames[0][1]
             target = join(RW + here)
+            temp = self._temp(here)  # au_cpup_simple: au_lkup_neg(..., wh=1), a temp name
+            made = 0o600  # cpup_entry: vfsub_create(h_dir, &h_path, 0600)
             if isinstance(node, Dir):
-                log.do(Mkdir(target, node.mode))
-                for k, v in node.xattrs:
-                    log.do(SetXattr(target, k, v))
-                self._copy_attrs(log, target, node)
-                continue
-            temp = self._temp(here)
-            if isinstance(node, File):
-                log.do(Create(temp, node.mode, ino=self.next("ino", 1000)))
+                made = node.mode
+                log.do(Mkdir(temp, node.mode))
+            elif isinstance(node, File):
+                log.do(Create(temp, 0o600, ino=self.next("ino", 1000)))
                 if node.content and not (truncate and here == parts):
                     src = self.lower_names[len(self.lower_names) - frames[0][0]]
                     log.do(CopyData(join((src,) + here), temp))
             elif isinstance(node, Symlink):
                 log.do(MakeSymlink(node.target, temp))
+            self._copy_attrs(log, temp, node, made)
             for k, v in node.xattrs:
-                log.do(SetXattr(temp, k, v))
-            self._copy_attrs(log, temp, node)
-            log.do(Rename(temp, target))
+                log.do(SetXattr(temp, k, v))  # au_cpup_xattr, after the attributes
+            log.do(Rename(temp, target))  # au_do_ren_after_cpup
 
-    def _copy_attrs(self, log: StepLog, path: str, node: Node) -> None:
-        """`au_cpup_attr_all`: owner and times of the copy (mode came with its creation);
-        nothing when the new inode already has them."""
+    def _copy_attrs(self, log: StepLog, path: str, node: Node, made: int) -> None:
+        """`cpup_iattr`: mode (a file is made 0600), owner and times of the copy in one
+        notify_change; nothing when the new inode already has them."""
+        if not isinstance(node, Symlink) and node.mode != made:
+            log.do(Chmod(path, node.mode))
         if node.uid or node.gid:
             log.do(ChownStep(path, node.uid, node.gid))
         if node.mtime is not None:
@@ -320,9 +366,42 @@ class AufsMount(FileSystemMount):
 
     @handles(sc.Link)
     def link(self, call: sc.Link, log: StepLog) -> None:
+        """`aufs_link`: with plink (the default) a source only below is copied up under
+        the new name itself and kept as a pseudo-link (`au_cpup_or_link`); without it,
+        or for a source on rw, the source is copied up and linked (`au_cpup_before_link`)."""
         old, new = split(call.src), split(call.dst)
+        if self.options["plink"] and self._in_rw(log.root, old) is None:
+            self.copy_up(log, new[:-1])
+            self._copy_as(log, old, new)
+            self._drop_whiteout(log, new)
+            return
         self.copy_up(log, old)
         self._add(log, new, Link(join(RW + old), join(RW + new), ino=self.next("ino", 1000)))
+
+    def _copy_as(self, log: StepLog, old: Parts, new: Parts) -> None:
+        """`au_cpup_or_link` with plink: `au_sio_cpup_single` of the source to the new
+        name in place (no temp name: a crash leaves the new name half made), then
+        `au_plink_append`: a hard link in `.wh..wh.plnk/<ino>.<hino>` (`whplink`). The
+        pseudo-link ties the two names into one inode while aufs is mounted; the model
+        does not follow that tie (a change through one name shows only there), and the
+        next mount forgets it too."""
+        frames = self._frames(log.root, old)
+        node = frames[0][1]
+        target = join(RW + new)
+        made = 0o600
+        ino = self.next("ino", 1000)
+        if isinstance(node, File):
+            log.do(Create(target, 0o600, ino=ino))
+            if node.content:
+                src = self.lower_names[len(self.lower_names) - frames[0][0]]
+                log.do(CopyData(join((src,) + old), target))
+        elif isinstance(node, Symlink):
+            log.do(MakeSymlink(node.target, target))
+        self._copy_attrs(log, target, node, made)
+        for k, v in node.xattrs:
+            log.do(SetXattr(target, k, v))
+        if lookup(log.root, RW + (PLNK,)) is not None:
+            log.do(Link(target, join(RW + (PLNK, f"{self.next('ino', 1000)}.{ino}"))))
 
     @handles(sc.Write)
     def write(self, call: sc.Write, log: StepLog) -> None:
@@ -386,7 +465,10 @@ class AufsMount(FileSystemMount):
 
     @handles(sc.Remount)
     def remount(self, call: sc.Remount, log: StepLog) -> None:
-        """umount syncs the rw branch; aufs keeps nothing to clean at mount."""
+        """umount writes dirren's list of renamed directories, then syncs the rw branch;
+        aufs keeps nothing to clean at mount."""
+        if self.options["dirren"]:
+            self._flush_renamed(log)
         log.do(Syncfs("rw"))
 
     @handles(sc.Unlink)
@@ -412,39 +494,142 @@ class AufsMount(FileSystemMount):
             temp = self._temp(parts)
             log.do(Rename(join(RW + parts), temp))  # then renwh_and_rmdir: au_whtmp_ren
         if temp is not None:
-            tree = lookup(log.root, split(temp))
-            assert isinstance(tree, Dir)
-            for sub, child in sorted(walk(tree, split(temp)), key=lambda pc: -len(pc[0])):
-                if sub == split(temp):
-                    continue
-                log.do(Rmdir(join(sub)) if isinstance(child, Dir) else Unlink(join(sub)))
-            log.do(Rmdir(temp))
+            self._remove_tree(log, temp)
 
     def _rename(self, log: StepLog, old: Parts, new: Parts, flags: RenameFlags, user: int = 0) -> None:
+        """`aufs_rename` (i_op_ren.c): may the directory move (`may_rename_srcdir`), the
+        target's parent copied up, then the source (`au_sio_cpup_simple`), dirren's
+        records (`au_dr_rename`), then `do_rename`: the source's whiteout, a target
+        directory moved to a temp name (`au_whtmp_ren`), the rename, the opaque marker
+        (`au_ren_diropq`), the target's whiteout removed, the temp directory removed."""
         self.check_rename(log.root, old, new, flags, user)
         if old == new:
             return
         src = self.view_lookup(log.root, old)
-        if isinstance(src, Dir) and not self.options["dirren"]:
-            raise FsError(errno.EXDEV, join(old))
+        is_dir = isinstance(src, Dir)
+        dirren = is_dir and self.options["dirren"]
+        if is_dir and not dirren and not self._may_rename_srcdir(log.root, old):
+            raise FsError(errno.EXDEV, join(old))  # "renaming dir who has child(ren) on multiple branches"
         self.check_rename_target_empty(log.root, new, flags)
         below = self._lower_positive(log.root, old)
+        lower_names = self._lower_names(log.root, old) if dirren else {}
+        dst_below = bool(self._frames(log.root, new)) and any(b > 0 for b, _ in self._frames(log.root, new))
+        self.copy_up(log, new[:-1])  # "prepare the writable parent dir on the same branch"
         self.copy_up(log, old)
-        self.copy_up(log, new[:-1])
-        dst = self._in_rw(log.root, new)
-        if isinstance(dst, Dir):
-            log.do(Rmdir(join(RW + new))) if not dst.entries else None
+        if dirren and lower_names:
+            self._store_old_names(log, old, new[-1], lower_names)
         if below:
             # do_rename: the source's whiteout first (au_wh_create), while the source is
             # still on rw: a crash here leaves a name and its whiteout on one branch (EIO)
             self._whiteout(log, old)
+        dst = self._in_rw(log.root, new)
+        whtmp = None
+        if isinstance(dst, Dir):
+            whtmp = self._temp(new)
+            log.do(Rename(join(RW + new), whtmp))  # au_whtmp_ren
+        dst_wh = lookup(log.root, RW + new[:-1] + (whiteout_name(new[-1]),)) is not None
         log.do(Rename(join(RW + old), join(RW + new)))
-        if isinstance(src, Dir) and below:
-            info = join(RW + new + (HINFO,))
-            if lookup(log.root, split(info)) is None:
-                log.do(Create(info, WH_MODE, ino=self.next("ino", 1000)))
-                log.do(Write(info, old[-1].encode(), 0, replace=True))
+        moved = self._in_rw(log.root, new)
+        if (is_dir and not dirren and isinstance(moved, Dir) and OPAQUE not in moved.entries
+                and (dst_wh or dst_below)):
+            self._make_whiteout(log, RW + new + (OPAQUE,))  # au_ren_diropq: hide the lowers
         self._drop_whiteout(log, new)
+        if whtmp is not None:
+            self._remove_tree(log, whtmp)  # au_ren_del_whtmp
+
+    def _may_rename_srcdir(self, root: Dir, parts: Parts) -> bool:
+        """`may_rename_srcdir`: a directory not on rw moves only when it is logically
+        empty; one on rw and below only when no lower branch holds children (whiteouts
+        included); one only on rw always."""
+        frames = self._frames(root, parts)
+        if not frames or frames[0][0] != 0:
+            node = self.view_lookup(root, parts)
+            return isinstance(node, Dir) and not node.entries
+        return all(not any(not n.startswith(".wh..wh.") for n in d.entries)
+                   for _, d in frames[1:] if isinstance(d, Dir))
+
+    def _lower_names(self, root: Dir, parts: Parts) -> dict[int, str]:
+        """The name a directory has on each lower branch that holds it (dirren)."""
+        frames = self._frames(root, parts)
+        top = frames[0][1] if frames else None
+        old = self._old_names(top) if isinstance(top, Dir) and frames[0][0] == 0 else {}
+        return {b: old.get(b, parts[-1]) for b, d in frames if b > 0 and isinstance(d, Dir)}
+
+    def _store_old_names(self, log: StepLog, parts: Parts, new_name: str, names: dict[int, str]) -> None:
+        """`au_dr_rename`, `au_drinfo_store`: for each lower branch that holds the
+        directory, its record in the copy on rw: `.wh..wh..dr.<branch>` created 0600 and
+        written with the name there; the record goes when the new name is that name
+        ("renameback"). The directory joins the in-memory list of renamed directories,
+        which reaches `.wh..wh.hino` only at umount. The model keeps the directory's
+        number in its records (aufs: its inode number on rw)."""
+        number = self._dir_number(log.root, parts)
+        for branch, name in sorted(names.items()):
+            info = join(RW + parts + (DR_INFO + self.lower_names[len(self.lower_names) - branch],))
+            exists = lookup(log.root, split(info)) is not None
+            if name == new_name:
+                if exists:
+                    log.do(Unlink(info))
+                continue
+            if not exists:
+                log.do(Create(info, 0o600, ino=self.next("ino", 1000)))
+            log.do(Write(info, f"{number}:{name}".encode(), 0, replace=True))
+
+    def _dir_number(self, root: Dir, parts: Parts) -> int:
+        node = self._in_rw(root, parts)
+        if isinstance(node, Dir):
+            for entry, child in sorted(node.entries.items()):
+                if entry.startswith(DR_INFO) and isinstance(child, File) and b":" in child.content:
+                    return int(child.content.split(b":", 1)[0])
+        return self.next("ino", 1000)
+
+    def _remove_tree(self, log: StepLog, temp: str) -> None:
+        """Remove a directory moved to a temp name, children first (`au_whtmp_rmdir`)."""
+        tree = lookup(log.root, split(temp))
+        assert isinstance(tree, Dir)
+        for sub, child in sorted(walk(tree, split(temp)), key=lambda pc: -len(pc[0])):
+            if sub != split(temp):
+                log.do(Rmdir(join(sub)) if isinstance(child, Dir) else Unlink(join(sub)))
+        log.do(Rmdir(temp))
+
+    # -- mount and umount ----------------------------------------------------------------
+
+    def recover(self, root: Dir) -> Recovery:
+        """The next mount: aufs keeps nothing to clean, but dirren loads its list of
+        renamed directories from `.wh..wh.hino` (`au_dr_br_init`), and the records of a
+        directory not in it are never read (`au_dr_lkup` is not called for it). The model
+        drops those records, which is what ignoring them means for every later lookup."""
+        if not self.options["dirren"]:
+            return Recovery(root)
+        listed = self._listed(root)
+        for parts, node in list(walk(root.entries["rw"], RW)):
+            if not (isinstance(node, File) and parts[-1].startswith(DR_INFO)):
+                continue
+            number = node.content.split(b":", 1)[0].decode("ascii", "replace")
+            if number not in listed:
+                root = remove_subtree(root, parts)
+        return Recovery(root)
+
+    def _listed(self, root: Dir) -> set[str]:
+        hino = lookup(root, RW + (HINO,))
+        return set(hino.content.decode("ascii", "replace").split()) if isinstance(hino, File) else set()
+
+    def _flush_renamed(self, log: StepLog) -> None:
+        """`au_dr_br_fin` at umount: the in-memory list of renamed directories is written
+        to `.wh..wh.hino` (created 0600 when missing, truncated to its entries), or the
+        file removed when the list is empty."""
+        numbers = sorted({node.content.split(b":", 1)[0].decode()
+                          for parts, node in walk(log.root.entries["rw"])
+                          if isinstance(node, File) and parts and parts[-1].startswith(DR_INFO)
+                          and b":" in node.content}, key=int)
+        path = join(RW + (HINO,))
+        exists = lookup(log.root, RW + (HINO,)) is not None
+        if not numbers:
+            if exists:
+                log.do(Unlink(path))
+            return
+        if not exists:
+            log.do(Create(path, 0o600, ino=self.next("ino", 1000)))
+        log.do(Write(path, "".join(f"{n}\n" for n in numbers).encode(), 0, replace=True))
 
 
 class Aufs(Driver):
@@ -453,6 +638,16 @@ class Aufs(Driver):
     layered = True
     EXTRA_OPS = REMOUNT_OP
     OPTIONS = {
-        "dirren": Option((bool,), False, "rename directories (recording the old name) instead of EXDEV"),
+        "dirren": Option((bool,), False, "rename directories with children below (recording their old "
+                                         "names) instead of EXDEV"),
+        "plink": Option((bool,), True, "link of a lower file copies it up under the new name and keeps a "
+                                       "pseudo-link in .wh..wh.plnk (aufs's default); false: noplink, the "
+                                       "source is copied up and linked"),
+        "udba": Option((str,), "reval", "how aufs treats changes made beside it: none, reval (the default) "
+                                        "or notify; a name beside its own whiteout on the first branch is "
+                                        "EIO unless none", choices=("none", "reval", "notify")),
+        "lower_whiteouts": Option((bool,), True, "lower branches are mounted ro+wh, as Docker mounts them: "
+                                                 "their whiteouts hide the names below; false: plain ro "
+                                                 "branches, whose whiteouts aufs ignores"),
     }
     MOUNT = AufsMount

@@ -45,7 +45,7 @@ def test_pytest_collects_one_item_per_spec_of_the_suite():
     proc = _run(["--collect-only", "-q", "-p", "no:cacheprovider", "specs/"], module="pytest")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     items = [line for line in proc.stdout.splitlines() if "::" in line]
-    assert len(items) == len(list(SPECS.rglob("*.toml"))) == 101
+    assert len(items) == len(list(SPECS.rglob("*.toml"))) == 106
     assert "specs/overlayfs/mv-lower-dir-redirect-off.toml::mv-lower-dir-redirect-off" in items
 
 
@@ -54,9 +54,9 @@ def test_pytest_runs_the_suite_in_parallel_with_junit(tmp_path: Path):
     proc = _run(["-q", "-p", "no:cacheprovider", "-n", "2", f"--junitxml={out}", "specs/overlayfs",
                  "specs/aufs"], module="pytest")
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "56 passed" in proc.stdout
+    assert "61 passed" in proc.stdout
     suite = ET.parse(out).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "56" and suite.get("failures") == "0"
+    assert suite is not None and suite.get("tests") == "61" and suite.get("failures") == "0"
 
 
 def test_pytest_selects_by_driver_marker_and_name():
