@@ -68,6 +68,11 @@ def mv(src: str, dst: str) -> Client:
         return errno.EINVAL  # "'src' and 'dst' are the same file", before any call
     result = yield sc.Rename(src, dst, RenameFlags.NOREPLACE)
     if result.errno == errno.EEXIST:
+        a = yield sc.Stat(src)
+        b = yield sc.Stat(dst)
+        same = a.ok and b.ok and isinstance(a.value, File) and isinstance(b.value, File)
+        if same and a.value.ino and a.value.ino == b.value.ino:
+            return errno.EINVAL  # "are the same file": coreutils stats both, two links of one inode
         result = yield sc.Rename(src, dst)
     if result.errno != errno.EXDEV:
         return result.errno

@@ -197,3 +197,11 @@ def _backing_after(trace: Trace) -> Dir:
 def test_real_kernel_crash_runs_pass_the_index_specs(name: str):
     result = real_check(load_spec(SPECS / f"{name}.toml"), "kernel")
     assert result.ok, result.to_json()
+
+
+def test_mv_onto_another_link_of_the_same_file_fails_as_coreutils_does():
+    """coreutils' mv stats both names after RENAME_NOREPLACE fails: two links of one
+    inode are "the same file" and nothing is renamed (fidelity seeds 301830, 301834)."""
+    ops = '[[ops]]\nop = "mv"\nsrc = "passwd"\ndst = "passwd.bak"\n'
+    trace = build_trace(make_spec(linked(True, ops)))
+    assert trace.ops[0].result != 0 and trace.steps == []
