@@ -1,10 +1,14 @@
-"""Docker's devicemapper graph driver (moby `daemon/graphdriver/devmapper`) on a dm-thin
-pool, as a driver model.
+"""Docker's devicemapper graph driver (moby v24.0.9 `daemon/graphdriver/devmapper`:
+deviceset.go, with `pkg/devicemapper/devmapper.go`) on a dm-thin pool (the kernel's
+`drivers/md/dm-thin.c`, `dm-thin-metadata.c`), as a driver model. Neither runs on this
+machine (no device-mapper in its kernel): the model follows those sources step for step
+and `tests/test_devicemapper.py` pins each order.
 
 Devices: thin device 0 (`base`) holds an empty file system; the image's layer i is
-device i+1, a snapshot of the layer below with the layer applied; a container is a
-snapshot of the image's top layer. The view shows the image at `images/image/` and each
-container at `containers/<name>/`; file ops address a container by those paths.
+device i+1, a snapshot of the layer below with the layer applied; a container is two
+snapshots, `<id>-init` of the image's top layer with Docker's init files written
+(daemon/initlayer) and `<id>` of that. The view shows the image at `images/image/` and
+each container at `containers/<name>/`; file ops address a container by those paths.
 
 Each file operation is a transaction of the file system inside the container's device
 (`models.thinfs`): data blocks, a flush, the metadata block, a FUA write. Each 4 KiB
@@ -12,21 +16,36 @@ file-system write reaches the pool (`models.thinpool`) as dm-thin handles it: a 
 block that maps nothing gets a new pool block (allocate on demand); one whose pool block
 is shared with a snapshot gets a new block, with a copy of the old one first unless the
 write covers the whole block; then the mapping. A flush or FUA commits the pool's
-metadata; dm-thin also commits about once a second, which between two model ops adds no
-state, since every op ends with a commit. After a crash the pool is as of its last commit.
+metadata (`commit_metadata`: the data device flushed, then the metadata, the superblock
+last: `__commit_transaction`, `dm_tm_commit`). That commit orders the pool's devices
+only: Docker's own files live on the host file system (a second device here) and a pool
+commit does not make them durable. After a crash the pool is as of its last commit.
 
 Docker's device transaction (`openTransaction` / `closeTransaction`): creating or
-deleting a device first writes `transaction-metadata` (temp file, fsync, rename) with
-the next transaction id, then sends the pool message (committed), writes or removes the
-device's JSON, and sets the pool's transaction id. At start-up a transaction whose id
-is above the pool's is rolled back: the device is deleted from the pool and its JSON
-removed.
+deleting a device first writes `transaction-metadata` (`writeMetaFile`: temp file,
+write, fsync, rename, no fsync of the directory) with the next transaction id, then
+sends the pool message (committed), writes the device's JSON the same way or removes it
+(`removeMetadata`: not synced), and sets the pool's transaction id. At start-up a
+transaction whose id is above the pool's is rolled back: the device is deleted from the
+pool and its JSON removed.
 
-Options: `block_size` (the pool's data block, 64 KiB to 1 GiB), `discard` (the file
-system discards freed blocks and `rm-container` discards the device first; false models
-loop-lvm without discard, where a container's freed blocks stay allocated in the pool),
-`flush_data_before_commit` (false reproduces the fixed dm-thin bug that could commit a
-mapping before its data: garbage after a crash).
+Options: `block_size` (the pool's data block, 64 KiB to 1 GiB); `discard` (the container
+file system's mount option, which Docker never sets: the blocks a transaction frees are
+discarded after its commit, and the pool unmaps whole pool blocks only); `blkdiscard`
+(Docker's dm.blkdiscard: a whole device discarded before it is deleted, with no commit
+of its own; true by default with loop-lvm, false with a thin-pool device, the model's
+default); `discard_passdown` (dm-thin's default: a discard reaches the data device at
+once, before the unmapping is committed); `period_commit` (dm-thin's commit about once a
+second, `do_waker`, which can land after any change of the in-core metadata, mid-op
+included; false: only flushes and FUA writes commit); `flush_data_before_commit` (false
+reproduces the fixed dm-thin bug that could commit a mapping before its data).
+
+Not modelled (documented limits): the layer store's own files (layerdb mounts: the
+docker-overlay2 model has them), deferred deletion on EBUSY, XFS (Docker's default file
+system on devicemapper; the model's file system is an ext4-like journal), the base
+device's `Initialized` flag and its re-creation (the pool is built before the workload;
+crashes while it is made are not explored), and sharing decided by block time
+(`__snapshotted_since`: the model keeps a reference count per pool block).
 """
 
 from __future__ import annotations
@@ -52,6 +71,7 @@ from models.thinpool import (
     CreateThin,
     DeleteThin,
     DiscardBlock,
+    DiscardData,
     Flush,
     MapBlock,
     SetTransactionId,
@@ -65,13 +85,25 @@ from models.thinpool import (
     refcounts,
     transaction_id,
 )
-from models.tree import Dir, ErrorEntry, File, FsError, Node, lookup, split
+from models.tree import Dir, ErrorEntry, File, FsError, Node, Parts, Symlink, lookup, split
 from models.union import union_view
 
 META = "docker/devicemapper/metadata"
 TRANSACTION_FILE = f"{META}/transaction-metadata"
 IMAGE = "image"
 DEFAULT_CONTAINER = "app"
+INIT_SUFFIX = "-init"
+#: Docker's init layer (daemon/initlayer/setup_unix.go): what every container's `<id>-init`
+#: device holds over the image
+INIT_LAYER = Dir({
+    ".dockerenv": File(b"", 0o755),
+    "dev": Dir({"console": File(b"", 0o755), "pts": Dir(mode=0o755), "shm": Dir(mode=0o755)}, 0o755),
+    "etc": Dir({"hostname": File(b"", 0o755), "hosts": File(b"", 0o755), "resolv.conf": File(b"", 0o755),
+                "mtab": Symlink("/proc/mounts")}, 0o755),
+    "proc": Dir(mode=0o755),
+    "sys": Dir(mode=0o755),
+}, 0o755)
+POOL = "pool"  # a commit's scope: the pool's devices (`__commit_transaction`, `dm_tm_commit`)
 MIB = 1 << 20
 
 
@@ -139,11 +171,15 @@ class DeviceMapperMount(Mount):
             self.apply_tree(s, log, below, union_view(list(reversed(layers[: i + 1]))))
         self.top = below  # the device of the image's top layer
         if not any(op.kind == "run" for op in ops):
-            dev = self.create_device(s, log, f"ctr-{DEFAULT_CONTAINER}", self.top)
-            if upper is not None:
-                self.apply_tree(s, log, dev, union_view(list(reversed(layers)), upper))
+            self.create_container(s, log, DEFAULT_CONTAINER, upper)
         self.pool = PoolWrites()
         return log.root
+
+    def device(self, parts: Parts) -> str:
+        """Two devices: the pool (its data and metadata devices, and the kernel's
+        in-core metadata) and the host file system that holds Docker's own files
+        (`/var/lib/docker/devicemapper/metadata`). A pool commit orders the first only."""
+        return "pool" if parts and parts[0] in ("pool", "mem") else "docker"
 
     # -- reading devices -----------------------------------------------------------------
 
@@ -175,7 +211,7 @@ class DeviceMapperMount(Mount):
         containers: dict[str, Node] = {}
         meta = lookup(root, split(META))
         for name in sorted(meta.entries) if isinstance(meta, Dir) else []:
-            if name.startswith("ctr-"):
+            if name.startswith("ctr-") and not name.endswith(INIT_SUFFIX):
                 dev = self.device_of(root, name)
                 shown = self.fs_tree(root, dev) if dev is not None else ErrorEntry(
                     errno.EIO, f"{META}/{name} is unreadable")
@@ -250,14 +286,18 @@ class DeviceMapperMount(Mount):
             self.write_blocks(s, log, dev, data)
             self.commit(s, log)  # the journal's flush before its commit record
         self.write_blocks(s, log, dev, {META_BLOCK: encode(image)})
-        if self.options["discard"] and freed:
-            used = image.used_blocks()
-            for v in sorted({b // self.slots for b in freed}):
-                if v != META_BLOCK // self.slots and not any(
-                    b // self.slots == v for b in used
-                ) and v in (mapping(log.root, dev) or {}):
-                    self.do(s, log, DiscardBlock(dev, v))
         self.commit(s, log, flush=True)  # FUA of the commit record
+        if self.options["discard"] and freed:
+            # the file system's `discard` mount option: ext4 issues the discards of the
+            # blocks a transaction freed after that transaction's commit; the pool
+            # unmaps whole pool blocks only (`get_bio_block_range`)
+            used = image.used_blocks()
+            whole = [v for v in sorted({b // self.slots for b in freed})
+                     if v != META_BLOCK // self.slots and not any(b // self.slots == v for b in used)
+                     and v in (mapping(log.root, dev) or {})]
+            if whole:
+                self.discard(s, log, dev, whole)
+                self.commit(s, log)  # dm-thin's periodic commit (`do_waker`) takes them in
 
     def write_blocks(self, s: PoolWrites, log: StepLog, dev: int, data: dict[int, bytes]) -> None:
         """File-system block writes as dm-thin performs them, one pool block at a time."""
@@ -280,6 +320,17 @@ class DeviceMapperMount(Mount):
                 self.do(s, log, WriteBlock(q, slot, slots[slot]))
             self.do(s, log, MapBlock(dev, v, q))
 
+    def discard(self, s: PoolWrites, log: StepLog, dev: int, vblocks: list[int]) -> None:
+        """Discards reaching the pool: each virtual block is unmapped in the in-core
+        metadata; with passdown (dm-thin's default) a pool block nothing maps any more is
+        discarded on the data device at once, before any commit (`process_discard_bio`,
+        `passdown_double_checking_shared_status`)."""
+        for v in vblocks:
+            p = (mapping(log.root, dev) or {}).get(v)
+            self.do(s, log, DiscardBlock(dev, v))
+            if self.options["discard_passdown"] and p is not None and p not in refcounts(log.root):
+                log.do(DiscardData(p))
+
     def shared(self, root: Dir, p: int) -> bool:
         return refcounts(root).get(p, 0) > 1
 
@@ -296,6 +347,8 @@ class DeviceMapperMount(Mount):
         before = allocated(log.root)
         log.do(step)
         s.freed |= before - allocated(log.root)
+        if self.options["period_commit"] and step.path.startswith("mem/"):  # type: ignore[attr-defined]
+            self.commit(s, log)  # the waker's commit may land right here
 
     def commit(self, s: PoolWrites, log: StepLog, flush: bool = False) -> None:
         """A flush or FUA reaching the pool: commit the metadata if it changed; with
@@ -304,10 +357,10 @@ class DeviceMapperMount(Mount):
         current = lookup(log.root, ("pool", "meta"))
         if isinstance(current, File) and current.content == metadata:
             if flush:
-                log.do(Flush())
+                log.do(Flush(POOL))
             return
         if self.options["flush_data_before_commit"]:
-            log.do(CommitMetadata(metadata=metadata))
+            log.do(CommitMetadata(POOL, metadata=metadata))
         else:
             log.do(CommitMetadataUnflushed(metadata))
         s.freed = set()
@@ -336,29 +389,49 @@ class DeviceMapperMount(Mount):
         log.do_all(replace_file(f"{META}/.tmp{n}", path, text.encode(), 0o600))
 
     def run(self, s: PoolWrites, log: StepLog, container: str) -> None:
+        """`docker run`: the container's init layer `<id>-init`, a snapshot of the image
+        with Docker's init files written (daemon/initlayer), then the container's own
+        device `<id>`, a snapshot of the init layer; each through
+        `createRegisterSnapDevice` in its own transaction."""
         if lookup(log.root, split(f"{META}/ctr-{container}")) is not None:
             raise FsError(errno.EEXIST, container)
-        self.create_device(s, log, f"ctr-{container}", self.top)
+        self.create_container(s, log, container)
+
+    def create_container(self, s: PoolWrites, log: StepLog, container: str, upper: Dir | None = None) -> int:
+        init = self.create_device(s, log, f"ctr-{container}{INIT_SUFFIX}", self.top)
+        image = self.fs_tree(log.root, self.top)
+        assert isinstance(image, Dir)
+        self.apply_tree(s, log, init, union_view([INIT_LAYER, image]))
+        dev = self.create_device(s, log, f"ctr-{container}", init)
+        if upper is not None:
+            self.apply_tree(s, log, dev, union_view([upper, INIT_LAYER, image]))
+        return dev
 
     def rm_container(self, s: PoolWrites, log: StepLog, container: str) -> None:
-        """`deleteDevice`: blkdiscard with `discard`, then the delete transaction."""
-        device_hash = f"ctr-{container}"
-        dev = self.device_of(log.root, device_hash)
-        if dev is None:
+        """`docker rm`: the container's device, then its init layer's, each by
+        `deleteDevice`: a blkdiscard of the whole device first when `blkdiscard`
+        (`issueDiscard`), then the delete transaction (no commit of its own after the
+        discard: the delete's commit takes it in)."""
+        if self.device_of(log.root, f"ctr-{container}") is None:
             raise FsError(errno.ENOENT, container)
-        if self.options["discard"]:
-            for v in sorted(mapping(log.root, dev) or {}):
-                self.do(s, log, DiscardBlock(dev, v))
-            self.commit(s, log)
+        for device_hash in (f"ctr-{container}", f"ctr-{container}{INIT_SUFFIX}"):
+            if self.device_of(log.root, device_hash) is not None:
+                self.delete_device(s, log, device_hash)
+        self.container_fs.pop(container, None)
+
+    def delete_device(self, s: PoolWrites, log: StepLog, device_hash: str) -> None:
+        dev = self.device_of(log.root, device_hash)
+        assert dev is not None
+        if self.options["blkdiscard"]:
+            self.discard(s, log, dev, sorted(mapping(log.root, dev) or {}))
         old = transaction_id(log.root)
         self.write_meta_file(log, TRANSACTION_FILE,
                              f"open_transaction_id {old + 1}\ndevice_hash {device_hash}\ndevice_id {dev}\n")
         self.do(s, log, DeleteThin(dev))
         self.commit(s, log)
-        log.do(Unlink(f"{META}/{device_hash}"))
+        log.do(Unlink(f"{META}/{device_hash}"))  # removeMetadata: not synced
         log.do(SetTransactionId(old, old + 1))
         self.commit(s, log)
-        self.container_fs.pop(container, None)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -447,8 +520,24 @@ class DeviceMapper(Driver):
         "block_size": Option((int,), 64 * 1024, "the pool's data block size in bytes", normalize=_block_size),
         "discard": Option(
             (bool,), False,
-            "discard freed blocks (file system) and whole devices before deleting them; "
-            "false models loop-lvm, where freed blocks never return to the pool",
+            "the container file system's `discard` mount option (Docker sets none): the "
+            "blocks a transaction frees are discarded after its commit; without it they "
+            "stay mapped in the pool until an fstrim",
+        ),
+        "blkdiscard": Option(
+            (bool,), False,
+            "Docker's dm.blkdiscard: discard a whole device before deleting it (default true "
+            "with loop-lvm, false with dm.thinpooldev or dm.datadev, the model's pool)",
+        ),
+        "discard_passdown": Option(
+            (bool,), True,
+            "dm-thin passes a discard down to the data device at once, before the unmapping "
+            "is committed (its default; false: no_discard_passdown)",
+        ),
+        "period_commit": Option(
+            (bool,), False,
+            "dm-thin's periodic commit (do_waker, every second) may land after any change of "
+            "the in-core metadata, mid-op included: a commit after each such step",
         ),
         "flush_data_before_commit": Option(
             (bool,), True,

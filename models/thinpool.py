@@ -276,6 +276,32 @@ class DiscardBlock(PoolStep):
 
 
 @dataclass(frozen=True)
+class DiscardData(PoolStep):
+    """Discard passdown: the data device discards pool block `block` (no device maps
+    it any more); it reads back as zeros. dm-thin passes the discard down at once,
+    before the unmapping is committed."""
+
+    block: int
+    kind = "discard_data"
+
+    @property
+    def path(self) -> str:
+        return f"pool/data/{self.block}"
+
+    @property
+    def is_data(self) -> bool:
+        return True
+
+    def apply(self, root: Dir, device: Device = one_device) -> Dir:
+        if lookup(root, POOL_DATA + (str(self.block),)) is None:
+            return root
+        return replace(root, POOL_DATA + (str(self.block),), None)
+
+    def __str__(self) -> str:
+        return f"discard_data {self.block} (passdown)"
+
+
+@dataclass(frozen=True)
 class CreateThin(PoolStep):
     """The `create_thin` pool message: a new, empty thin device."""
 
@@ -423,7 +449,7 @@ class CommitMetadataUnflushed(Step):
 BLOCK_STEP_TYPES: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
-        AllocBlock, MapBlock, WriteBlock, CopyBlock, DiscardBlock, CreateThin, CreateSnap,
+        AllocBlock, MapBlock, WriteBlock, CopyBlock, DiscardBlock, DiscardData, CreateThin, CreateSnap,
         DeleteThin, SetTransactionId, CommitMetadata, Flush, CommitMetadataUnflushed,
     )
 }

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from checker.engine import views
 from checker.engine.trace import build_trace
 from checker.spec import parse_spec
+from models.devicemapper import INIT_LAYER
 from models.tree import Dir, Whiteout, split
 from models.union import Union
 from tests.strategies import workload
@@ -118,11 +119,20 @@ def test_docker_container_view_equals_plain_view_after_every_op(table):
     same_view_as_plain(_in_container(table), view_of=container_view, src_prefix=CONTAINER)
 
 
+def devicemapper_container_view(view):
+    """The container's file system without Docker's init layer (its `<id>-init` device:
+    `.dockerenv`, `dev`, `etc`, `proc`, `sys`, names the generated workloads never use)."""
+    shown = container_view(view)
+    return Dir({n: c for n, c in shown.entries.items() if n not in INIT_LAYER.entries}, shown.mode, shown.xattrs,
+               uid=shown.uid, gid=shown.gid)
+
+
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(workload(redirects=False))
 def test_devicemapper_container_view_equals_plain_view_after_every_op(table):
-    same_view_as_plain(_in_container(table, "devicemapper"), view_of=container_view, src_prefix=CONTAINER)
+    same_view_as_plain(_in_container(table, "devicemapper"), view_of=devicemapper_container_view,
+                       src_prefix=CONTAINER)
 
 
 def same_view_as_plain(table, view_of=lambda v: v, src_prefix=""):

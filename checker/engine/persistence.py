@@ -413,7 +413,8 @@ class Persistence:
         it. The crash states (the ideals) are the same."""
         barrier: int | None = None  # the latest fsync/syncfs step
         since_syncfs = 0  # steps before the latest syncfs are ordered before it
-        unsynced: list[int] = []  # data steps a metadata-only syncfs left unordered
+        unsynced: list[int] = []  # steps a syncfs left unordered (data of a metadata-only
+        # one, steps on another device than a syncfs of one device)
         touching: dict[int, list[int]] = {}  # inode -> steps that touched it
         steps = trace.steps
         for j, step in enumerate(steps):
@@ -422,12 +423,9 @@ class Persistence:
             effect = step.shape().effect
             if effect is Effect.SYNCFS:
                 before = unsynced + list(range(since_syncfs, j))
-                if not isinstance(step, Syncfs) or step.data:
-                    graph.add_edges_from((i, j) for i in before)
-                    unsynced = []
-                else:  # metadata only: data steps stay free of it (and of later steps)
-                    graph.add_edges_from((i, j) for i in before if not steps[i].is_data)
-                    unsynced = [i for i in before if steps[i].is_data]
+                covered = [i for i in before if self._synced_by(trace, step, steps[i])]
+                graph.add_edges_from((i, j) for i in covered)
+                unsynced = sorted(set(before) - set(covered))
                 since_syncfs = barrier = j
             elif effect is Effect.FSYNC and facts.fsynced[j] is not None:
                 f = facts.fsynced[j]
@@ -438,6 +436,20 @@ class Persistence:
                 barrier = j
             for inode in facts.touches[j]:
                 touching.setdefault(inode, []).append(j)
+
+    @staticmethod
+    def _synced_by(trace: Trace, sync: Step, step: Step) -> bool:
+        """Does syncfs step `sync` make the earlier `step` durable? Not the data of a
+        metadata-only one, and not a step on another device than the one a syncfs of a
+        path covers (a dm-thin pool commit orders the pool's devices only)."""
+        if isinstance(sync, Syncfs) and not sync.data and step.is_data:
+            return False
+        if not isinstance(sync, Syncfs) or not sync.path:
+            return True
+        device = trace.mount.device
+        scope = device(split(sync.path))
+        paths = step.writes()
+        return not paths or any(device(split(p)) == scope for p in paths)
 
     def _block_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts, block_size: int) -> None:
         """Data written to the same block of a file persists in order: the page cache
