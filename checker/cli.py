@@ -38,6 +38,7 @@ from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.symbolic.repair import suggest_fix
 from checker.tables import FORMATS
 from checker.workloads import explore as explore_mod
+from checker.workloads.store import ExploreStore
 from models import DEFAULT_DRIVER, DriverLoadError
 from models.driver import OptionError
 
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-ops", type=_positive, default=6, help="ops per --random workload (default 6)")
     ex.add_argument("--jobs", type=_positive, default=None, help="worker processes (default: cores)")
     ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ex.add_argument("--store", metavar="FILE",
+                    help="write each workload's outcome to this SQLite file as it finishes")
+    ex.add_argument("--resume", action="store_true",
+                    help="continue the run of --store FILE: stored workloads are not checked again")
+    ex.add_argument("--report", action="store_true",
+                    help="print what --store FILE holds (a finished run or part of one); check nothing")
     ex.add_argument("--max-memory", type=_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                     help=f"memory of each process (default {size_text(DEFAULT_MAX_MEMORY)}); a workload "
                     "that hits it is counted as unknown")
@@ -453,6 +460,10 @@ def _real_dockerd(args: argparse.Namespace) -> int:
 def cmd_explore(args: argparse.Namespace) -> int:
     from models import drivers
 
+    if (args.resume or args.report) and not args.store:
+        raise UsageError("explore: --resume and --report need --store FILE")
+    if args.report:
+        return explore_store_report(args)
     known = drivers()
     if args.driver not in known:
         raise UsageError(f"explore: unknown driver {args.driver!r} (known: {', '.join(sorted(known))})")
@@ -474,7 +485,38 @@ def cmd_explore(args: argparse.Namespace) -> int:
     progress = report.progress_printer()
     items = explore_mod.random_items(args.random, args.seed, args.max_ops) if args.random else None
     depth = args.max_ops if args.random else args.depth
-    found = explore_mod.explore(settings, depth, jobs, progress, items)
+    store = None
+    if args.store:
+        run = {"driver": settings.driver, "options": [list(kv) for kv in settings.options],
+               "persistence": settings.persistence, "depth": depth, "random": args.random or 0,
+               "seed": args.seed if args.random else 0}
+        store = ExploreStore(Path(args.store), run, resume=args.resume)
+    try:
+        found = explore_mod.explore(settings, depth, jobs, progress, items, store=store)
+    finally:
+        if store is not None:
+            store.close()
+    return _explore_output(args, settings, found, depth)
+
+
+def explore_store_report(args: argparse.Namespace) -> int:
+    """`explore --store FILE --report`: the report of what the store holds."""
+    store = ExploreStore(Path(args.store), {}, read_only=True)
+    try:
+        run = store.run
+        settings = explore_mod.Settings(run["driver"], tuple((k, v) for k, v in run["options"]),
+                                        run["persistence"])
+        items = explore_mod.random_items(run["random"], run["seed"], run["depth"]) if run["random"] else None
+        args.random = run["random"] or None
+        args.out = None
+        found = explore_mod.explore(settings, run["depth"], 1, None, items, store=store, replay=True)
+    finally:
+        store.close()
+    return _explore_output(args, settings, found, run["depth"])
+
+
+def _explore_output(args: argparse.Namespace, settings: explore_mod.Settings, found: explore_mod.Report,
+                    depth: int) -> int:
     if args.random:
         for key, outcome in list(found.groups.items()):
             found.groups[key] = explore_mod.shrink(settings, outcome, key)

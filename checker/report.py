@@ -520,6 +520,11 @@ def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled
         lines.append(f"    {invariant} in {kind}: {ops} (initial files in {outcome.setup})"
                      + (f" -> {where}" if where else ""))
     lines.append(f"  inherent (also on plain): {found.inherent} violation(s)")
+    if found.reused:
+        lines.append(f"  {found.reused} workload outcome(s) read from the store, not checked again")
+    if found.pending:
+        lines.append(f"  pending: {found.pending} workload(s) not checked yet (the run was interrupted; "
+                     f"--resume finishes it)")
     if found.unknown:
         lines.append(f"  unknown: {found.unknown} workload(s) stopped by a budget before a verdict")
     return "\n".join(lines)

@@ -80,3 +80,59 @@ def test_explore_refuses_a_driver_without_file_ops():
     proc = cli("explore", "--driver", "squash", "--depth", "1")
     assert proc.returncode == 2
     assert proc.stderr == "crashcheck: error: explore: driver squash takes no file-system ops (explore generates those)\n"
+
+
+def _store_rows(path: Path) -> int:
+    import sqlite3
+
+    if not path.exists():
+        return 0  # connecting would make the file, and the checker would find a store there
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_store_survives_sigkill_and_resume_gives_the_same_json(tmp_path: Path):
+    """`--store` commits each outcome as it comes: SIGKILL of the checker loses at most
+    the units in flight, and `--resume` ends with the bytes of an uninterrupted run,
+    checking only what the store lacks; `--report` shows a partial store as pending."""
+    import signal
+    import time
+
+    run = ["--random", "4000", "--max-ops", "4", "--seed", "7", "--json", "--jobs", "1"]
+    whole = cli("explore", *run)
+    assert whole.returncode == 0, whole.stderr
+    store = tmp_path / "explore.db"
+    proc = subprocess.Popen([sys.executable, "-m", "checker", "explore", *run, "--store", str(store)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _store_rows(store) < 200 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    kept = _store_rows(store)
+    assert 200 <= kept < 3000, kept  # killed in the middle, every committed unit still there
+    partial = cli("explore", "--store", str(store), "--report")
+    assert partial.returncode == 0 and "pending:" in partial.stdout, partial.stdout + partial.stderr
+    again = cli("explore", *run, "--store", str(store))
+    assert again.returncode == 2 and "give --resume" in again.stderr
+    resumed = cli("explore", *run, "--store", str(store), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == whole.stdout
+    rows = _store_rows(store)
+    text = cli("explore", *run[:-3], "--store", str(store), "--resume")  # nothing left to check
+    assert "workload outcome(s) read from the store, not checked again" in text.stdout
+    assert _store_rows(store) == rows and "pending" not in text.stdout
+    report = cli("explore", "--store", str(store), "--report", "--json")
+    assert report.stdout == whole.stdout
+
+
+def test_a_store_refuses_another_run(tmp_path: Path):
+    store = tmp_path / "s.db"
+    assert cli("explore", "--depth", "1", "--store", str(store), "--jobs", "1").returncode == 0
+    other = cli("explore", "--depth", "1", "--option", "redirect_dir=on", "--store", str(store), "--resume")
+    assert other.returncode == 2
+    assert other.stderr.startswith(f"crashcheck: error: {store}: the store holds another run")
+    assert cli("explore", "--report").returncode == 2

@@ -25,7 +25,7 @@ import random
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from checker.engine.budget import Budget
 from checker.engine.check import check
 from checker.errors import UsageError
 from checker.spec import parse_spec
+from checker.workloads.store import MISSING, ExploreStore, key_of
 from models import REFERENCE_DRIVER, drivers
 
 FILES = ["A/foo", "A/bar", "B/foo", "B/bar", "A/C/foo"]
@@ -117,6 +118,17 @@ class Outcome:
     crash_states: int
     unknown: str = ""  # why a budget stopped the check of this workload ("" when it finished)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"setup": self.setup, "ops": self.ops,
+                "driver_induced": [list(f) for f in self.driver_induced],
+                "inherent": [list(f) for f in self.inherent], "crash_states": self.crash_states,
+                "unknown": self.unknown}
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> Outcome:
+        return Outcome(doc["setup"], doc["ops"], [(a, b) for a, b in doc["driver_induced"]],
+                       [(a, b) for a, b in doc["inherent"]], doc["crash_states"], doc.get("unknown", ""))
+
 
 def check_workload(settings: Settings, setup: str, ops: list[dict[str, Any]]) -> Outcome | None:
     """Check one workload on the driver and on plain (a picklable unit of work)."""
@@ -158,6 +170,8 @@ class Report:
     groups: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # (invariant, op kind)
     seconds: float = 0.0
     files: dict[tuple[str, str], str] = field(default_factory=dict)
+    pending: int = 0  # units a store does not hold yet (`--report` of an unfinished run)
+    reused: int = 0  # units whose outcome came from a store (`--resume`)
 
     def add(self, outcome: Outcome | None) -> None:
         if outcome is None:
@@ -185,20 +199,28 @@ class Report:
                 for (inv, kind), o in sorted(self.groups.items())
             ],
             "inherent": self.inherent,
+            **({"pending": self.pending} if self.pending else {}),
         }
 
 
 def explore(
     settings: Settings, depth: int, jobs: int = 1, progress: Callable[[str], None] | None = None,
-    items: list[tuple[str, tuple[int, ...]]] | None = None,
+    items: list[tuple[str, tuple[int, ...]]] | None = None, store: ExploreStore | None = None,
+    replay: bool = False,
 ) -> Report:
     """Check every workload of 1..depth ops (or just `items`). Lengths go in order, so a
-    workload whose shorter prefix already failed is skipped without being checked."""
+    workload whose shorter prefix already failed is skipped without being checked. With a
+    `store`, each outcome is stored as it comes and units already stored are not checked
+    again; with `replay` nothing is checked: the report is what the store holds."""
     started = time.monotonic()
     report = Report()
     failing: set[tuple[str, tuple[int, ...]]] = set()
+    stored = store.outcomes() if store is not None else {}
 
-    def record(item: tuple[Settings, str, tuple[int, ...]], outcome: Outcome | None) -> None:
+    def record(item: tuple[Settings, str, tuple[int, ...]], outcome: Outcome | None,
+               fresh: bool = True) -> None:
+        if store is not None and fresh:
+            store.put(item[1], item[2], outcome.to_json() if outcome is not None else None)
         if outcome is None:
             failing.add((item[1], item[2]))
         report.add(outcome)
@@ -221,7 +243,7 @@ def explore(
                 report.skipped += 1
             else:
                 batch.append((settings, setup, picks))
-        _run(batch, jobs, record)
+        _run(batch, jobs, record, stored, report, replay)
     report.seconds = time.monotonic() - started
     if progress:
         progress("")
@@ -229,14 +251,33 @@ def explore(
 
 
 def _run(batch: list[tuple[Settings, str, tuple[int, ...]]], jobs: int,
-         record: Callable[[tuple[Settings, str, tuple[int, ...]], Outcome | None], None]) -> None:
-    if jobs > 1 and len(batch) > 1:
+         record: Callable[..., None], stored: dict[tuple[str, str], Any], report: Report,
+         replay: bool) -> None:
+    """Check the units of `batch` the store does not hold, and record every unit's
+    outcome in batch order (stored or fresh), so the report is the same either way."""
+    todo = [item for item in batch if (item[1], key_of(item[2])) not in stored]
+    if replay:
+        report.pending += len(todo)
+        todo = []
+    if jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
-            for item, outcome in zip(batch, pool.imap(_check_item, batch, chunksize=16), strict=True):
-                record(item, outcome)
+            _record_in_order(batch, iter(pool.imap(_check_item, todo, chunksize=16)), record, stored, report)
     else:
-        for item in batch:
-            record(item, _check_item(item))
+        _record_in_order(batch, (_check_item(item) for item in todo), record, stored, report)
+
+
+def _record_in_order(batch: list[tuple[Settings, str, tuple[int, ...]]], fresh: Iterator[Outcome | None],
+                     record: Callable[..., None], stored: dict[tuple[str, str], Any], report: Report) -> None:
+    for item in batch:
+        key = (item[1], key_of(item[2]))
+        if key in stored:
+            doc = stored[key]
+            report.reused += 1
+            record(item, Outcome.from_json(doc) if doc is not None else None, fresh=False)
+        else:
+            outcome = next(fresh, MISSING)
+            if outcome is not MISSING:
+                record(item, outcome)
 
 
 def _worker_init() -> None:
