@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-ops", type=_positive, default=6, help="ops per --random workload (default 6)")
     ex.add_argument("--jobs", type=_positive, default=None, help="worker processes (default: cores)")
     ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ex.add_argument("--scheduler", metavar="ADDRESS",
+                    help="check the workloads on the workers of this Dask scheduler (tcp://HOST:PORT) "
+                    "instead of local processes")
     ex.add_argument("--store", metavar="FILE",
                     help="write each workload's outcome to this SQLite file as it finishes")
     ex.add_argument("--resume", action="store_true",
@@ -492,7 +495,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
                "seed": args.seed if args.random else 0}
         store = ExploreStore(Path(args.store), run, resume=args.resume)
     try:
-        found = explore_mod.explore(settings, depth, jobs, progress, items, store=store)
+        found = explore_mod.explore(settings, depth, jobs, progress, items, store=store,
+                                    scheduler=args.scheduler)
     finally:
         if store is not None:
             store.close()

@@ -206,12 +206,13 @@ class Report:
 def explore(
     settings: Settings, depth: int, jobs: int = 1, progress: Callable[[str], None] | None = None,
     items: list[tuple[str, tuple[int, ...]]] | None = None, store: ExploreStore | None = None,
-    replay: bool = False,
+    replay: bool = False, scheduler: str | None = None,
 ) -> Report:
     """Check every workload of 1..depth ops (or just `items`). Lengths go in order, so a
     workload whose shorter prefix already failed is skipped without being checked. With a
     `store`, each outcome is stored as it comes and units already stored are not checked
-    again; with `replay` nothing is checked: the report is what the store holds."""
+    again; with `replay` nothing is checked: the report is what the store holds. With a
+    `scheduler` (a Dask scheduler's address) the workloads are checked on its workers."""
     started = time.monotonic()
     report = Report()
     failing: set[tuple[str, tuple[int, ...]]] = set()
@@ -243,7 +244,7 @@ def explore(
                 report.skipped += 1
             else:
                 batch.append((settings, setup, picks))
-        _run(batch, jobs, record, stored, report, replay)
+        _run(batch, jobs, record, stored, report, replay, scheduler)
     report.seconds = time.monotonic() - started
     if progress:
         progress("")
@@ -252,14 +253,16 @@ def explore(
 
 def _run(batch: list[tuple[Settings, str, tuple[int, ...]]], jobs: int,
          record: Callable[..., None], stored: dict[tuple[str, str], Any], report: Report,
-         replay: bool) -> None:
+         replay: bool, scheduler: str | None = None) -> None:
     """Check the units of `batch` the store does not hold, and record every unit's
     outcome in batch order (stored or fresh), so the report is the same either way."""
     todo = [item for item in batch if (item[1], key_of(item[2])) not in stored]
     if replay:
         report.pending += len(todo)
         todo = []
-    if jobs > 1 and len(todo) > 1:
+    if scheduler and todo:
+        _record_in_order(batch, on_cluster(scheduler, todo), record, stored, report)
+    elif jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
             _record_in_order(batch, iter(pool.imap(_check_item, todo, chunksize=16)), record, stored, report)
     else:
@@ -278,6 +281,36 @@ def _record_in_order(batch: list[tuple[Settings, str, tuple[int, ...]]], fresh: 
             outcome = next(fresh, MISSING)
             if outcome is not MISSING:
                 record(item, outcome)
+
+
+CLUSTER_CHUNK = 64  # workloads per Dask task: small units, few round trips
+CONNECT_TIMEOUT = 10  # seconds to reach the scheduler
+
+
+def _check_chunk(chunk: list[tuple[Settings, str, tuple[int, ...]]]) -> list[Outcome | None]:
+    return [_check_item(item) for item in chunk]
+
+
+def on_cluster(scheduler: str, todo: list[tuple[Settings, str, tuple[int, ...]]]) -> Iterator[Outcome | None]:
+    """The outcomes of `todo`, in order, checked on the workers of the Dask scheduler at
+    `scheduler` (`tcp://HOST:PORT`) in picklable chunks. A worker that dies has its
+    chunks run again elsewhere (the scheduler's own rescheduling); results are taken in
+    submission order, so the report does not depend on which worker ran what."""
+    try:
+        from distributed import Client
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise UsageError(f"explore: --scheduler needs dask.distributed ({e})") from None
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as e:
+        raise UsageError(f"explore: cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    try:
+        chunks = [todo[i:i + CLUSTER_CHUNK] for i in range(0, len(todo), CLUSTER_CHUNK)]
+        futures = client.map(_check_chunk, chunks, pure=False, retries=3)
+        for future in futures:
+            yield from future.result()
+    finally:
+        client.close()
 
 
 def _worker_init() -> None:
