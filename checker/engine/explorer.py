@@ -13,7 +13,9 @@ flight, fsyncs that had returned).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -281,6 +283,34 @@ def explore(
     """Check every crash state (or just `only`) plus the trace-level invariants, until
     the budget runs out."""
     meter = meter or Meter(budget)
+    with _long_lived(ctx.trace):
+        return _explore(ctx, only, budget, progress, meter)
+
+
+FREEZE_STEPS = 500  # traces this long have their objects kept out of the cyclic GC's scans
+
+
+@contextmanager
+def _long_lived(trace: Any) -> Iterator[None]:
+    """While the crash states of a long trace are checked, its trees (the trace's
+    states, thousands of long-lived objects) are moved out of the cyclic garbage
+    collector's generations (`gc.freeze`): every collection otherwise scans them all,
+    and the cost per crash state grows with the trace (benchmarks/size_sweep.py, measured
+    2026-12-01: 1.5 times the rate at 800 files, 1.3 times at 3,200). Short traces skip
+    it: the scans save little there. No collection first: garbage frozen with them is collected
+    after `gc.unfreeze`."""
+    if len(trace.steps) < FREEZE_STEPS or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _explore(ctx: Context, only: CrashState | None, budget: Budget, progress: Callable[[str], None] | None,
+             meter: Meter) -> Exploration:
     findings = Findings()
     findings.add(trace_level_violations(ctx))
     seen: set[int] = set()  # fingerprints of the distinct backing trees, 64 bits each
