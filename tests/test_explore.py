@@ -159,15 +159,18 @@ def test_explore_on_a_dask_cluster_gives_the_local_json_even_when_a_worker_dies(
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).parent / "dask")
+    import os
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # dask's scratch space goes to tempfile.gettempdir()
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         time.sleep(1)
         for n in range(2):
             procs.append(subprocess.Popen(
                 [dask, "worker", address, "--nthreads", "1", "--no-dashboard",
                  "--local-directory", str(tmp_path / f"w{n}")],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
         depth1 = ["--depth", "1", "--option", "redirect_dir=off", "--json"]
