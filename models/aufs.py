@@ -289,24 +289,30 @@ class AufsMount(FileSystemMount):
             frames = self._frames(log.root, here)
             if not frames:
                 raise FsError(errno.ENOENT, join(here))
-            node = frames[0][1]
-            target = join(RW + here)
             temp = self._temp(here)  # au_cpup_simple: au_lkup_neg(..., wh=1), a temp name
-            made = 0o600  # cpup_entry: vfsub_create(h_dir, &h_path, 0600)
-            if isinstance(node, Dir):
-                made = node.mode
-                log.do(Mkdir(temp, node.mode))
-            elif isinstance(node, File):
-                log.do(Create(temp, 0o600, ino=self.next("ino", 1000)))
-                if node.content and not (truncate and here == parts):
-                    src = self.lower_names[len(self.lower_names) - frames[0][0]]
-                    log.do(CopyData(join((src,) + here), temp))
-            elif isinstance(node, Symlink):
-                log.do(MakeSymlink(node.target, temp))
-            self._copy_attrs(log, temp, node, made)
-            for k, v in node.xattrs:
-                log.do(SetXattr(temp, k, v))  # au_cpup_xattr, after the attributes
-            log.do(Rename(temp, target))  # au_do_ren_after_cpup
+            self._cpup_entry(log, frames, here, temp, data=not (truncate and here == parts))
+            log.do(Rename(temp, join(RW + here)))  # au_do_ren_after_cpup
+
+    def _cpup_entry(self, log: StepLog, frames: list[tuple[int, Node]], src: Parts, dest: str,
+                    data: bool = True, ino: int | None = None) -> None:
+        """`cpup_entry`, then `cpup_iattr`: the topmost of `frames` made at `dest` (a dir
+        with the lower mode, a file 0600 filled with its data unless `data` is false, a
+        symlink), then its mode, owner and times, then its xattrs (`au_cpup_xattr`)."""
+        node = frames[0][1]
+        made = 0o600  # cpup_entry: vfsub_create(h_dir, &h_path, 0600)
+        if isinstance(node, Dir):
+            made = node.mode
+            log.do(Mkdir(dest, node.mode))
+        elif isinstance(node, File):
+            log.do(Create(dest, 0o600, ino=self.next("ino", 1000) if ino is None else ino))
+            if node.content and data:
+                branch = self.lower_names[len(self.lower_names) - frames[0][0]]
+                log.do(CopyData(join((branch,) + src), dest))
+        elif isinstance(node, Symlink):
+            log.do(MakeSymlink(node.target, dest))
+        self._copy_attrs(log, dest, node, made)
+        for k, v in node.xattrs:
+            log.do(SetXattr(dest, k, v))
 
     def _copy_attrs(self, log: StepLog, path: str, node: Node, made: int) -> None:
         """`cpup_iattr`: mode (a file is made 0600), owner and times of the copy in one
@@ -385,21 +391,9 @@ class AufsMount(FileSystemMount):
         pseudo-link ties the two names into one inode while aufs is mounted; the model
         does not follow that tie (a change through one name shows only there), and the
         next mount forgets it too."""
-        frames = self._frames(log.root, old)
-        node = frames[0][1]
         target = join(RW + new)
-        made = 0o600
         ino = self.next("ino", 1000)
-        if isinstance(node, File):
-            log.do(Create(target, 0o600, ino=ino))
-            if node.content:
-                src = self.lower_names[len(self.lower_names) - frames[0][0]]
-                log.do(CopyData(join((src,) + old), target))
-        elif isinstance(node, Symlink):
-            log.do(MakeSymlink(node.target, target))
-        self._copy_attrs(log, target, node, made)
-        for k, v in node.xattrs:
-            log.do(SetXattr(target, k, v))
+        self._cpup_entry(log, self._frames(log.root, old), old, target, ino=ino)
         if lookup(log.root, RW + (PLNK,)) is not None:
             log.do(Link(target, join(RW + (PLNK, f"{self.next('ino', 1000)}.{ino}"))))
 

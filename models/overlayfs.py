@@ -137,6 +137,19 @@ def stored_nlink(upper: Node, lower: File, fallback: int, names: OverlayXattrs =
     return nlink if nlink > 0 else fallback
 
 
+def dirs_by_origin(tree: Node, keys: tuple[str, ...]) -> dict[bytes, Parts]:
+    """The directories of an upper tree by the origin they carry (the first xattr of
+    `keys` each has; the first dir in walk order for an origin): how a directory index's
+    record of its upper dir is decoded (the kernel decodes a file handle)."""
+    out: dict[bytes, Parts] = {}
+    for parts, node in walk(tree):
+        if isinstance(node, Dir):
+            origin = next((v for k in keys if (v := node.xattr(k)) is not None), None)
+            if origin is not None:
+                out.setdefault(origin, parts)
+    return out
+
+
 def _cleanup_steps(path: str, node: Node) -> list[Step]:
     """Remove an entry, a directory entry by entry and depth first (`ovl_workdir_cleanup`)."""
     if not isinstance(node, Dir):
@@ -445,7 +458,7 @@ class OverlayMount(FileSystemMount):
             _, entry = self.resolve(root, parts[:depth])
             if not entry.exists:
                 return None
-            if self.index_all and (reason := self.index_error(root, entry)):
+            if reason := self.index_error(root, entry):
                 return ErrorEntry(errno.EIO, reason)
         _, entry = self.resolve(root, parts)
         return self.union_of(root).view(entry) if entry.exists else None
@@ -880,7 +893,7 @@ class OverlayMount(FileSystemMount):
                 continue
             if isinstance(node, Dir) and self.index_all:
                 if upper_dirs is None:
-                    upper_dirs = self._upper_dirs_by_origin(root)
+                    upper_dirs = dirs_by_origin(self._upper(root), (self.x.origin,))
                 steps.extend(self._verify_dir_index(path, node, upper_dirs, len(steps)))
                 continue
             if not isinstance(node, File):
@@ -922,15 +935,6 @@ class OverlayMount(FileSystemMount):
             return _cleanup_steps(path, node)
         return []
 
-    def _upper_dirs_by_origin(self, root: Dir) -> dict[bytes, Parts]:
-        """The upper dirs by the origin they carry: how the model decodes a directory
-        index's record of its upper dir (the kernel decodes a file handle)."""
-        out: dict[bytes, Parts] = {}
-        for parts, node in walk(self._upper(root)):
-            origin = node.xattr(self.x.origin) if isinstance(node, Dir) else None
-            if origin is not None:
-                out.setdefault(origin, parts)
-        return out
 
     def _origin_node(self, origin: str) -> File | None:
         parts = split(origin)
@@ -1178,7 +1182,7 @@ class OverlayMount(FileSystemMount):
         if is_dir and (lower_positive or not self._pure_upper(entry)):
             whiteouts = self.union.upper_whiteouts(entry)  # ovl_check_empty_dir's list
         self.copy_up(log, parts[:-1])
-        nlink = None if is_dir and not self.index_all else self._nlink_start(log, parts)
+        nlink = self._nlink_start(log, parts)  # a dir has an index path only under nfs_export
         parent, entry = self.resolve(log.root, parts)
         upper_path = join(UPPER + parts)
         if whiteouts:
@@ -1246,7 +1250,7 @@ class OverlayMount(FileSystemMount):
         nlink = None
         if not overwrite:
             self.copy_up(log, new, data=False)
-        elif n.exists and (not n.is_dir or self.index_all):
+        elif n.exists:
             nlink = self._nlink_start(log, new)  # the target's union nlink drops (nfs_export: a dir's too)
         replaced_index = self.index_path(n) if nlink is not None else None
         _, o = self.resolve(log.root, old)

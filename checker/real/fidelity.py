@@ -14,8 +14,9 @@ the kernel later stores through the index name is not on the model's upper symli
 so that xattr of upper symlinks is not compared. And a one-link lower file copied up
 shows nlink 1 in the mount that copied it up and 2 once looked up again (its index
 entry is a second link, and `ovl_get_nlink` falls back to the upper inode's count for
-a one-link lower file). The model's views, which recovered crash states are compared with, show the
-later value, so in-mount views are compared with that count taken as the model's.
+a one-link lower file). The model's views, which recovered crash states are compared
+with, show the later value, so in-mount views are compared with that count taken as
+the model's.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ __all__ = [  # the workspace names are re-exported: kernel.workspace() is the us
     "read_view", "without_xattrs", "workspace", "write_node",
 ]
 from models.format import IMPURE, INDEX_DIR, ORIGIN, OVL_PREFIX, UPPER_FH, USER
-from models.overlayfs import index_origin
+from models.overlayfs import dirs_by_origin, index_origin
 from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, walk
 
 #: xattrs the kernel writes for its own bookkeeping (file handles, uuids, d_ino caching);
@@ -251,11 +251,7 @@ def _record_upper_dirs(base: Path, upper: Node | None, recorded: dict[str, tuple
     origin gives the handle (`name_to_handle_at`), and the header (the file system's
     uuid) comes from a handle the kernel wrote. An upper dir that no longer exists gets
     a handle of a removed dir: stale, as the kernel would find it."""
-    by_origin: dict[bytes, Parts] = {}
-    for parts, node in walk(upper) if upper is not None else ():
-        origin = node.xattr(ORIGIN) or node.xattr(USER.origin)
-        if isinstance(node, Dir) and origin is not None:
-            by_origin.setdefault(origin, parts)
+    by_origin = dirs_by_origin(upper, (ORIGIN, USER.origin)) if upper is not None else {}
     uuid = next(iter(handles.values()))[5:21]
     for name, (key, value) in sorted(recorded.items()):
         text = value.decode("utf-8", "replace")
