@@ -22,7 +22,7 @@ after the fsync, and a step needs the steps that created the entries it works on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -423,7 +423,8 @@ class Persistence:
             effect = step.shape().effect
             if effect is Effect.SYNCFS:
                 before = unsynced + list(range(since_syncfs, j))
-                covered = [i for i in before if self._synced_by(trace, step, steps[i])]
+                synced_by = self._synced_by(trace, step)
+                covered = [i for i in before if synced_by(steps[i])]
                 graph.add_edges_from((i, j) for i in covered)
                 unsynced = sorted(set(before) - set(covered))
                 since_syncfs = barrier = j
@@ -438,18 +439,21 @@ class Persistence:
                 touching.setdefault(inode, []).append(j)
 
     @staticmethod
-    def _synced_by(trace: Trace, sync: Step, step: Step) -> bool:
-        """Does syncfs step `sync` make the earlier `step` durable? Not the data of a
+    def _synced_by(trace: Trace, sync: Step) -> Callable[[Step], bool]:
+        """Which earlier steps syncfs step `sync` makes durable: not the data of a
         metadata-only one, and not a step on another device than the one a syncfs of a
         path covers (a dm-thin pool commit orders the pool's devices only)."""
-        if isinstance(sync, Syncfs) and not sync.data and step.is_data:
-            return False
-        if not isinstance(sync, Syncfs) or not sync.path:
-            return True
+        if not isinstance(sync, Syncfs):
+            return lambda step: True
         device = trace.mount.device
-        scope = device(split(sync.path))
-        paths = step.writes()
-        return not paths or any(device(split(p)) == scope for p in paths)
+        scope = device(split(sync.path)) if sync.path else None
+
+        def synced(step: Step) -> bool:
+            if not sync.data and step.is_data:
+                return False
+            paths = step.writes()
+            return scope is None or not paths or any(device(split(p)) == scope for p in paths)
+        return synced
 
     def _block_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts, block_size: int) -> None:
         """Data written to the same block of a file persists in order: the page cache

@@ -264,7 +264,7 @@ def _run(batch: list[tuple[Settings, str, tuple[int, ...]]], jobs: int,
         _record_in_order(batch, on_cluster(scheduler, todo), record, stored, report)
     elif jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
-            _record_in_order(batch, iter(pool.imap(_check_item, todo, chunksize=16)), record, stored, report)
+            _record_in_order(batch, pool.imap(_check_item, todo, chunksize=16), record, stored, report)
     else:
         _record_in_order(batch, (_check_item(item) for item in todo), record, stored, report)
 
