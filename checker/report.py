@@ -520,6 +520,13 @@ def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled
         lines.append(f"    {invariant} in {kind}: {ops} (initial files in {outcome.setup})"
                      + (f" -> {where}" if where else ""))
     lines.append(f"  inherent (also on plain): {found.inherent} violation(s)")
+    work = found.work
+    if work.run or work.reused:
+        lines.append(f"  incremental: {work.run} op check(s) run, {work.reused} reused (the same op from "
+                     f"the same state); {work.assessed} crash state(s) assessed, the others covered by "
+                     "those checks")
+    elif found.from_scratch and found.workloads:
+        lines.append(f"  every workload checked from scratch: {found.from_scratch}")
     if found.reused:
         lines.append(f"  {found.reused} workload outcome(s) read from the store, not checked again")
     if found.pending:

@@ -138,6 +138,8 @@ def to_branch(tree: Dir) -> Dir:
 class AufsMount(FileSystemMount):
     """One aufs mount: the branches, and the merge memo of this run."""
 
+    LIFETIME = ()  # nothing but the counters lives only in memory
+
     # -- layout and view ---------------------------------------------------------------
 
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:

@@ -91,12 +91,31 @@ def handles(*types: type[sc.Syscall]) -> Callable[[Handler], Handler]:
 # --- drivers and mounts ---------------------------------------------------------------
 
 
+def _frozen(value: Any) -> Any:
+    """A value of a mount's in-memory state as plain data: a tree by its digest, dicts
+    and sets sorted."""
+    if isinstance(value, Node):
+        return value.digest
+    if isinstance(value, dict):
+        return sorted((repr(k), _frozen(v)) for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return sorted(repr(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_frozen(v) for v in value]
+    return value
+
+
 class Mount:
     """A mounted driver: the backing tree before the workload, and all the state of one
     run (memos, counters, caches). Subclasses implement `build` and `view`, mark their
     handlers with `@handles`, and may override `recover`, `device`, `lower_devices`."""
 
     HANDLERS: ClassVar[dict[type[sc.Syscall], str]] = {}  # call type -> method name
+    # The attributes an op may change that live only in memory, besides `counters`: what
+    # `fork` copies and `lifetime_key` names. None: not declared, and the mount cannot be
+    # forked (incremental exploration then runs this driver's workloads from the start).
+    LIFETIME: ClassVar[tuple[str, ...] | None] = None
+    FORK_COPIES: ClassVar[tuple[str, ...]] = ()  # memos a fork copies but its key leaves out
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,6 +193,27 @@ class Mount:
     def new_lifetime(self) -> None:
         """Forget what lives only in memory while the driver runs (mounted containers,
         a work dir's shared whiteout); content-keyed memos may stay."""
+
+    def fork(self) -> Mount | None:
+        """A twin of this mount that runs on independently (incremental exploration
+        extends one workload prefix by many ops): shared trees and content-keyed memos,
+        its own copy of the in-memory state. None when the driver does not declare that
+        state (`LIFETIME`)."""
+        if self.LIFETIME is None:
+            return None
+        twin = copy.copy(self)
+        twin.counters = dict(self.counters)
+        for name in self.LIFETIME + self.FORK_COPIES:
+            value = getattr(self, name)
+            if isinstance(value, (dict, set, list)):
+                setattr(twin, name, copy.copy(value))
+        return twin
+
+    def lifetime_key(self) -> str:
+        """The in-memory state an op's behaviour may depend on, as text: two mounts of one
+        driver with equal keys over equal backing trees make the same steps."""
+        assert self.LIFETIME is not None
+        return repr((sorted(self.counters.items()), [_frozen(getattr(self, n)) for n in self.LIFETIME]))
 
     def next(self, counter: str, start: int = 1) -> int:
         """The next value of a named counter of this mount (temp names, inode numbers)."""

@@ -212,6 +212,9 @@ class OverlayMount(FileSystemMount):
     counter and the work dir's shared whiteout. Implements `UnionView` (the symbolic
     engine) and `KernelTwin` (confirm, conform, real)."""
 
+    LIFETIME = ("_whiteout_source", "_fresh_index", "_mounted", "_layer_roots", "_linked_paths")
+    FORK_COPIES = ("_origins",)
+
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         if self.options.get("userxattr"):
             layers = [in_namespace(layer, USER) for layer in layers]  # type: ignore[misc]

@@ -36,6 +36,8 @@ from models.union import union_view
 class PlainMount(FileSystemMount):
     """One file system whose view is its backing tree: every call is one step."""
 
+    LIFETIME = ()  # nothing but the counters lives only in memory
+
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any]) -> Dir:
         return union_view(list(reversed(layers)), upper)
 

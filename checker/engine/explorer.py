@@ -167,20 +167,24 @@ class Context:
 
     def evaluate(self, root: Dir, crash: CrashState) -> tuple[int, list[tuple[str, Finding]]]:
         op = self.persistence.op_in_flight(self.trace, crash, self.constraints) if self.trace.ops else 0
-        synced = self.returned_syncs(crash)
+        return op, self.assess(root, op, self.returned_syncs(crash), crash.is_prefix)
+
+    def assess(self, root: Dir, op: int, synced: int, prefix: bool = True) -> list[tuple[str, Finding]]:
+        """The crash-level findings of backing tree `root` left by a crash during op `op`
+        after the first `synced` fsync/sync ops returned."""
         key = (root.digest, op, synced)
         hit = self.findings.get(key)
         if hit is not None:
-            return op, hit
+            return hit
         rec, view = self.recovered(root)
         ctx = CrashContext(
             self.trace, self.trace.op_record(op), rec, view, self.trace.mount, self.recover,
-            prefix_views=self.prefix_views, generalized=not crash.is_prefix, returned_syncs=synced,
+            prefix_views=self.prefix_views, generalized=not prefix, returned_syncs=synced,
             after_crash=self.after_crash,
         )
         out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]
         _bounded_put(self.findings, key, out)
-        return op, out
+        return out
 
     def materialize(self, crash: CrashState) -> Dir:
         return self.persistence.materialize(self.trace, crash, self.constraints, self.block_size)

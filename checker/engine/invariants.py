@@ -329,7 +329,7 @@ class Durability(Invariant):
         ):
             now = views.at(ctx.view, path)
             if now is None or now.digest != digest:
-                lost.append(f"{path} ({ctx.trace.ops[j].text})")
+                lost.append(f"{path} ({ctx.trace.ops[j].text if j >= 0 else 'a sync before this trace'})")
         if not lost:
             return []
         lost.sort()
@@ -393,12 +393,26 @@ class DurableIndex:
         return out
 
 
+CARRIED = "carried"  # trace.cache key: what syncs before the trace made durable
+
+
 def durable_index(trace: Trace, prefix_views: list[Dir]) -> DurableIndex:
+    """The index of a trace's syncs. A trace that continues a workload (incremental
+    exploration checks one op at a time) carries what the earlier syncs made durable and
+    no op since changed, `trace.cache[CARRIED]` as (path, digest) pairs: they count as one
+    sync before the trace's first op (index -1), returned when the crash context says one
+    more sync returned."""
     hit = trace.cache.get("durable")
     if isinstance(hit, DurableIndex):
         return hit
     sync_ops, covers, full = [], [], []
     wanted: set[str] = set()
+    carried = trace.cache.get(CARRIED)
+    if carried:
+        sync_ops.append(-1)
+        covers.append(sorted(carried))  # type: ignore[call-overload]
+        full.append(False)
+        wanted.update(p for p, _ in carried)  # type: ignore[union-attr]
     for record in trace.ops:
         op = record.op
         if op.kind not in SYNC_OPS:

@@ -180,27 +180,34 @@ def run_ops(mount: Mount, ops: list[Op], rec: Recorder) -> list[OpRecord]:
     for op in ops:
         before = mount.view(rec.log.root)
         first = len(rec.log.steps)
-        calls: list[SyscallRecord] = []
-        failed = 0
-        if op.kind == "steps":
-            labels = op.arg("calls") or ()  # a recorded op: the system call behind each step
-            for i, step in enumerate(op.arg("steps")):
-                failed = rec.step(op, calls, step, labels[i] if i < len(labels) else "")
-                if failed:
-                    break  # the first raw step that fails ends the op
-        else:
-            gen = client_for(op, mount.driver)
-            try:
-                call = next(gen)
-                while True:
-                    checkpoint()
-                    if len(calls) >= MAX_SYSCALLS_PER_OP:
-                        raise CrashcheckError(f"op {op.index} ({op.text}) made too many system calls")
-                    call = gen.send(rec.call(op, calls, call))
-            except StopIteration as stop:
-                failed = stop.value or 0
+        calls, failed = perform_op(mount, op, rec)
         out.append(OpRecord(op, calls, first, len(rec.log.steps), failed, before, mount.view(rec.log.root)))
     return out
+
+
+def perform_op(mount: Mount, op: Op, rec: Recorder) -> tuple[list[SyscallRecord], int]:
+    """Run one op's client program (or raw steps) on a mount, recording its steps in
+    `rec`: its system calls, and the errno it failed with (0: success)."""
+    calls: list[SyscallRecord] = []
+    failed = 0
+    if op.kind == "steps":
+        labels = op.arg("calls") or ()  # a recorded op: the system call behind each step
+        for i, step in enumerate(op.arg("steps")):
+            failed = rec.step(op, calls, step, labels[i] if i < len(labels) else "")
+            if failed:
+                break  # the first raw step that fails ends the op
+        return calls, failed
+    gen = client_for(op, mount.driver)
+    try:
+        call = next(gen)
+        while True:
+            checkpoint()
+            if len(calls) >= MAX_SYSCALLS_PER_OP:
+                raise CrashcheckError(f"op {op.index} ({op.text}) made too many system calls")
+            call = gen.send(rec.call(op, calls, call))
+    except StopIteration as stop:
+        failed = stop.value or 0
+    return calls, failed
 
 
 def build_trace(spec: Spec, driver: Driver | None = None) -> Trace:

@@ -17,6 +17,7 @@ workload of up to N ops over a small fixed name space, check each on the driver 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import multiprocessing
@@ -26,7 +27,9 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from checker.engine.budget import Budget
 from checker.engine.check import check
 from checker.errors import UsageError
 from checker.spec import parse_spec
+from checker.workloads.incremental import Explorer, Stats
 from checker.workloads.store import MISSING, ExploreStore, key_of
 from models import REFERENCE_DRIVER, drivers
 
@@ -55,8 +59,9 @@ def setup_layers(setup: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return [files], {"A/foo": "A/foo upper", "B/foo": "B/foo upper"}
 
 
-def op_space() -> list[dict[str, Any]]:
-    """Every op over the name space (193 of them)."""
+@cache
+def op_space() -> tuple[dict[str, Any], ...]:
+    """Every op over the name space (193 of them; one shared tuple: do not change it)."""
     ops: list[dict[str, Any]] = []
     ops += [{"op": "create", "path": f} for f in FILES]
     ops += [{"op": "write", "path": f, "data": "new"} for f in FILES]
@@ -74,7 +79,7 @@ def op_space() -> list[dict[str, Any]]:
     ops += [{"op": "sync"}]
     ops += [{"op": "mv", "src": a, "dst": b} for a, b in moves]
     ops += [{"op": "rm", "path": p} for p in PATHS]
-    return ops
+    return tuple(ops)
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,88 @@ def _check_item(item: tuple[Settings, str, tuple[int, ...]]) -> Outcome | None:
     return check_workload(settings, setup, [space[i] for i in picks])
 
 
+_EXPLORERS: dict[Settings, Explorer] = {}
+
+
+def explorer_for(settings: Settings) -> Explorer:
+    """This process's incremental explorer of `settings` (its caches live as long as the
+    process: the units of a run share them)."""
+    hit = _EXPLORERS.get(settings)
+    if hit is None:
+        _EXPLORERS.clear()
+        hit = _EXPLORERS[settings] = Explorer(settings)
+    return hit
+
+
+def incremental_outcome(
+    settings: Settings, setup: str, picks: tuple[int, ...], leaf: bool = False,
+) -> Outcome | None:
+    """`check_workload` of a workload, from its ops' cached checks (`incremental`); the
+    workloads that module does not decide are checked from scratch. `leaf`: no workload
+    of this run extends it."""
+    ex = explorer_for(settings)
+    if not ex.forks():
+        return _check_item((settings, setup, picks))
+    walk = ex.walk(setup, picks, leaf=leaf)
+    if walk is None:
+        return None
+    if walk.crash_states > STATE_BUDGET:
+        return _check_item((settings, setup, picks))
+    found = sorted(ex.found(setup, walk))
+    plain_bad: set[tuple[str, int]] = set()
+    if found or walk.crash_states > PLAIN_UNCHECKED:
+        plain = ex.walk(setup, picks, reference=True, leaf=leaf)
+        assert plain is not None
+        if plain.crash_states > STATE_BUDGET:
+            return _check_item((settings, setup, picks))
+        if found:
+            plain_bad = ex.found(setup, plain, reference=True)
+    space = op_space()
+    return Outcome(setup, [space[i] for i in picks], [f for f in found if f not in plain_bad],
+                   [f for f in found if f in plain_bad], walk.crash_states)
+
+
+# The reference driver matters to a workload's outcome only when the driver found
+# something (plain decides what is inherent) or when plain might exceed STATE_BUDGET (its
+# check would be `unknown`). Plain makes one step per mutating system call of the same
+# client programs, which a driver makes one or more steps for: a workload whose driver
+# trace has at most this many crash states cannot take plain past the budget.
+PLAIN_UNCHECKED = STATE_BUDGET // 10
+
+
+# Every workload that extends a prefix by one op; the bool: the search goes no deeper.
+Unit = tuple[Settings, str, tuple[int, ...], bool]
+
+
+def check_unit(unit: Unit) -> tuple[list[Outcome | None], Stats]:
+    """The outcomes of the prefix's extensions by each op of the op space, in op order,
+    and what checking them took (op checks run and reused, crash states assessed)."""
+    settings, setup, prefix, last = unit
+    ex = explorer_for(settings)
+    before = ex.stats()
+    with _few_collections():
+        outcomes = [incremental_outcome(settings, setup, prefix + (o,), leaf=last)
+                    for o in range(len(op_space()))]
+    return outcomes, ex.stats() - before
+
+
+YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections in a unit
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """A unit allocates many short-lived trees while the process keeps large caches of
+    op checks: at the default threshold (700) the cyclic garbage collector takes about a
+    quarter of the time (benchmarks/explore_depth.py, measured 2026-12-01). Collections
+    still run, 300 times less often."""
+    old = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 @dataclass
 class Report:
     workloads: int = 0
@@ -172,6 +259,9 @@ class Report:
     files: dict[tuple[str, str], str] = field(default_factory=dict)
     pending: int = 0  # units a store does not hold yet (`--report` of an unfinished run)
     reused: int = 0  # units whose outcome came from a store (`--resume`)
+    # what the incremental search did (depends on how units met processes: not in the JSON)
+    work: Stats = field(default_factory=Stats)
+    from_scratch: str = ""  # why the workloads were checked from scratch, not incrementally
 
     def add(self, outcome: Outcome | None) -> None:
         if outcome is None:
@@ -208,94 +298,150 @@ def explore(
     items: list[tuple[str, tuple[int, ...]]] | None = None, store: ExploreStore | None = None,
     replay: bool = False, scheduler: str | None = None,
 ) -> Report:
-    """Check every workload of 1..depth ops (or just `items`). Lengths go in order, so a
-    workload whose shorter prefix already failed is skipped without being checked. With a
-    `store`, each outcome is stored as it comes and units already stored are not checked
-    again; with `replay` nothing is checked: the report is what the store holds. With a
-    `scheduler` (a Dask scheduler's address) the workloads are checked on its workers."""
+    """Check every workload of 1..depth ops (or just `items`). Lengths go in order, and
+    the workloads of length k are the extensions by one op of the workloads of length k-1
+    whose ops all succeeded (a unit of work per such prefix); the others are skipped
+    unchecked. With a `store`, each unit's outcomes are stored as it finishes and units
+    already stored are not checked again; with `replay` nothing is checked: the report is
+    what the store holds. With a `scheduler` (a Dask scheduler's address) the units are
+    checked on its workers."""
     started = time.monotonic()
     report = Report()
-    failing: set[tuple[str, tuple[int, ...]]] = set()
     stored = store.outcomes() if store is not None else {}
-
-    def record(item: tuple[Settings, str, tuple[int, ...]], outcome: Outcome | None,
-               fresh: bool = True) -> None:
-        if store is not None and fresh:
-            store.put(item[1], item[2], outcome.to_json() if outcome is not None else None)
-        if outcome is None:
-            failing.add((item[1], item[2]))
-        report.add(outcome)
-        done = report.workloads + report.skipped
-        if progress and done % 50 == 0:
-            rate = report.crash_states / max(time.monotonic() - started, 1e-9)
-            progress(f"explore: {report.workloads} workloads checked, {report.skipped} skipped, "
-                     f"{len(report.groups)} driver-induced groups, {rate:,.0f} crash states/s")
-
-    n = len(op_space())
-    for length in range(1, depth + 1):
-        if items is not None:
-            candidates = [it for it in items if len(it[1]) == length]
-        else:
-            candidates = [(setup, picks) for setup in SETUPS
-                          for picks in itertools.product(range(n), repeat=length)]
-        batch = []
-        for setup, picks in candidates:
-            if any((setup, picks[:k]) in failing for k in range(1, length)):
-                report.skipped += 1
-            else:
-                batch.append((settings, setup, picks))
-        _run(batch, jobs, record, stored, report, replay, scheduler)
+    say = _progress(report, started, progress)
+    if items is not None:
+        _explore_items(settings, items, jobs, store, stored, report, replay, scheduler, say)
+    else:
+        n = len(op_space())
+        report.from_scratch = explorer_for(settings).why_not()
+        live: list[tuple[str, tuple[int, ...]]] = [(setup, ()) for setup in SETUPS]
+        for length in range(1, depth + 1):
+            report.skipped += len(SETUPS) * n ** length - len(live) * n  # a prefix failed
+            units = [(settings, setup, prefix, length == depth) for setup, prefix in live]
+            live = []
+            for unit, outcomes, work in _units(units, jobs, store, stored, report, replay, scheduler):
+                report.work += work
+                for o, outcome in enumerate(outcomes):
+                    report.add(outcome)
+                    if outcome is not None:
+                        live.append((unit[1], unit[2] + (o,)))
+                say()
     report.seconds = time.monotonic() - started
     if progress:
         progress("")
     return report
 
 
-def _run(batch: list[tuple[Settings, str, tuple[int, ...]]], jobs: int,
-         record: Callable[..., None], stored: dict[tuple[str, str], Any], report: Report,
-         replay: bool, scheduler: str | None = None) -> None:
-    """Check the units of `batch` the store does not hold, and record every unit's
-    outcome in batch order (stored or fresh), so the report is the same either way."""
-    todo = [item for item in batch if (item[1], key_of(item[2])) not in stored]
+def _progress(report: Report, started: float, progress: Callable[[str], None] | None) -> Callable[[], None]:
+    last = [0]
+
+    def say() -> None:
+        done = report.workloads + report.skipped
+        if progress and done - last[0] >= 50:
+            last[0] = done
+            rate = report.crash_states / max(time.monotonic() - started, 1e-9)
+            progress(f"explore: {report.workloads} workloads checked, {report.skipped} skipped, "
+                     f"{len(report.groups)} driver-induced groups, {rate:,.0f} crash states/s")
+    return say
+
+
+def _units(
+    units: list[Unit], jobs: int, store: ExploreStore | None, stored: dict[tuple[str, str], Any],
+    report: Report, replay: bool, scheduler: str | None,
+) -> Iterator[tuple[Unit, list[Outcome | None], Stats]]:
+    """Every unit with its outcomes, in order: from the store when it holds them (a
+    unit's outcomes are stored in one transaction), checked otherwise."""
+    n = len(op_space())
+
+    def held(unit: Unit) -> bool:
+        return (unit[1], key_of(unit[2] + (0,))) in stored
+
+    todo = [u for u in units if not held(u)]
     if replay:
-        report.pending += len(todo)
+        report.pending += len(todo) * n
         todo = []
+    fresh = _checked(todo, jobs, scheduler, check_unit)
+    for unit in units:
+        keys = [(unit[1], key_of(unit[2] + (o,))) for o in range(n)]
+        if held(unit):
+            report.reused += n
+            docs = [stored.get(k) for k in keys]
+            yield unit, [Outcome.from_json(d) if d is not None else None for d in docs], Stats()
+            continue
+        got = next(fresh, MISSING)
+        if got is MISSING:
+            continue  # replay: not in the store
+        outcomes, work = got
+        if store is not None:
+            store.put_many([(k[0], k[1], o.to_json() if o is not None else None)
+                            for k, o in zip(keys, outcomes, strict=True)])
+        yield unit, outcomes, work
+
+
+def _explore_items(settings: Settings, items: list[tuple[str, tuple[int, ...]]], jobs: int,
+                   store: ExploreStore | None, stored: dict[tuple[str, str], Any], report: Report,
+                   replay: bool, scheduler: str | None, say: Callable[[], None]) -> None:
+    """A random sample: each workload is its own unit, checked from scratch (shorter
+    workloads first; one whose prefix failed is skipped)."""
+    failing: set[tuple[str, tuple[int, ...]]] = set()
+    for length in sorted({len(picks) for _, picks in items}):
+        batch: list[tuple[Settings, str, tuple[int, ...]]] = []
+        for setup, picks in items:
+            if len(picks) != length:
+                continue
+            if any((setup, picks[:k]) in failing for k in range(1, length)):
+                report.skipped += 1
+            else:
+                batch.append((settings, setup, picks))
+        todo = [item for item in batch if (item[1], key_of(item[2])) not in stored]
+        if replay:
+            report.pending += len(todo)
+            todo = []
+        fresh = _checked(todo, jobs, scheduler, _check_item)
+        for item in batch:
+            key = (item[1], key_of(item[2]))
+            if key in stored:
+                doc = stored[key]
+                report.reused += 1
+                outcome = Outcome.from_json(doc) if doc is not None else None
+            else:
+                got = next(fresh, MISSING)
+                if got is MISSING:
+                    continue
+                outcome = got
+                if store is not None:
+                    store.put_many([(key[0], key[1], outcome.to_json() if outcome is not None else None)])
+            if outcome is None:
+                failing.add((item[1], item[2]))
+            report.add(outcome)
+            say()
+
+
+def _checked(todo: list[Any], jobs: int, scheduler: str | None, fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """fn of every item of `todo`, in order: on a Dask cluster, local processes, or here."""
     if scheduler and todo:
-        _record_in_order(batch, on_cluster(scheduler, todo), record, stored, report)
+        yield from on_cluster(scheduler, todo, fn)
     elif jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
-            _record_in_order(batch, pool.imap(_check_item, todo, chunksize=16), record, stored, report)
+            yield from pool.imap(fn, todo, chunksize=1 if fn is check_unit else 16)
     else:
-        _record_in_order(batch, (_check_item(item) for item in todo), record, stored, report)
-
-
-def _record_in_order(batch: list[tuple[Settings, str, tuple[int, ...]]], fresh: Iterator[Outcome | None],
-                     record: Callable[..., None], stored: dict[tuple[str, str], Any], report: Report) -> None:
-    for item in batch:
-        key = (item[1], key_of(item[2]))
-        if key in stored:
-            doc = stored[key]
-            report.reused += 1
-            record(item, Outcome.from_json(doc) if doc is not None else None, fresh=False)
-        else:
-            outcome = next(fresh, MISSING)
-            if outcome is not MISSING:
-                record(item, outcome)
+        yield from (fn(item) for item in todo)
 
 
 CLUSTER_CHUNK = 64  # workloads per Dask task: small units, few round trips
 CONNECT_TIMEOUT = 10  # seconds to reach the scheduler
 
 
-def _check_chunk(chunk: list[tuple[Settings, str, tuple[int, ...]]]) -> list[Outcome | None]:
-    return [_check_item(item) for item in chunk]
+def _check_chunk(chunk: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    return [fn(item) for item in chunk]
 
 
-def on_cluster(scheduler: str, todo: list[tuple[Settings, str, tuple[int, ...]]]) -> Iterator[Outcome | None]:
-    """The outcomes of `todo`, in order, checked on the workers of the Dask scheduler at
-    `scheduler` (`tcp://HOST:PORT`) in picklable chunks. A worker that dies has its
-    chunks run again elsewhere (the scheduler's own rescheduling); results are taken in
-    submission order, so the report does not depend on which worker ran what."""
+def on_cluster(scheduler: str, todo: list[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """fn of every item of `todo`, in order, computed on the workers of the Dask
+    scheduler at `scheduler` (`tcp://HOST:PORT`) in picklable chunks (a prefix unit
+    counts for its op space's workloads). A worker that dies has its chunks run again
+    elsewhere (the scheduler's own rescheduling); results are taken in submission order,
+    so the report does not depend on which worker ran what."""
     try:
         from distributed import Client
     except ImportError as e:  # pragma: no cover - a dependency of the package
@@ -304,9 +450,10 @@ def on_cluster(scheduler: str, todo: list[tuple[Settings, str, tuple[int, ...]]]
         client = Client(scheduler, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as e:
         raise UsageError(f"explore: cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    size = max(1, CLUSTER_CHUNK // len(op_space())) if fn is check_unit else CLUSTER_CHUNK
     try:
-        chunks = [todo[i:i + CLUSTER_CHUNK] for i in range(0, len(todo), CLUSTER_CHUNK)]
-        futures = client.map(_check_chunk, chunks, pure=False, retries=3)
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        futures = client.map(_check_chunk, chunks, fn=fn, pure=False, retries=3)
         for future in futures:
             yield from future.result()
     finally:

@@ -66,10 +66,13 @@ class ExploreStore:
         rows = self.db.execute("SELECT setup, picks, outcome FROM outcomes").fetchall()
         return {(setup, picks): json.loads(text) for setup, picks, text in rows}
 
-    def put(self, setup: str, picks: tuple[int, ...], outcome: Any) -> None:
-        """Store one unit's outcome, committed before this returns."""
-        self.db.execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-                        (setup, key_of(picks), json.dumps(outcome)))  # op keys keep their order
+    def put_many(self, rows: list[tuple[str, str, Any]]) -> None:
+        """Store one unit's outcomes ((setup, picks key, outcome) per workload) in one
+        transaction, committed before this returns: all of them or none survive."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
+                                [(setup, picks, json.dumps(outcome)) for setup, picks, outcome in rows])
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
