@@ -37,7 +37,7 @@ def run(depth: int, jobs: int, options: list[str]) -> dict[str, object]:
         "crash_states": _number(r"(\d+) crash states,", text),
         "ops_run": _number(r"(\d+) op check\(s\) run", text),
         "ops_reused": _number(r"(\d+) reused \(the same op", text),
-        "assessed": _number(r"(\d+) crash state\(s\) assessed", text),
+        "assessed": _number(r"(\d+) of the crash states assessed", text),
         "groups": re.findall(r"^    (\S+ in \S+):", text, re.M),
     }
     return {"depth": depth, "jobs": jobs, "seconds": round(seconds, 1), "peak_mb": peak // 2**20, **figures}

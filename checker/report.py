@@ -22,7 +22,7 @@ from checker.spec import Spec
 from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
 from checker.workloads.explore import Settings
-from models import capabilities
+from models import REFERENCE_DRIVER, capabilities
 from models.capabilities import mount_can
 from models.driver import Driver
 
@@ -523,8 +523,9 @@ def explore_report(settings: Settings, found: ExploreReport, depth: int, sampled
     work = found.work
     if work.run or work.reused:
         lines.append(f"  incremental: {work.run} op check(s) run, {work.reused} reused (the same op from "
-                     f"the same state); {work.assessed} crash state(s) assessed, the others covered by "
-                     "those checks")
+                     "the same state);")
+        lines.append(f"    {work.assessed} of the crash states assessed, the others covered by those checks; "
+                     f"{work.reference} on {REFERENCE_DRIVER}")
     elif found.from_scratch and found.workloads:
         lines.append(f"  every workload checked from scratch: {found.from_scratch}")
     if found.reused:

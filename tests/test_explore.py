@@ -129,6 +129,44 @@ def test_a_store_survives_sigkill_and_resume_gives_the_same_json(tmp_path: Path)
     assert report.stdout == whole.stdout
 
 
+def test_an_exhaustive_search_killed_with_its_workers_resumes_to_the_same_json(tmp_path: Path):
+    """Depth 2 over 2 processes, units of a prefix and its extensions: SIGKILL of the
+    checker takes its worker processes with it, and `--resume` gives the JSON of an
+    uninterrupted run."""
+    import signal
+    import time
+
+    run = ["--depth", "2", "--option", "redirect_dir=off", "--json", "--jobs", "2"]
+    whole = cli("explore", *run)
+    assert whole.returncode == 0, whole.stderr
+    store = tmp_path / "explore.db"
+    proc = subprocess.Popen([sys.executable, "-m", "checker", "explore", *run, "--store", str(store)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _store_rows(store) < 2000 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert workers, "the search ran no worker processes"
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the checker"
+    assert 2000 <= _store_rows(store) < 46706  # killed in the middle (579 + 239 x 193 rows in all)
+    resumed = cli("explore", *run, "--store", str(store), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == whole.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        out.extend(int(c) for c in children)
+    return out
+
+
 def test_a_store_refuses_another_run(tmp_path: Path):
     store = tmp_path / "s.db"
     assert cli("explore", "--depth", "1", "--store", str(store), "--jobs", "1").returncode == 0

@@ -98,7 +98,7 @@ def test_a_unit_reuses_what_an_earlier_unit_checked():
     first, work = check_unit((settings, "lower", (mv,), False))
     again, repeat = check_unit((settings, "lower", (mv,), True))
     assert [_json(o) for o in first] == [_json(o) for o in again]
-    assert work.run > 0 and repeat == Stats(0, work.run + work.reused, 0)
+    assert work.run > 0 and repeat == Stats(0, work.run + work.reused, 0, 0)
 
 
 def test_other_persistence_models_check_from_scratch_and_say_why():

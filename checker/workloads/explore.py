@@ -461,9 +461,29 @@ def on_cluster(scheduler: str, todo: list[Any], fn: Callable[[Any], Any]) -> Ite
 
 
 def _worker_init() -> None:
-    # The parent handles SIGTERM and Ctrl-C; a worker is simply ended with the pool.
+    # The parent handles SIGTERM and Ctrl-C; a worker is simply ended with the pool, and
+    # dies with the parent when that is killed outright (SIGKILL leaves no pool to end it).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere
+    nothing)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def random_items(count: int, seed: int, max_ops: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -37,7 +37,7 @@ something: a violation is driver-induced when plain does not show it in that op.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -97,13 +97,20 @@ class Stats:
 
     run: int = 0
     reused: int = 0
-    assessed: int = 0
+    assessed: int = 0  # on the driver
+    reference: int = 0  # on the reference driver
 
     def __add__(self, other: Stats) -> Stats:
-        return Stats(self.run + other.run, self.reused + other.reused, self.assessed + other.assessed)
+        return Stats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def __sub__(self, other: Stats) -> Stats:
-        return Stats(self.run - other.run, self.reused - other.reused, self.assessed - other.assessed)
+        return Stats(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def count(self, states: int, reference: bool) -> None:
+        if reference:
+            self.reference += states
+        else:
+            self.assessed += states
 
 
 @dataclass
@@ -228,7 +235,7 @@ class Walker:
         violate but the last one (and the trace-level ones), then with the last one as
         a crash before the op returned, then as the workload's end (its sync returned)."""
         ctx = self._context(trace)
-        self.stats.assessed += len(trace.records) + (1 if first else 0)
+        self.stats.count(len(trace.records) + (1 if first else 0), self.keeps_failed)
         carried = 1 if trace.cache.get(CARRIED) else 0  # the syncs before the op, as one
         inner: set[str] = set()
         states = trace.states
@@ -256,7 +263,7 @@ class Walker:
             assert isinstance(trace, Trace)
             syncs = sum(r.op.kind in SYNC_OPS for r in trace.ops) + (1 if frontier.carried else 0)
             hit = frozenset(name for name, _ in self._context(trace).assess(trace.states[-1], 0, syncs))
-            self.stats.assessed += 1
+            self.stats.count(1, self.keeps_failed)
             _bounded(self.finals, key, hit, LEAF_CHECKS)
         return hit
 
