@@ -510,7 +510,8 @@ class OverlayMount(FileSystemMount):
         base = root.entries.get("work")
         if not isinstance(base, Dir):
             root = replace(root, ("work",), Dir())
-        if not (isinstance(base, Dir) and base.entries.get("work") is work):
+        left = base.entries.get("work") if isinstance(base, Dir) else None
+        if left is not work and (left is None or left.digest != work.digest):  # equal: nothing to clean
             root = remove_subtree(root, WORK, work)
         if self.index_on:
             return self._mount_index(root)

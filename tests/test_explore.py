@@ -98,20 +98,11 @@ def test_a_store_survives_sigkill_and_resume_gives_the_same_json(tmp_path: Path)
     """`--store` commits each outcome as it comes: SIGKILL of the checker loses at most
     the units in flight, and `--resume` ends with the bytes of an uninterrupted run,
     checking only what the store lacks; `--report` shows a partial store as pending."""
-    import signal
-    import time
-
     run = ["--random", "4000", "--max-ops", "4", "--seed", "7", "--json", "--jobs", "1"]
     whole = cli("explore", *run)
     assert whole.returncode == 0, whole.stderr
     store = tmp_path / "explore.db"
-    proc = subprocess.Popen([sys.executable, "-m", "checker", "explore", *run, "--store", str(store)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _store_rows(store) < 200 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    _kill_mid_run(run, store, 200)
     kept = _store_rows(store)
     assert 200 <= kept < 3000, kept  # killed in the middle, every committed unit still there
     partial = cli("explore", "--store", str(store), "--report")
@@ -133,21 +124,13 @@ def test_an_exhaustive_search_killed_with_its_workers_resumes_to_the_same_json(t
     """Depth 2 over 2 processes, units of a prefix and its extensions: SIGKILL of the
     checker takes its worker processes with it, and `--resume` gives the JSON of an
     uninterrupted run."""
-    import signal
     import time
 
     run = ["--depth", "2", "--option", "redirect_dir=off", "--json", "--jobs", "2"]
     whole = cli("explore", *run)
     assert whole.returncode == 0, whole.stderr
     store = tmp_path / "explore.db"
-    proc = subprocess.Popen([sys.executable, "-m", "checker", "explore", *run, "--store", str(store)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _store_rows(store) < 2000 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = _children(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    workers = _kill_mid_run(run, store, 2000)
     assert workers, "the search ran no worker processes"
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
@@ -157,6 +140,23 @@ def test_an_exhaustive_search_killed_with_its_workers_resumes_to_the_same_json(t
     resumed = cli("explore", *run, "--store", str(store), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout == whole.stdout
+
+
+def _kill_mid_run(run: list[str], store: Path, rows: int) -> list[int]:
+    """Start `explore RUN --store STORE`, SIGKILL it once the store holds `rows` rows;
+    the worker processes it had then."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "checker", "explore", *run, "--store", str(store)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _store_rows(store) < rows and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return workers
 
 
 def _children(pid: int) -> list[int]:
@@ -211,8 +211,8 @@ def test_explore_on_a_dask_cluster_gives_the_local_json_even_when_a_worker_dies(
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
-        depth1 = ["--depth", "1", "--option", "redirect_dir=off", "--json"]
-        assert cli("explore", *depth1, "--scheduler", address).stdout == cli("explore", *depth1).stdout
+        depth2 = ["--depth", "2", "--option", "redirect_dir=off", "--json"]  # 242 prefix units
+        assert cli("explore", *depth2, "--scheduler", address).stdout == cli("explore", *depth2).stdout
         sample = ["--random", "4000", "--max-ops", "4", "--seed", "3", "--json"]
         local = cli("explore", *sample, "--jobs", "1")
         run = subprocess.Popen([sys.executable, "-m", "checker", "explore", *sample, "--scheduler", address],

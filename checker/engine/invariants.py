@@ -148,7 +148,7 @@ class NoDualExistence(Invariant):
         def both(view: Dir) -> bool:
             return views.at(view, src) is not None and views.at(view, dst) is not None
 
-        if not both(ctx.view) or both(ctx.op.before) or both(ctx.op.after):
+        if not both(ctx.view) or self._around(ctx.op, both):
             return []
         return [
             Finding(
@@ -156,6 +156,14 @@ class NoDualExistence(Invariant):
                 (src, dst),
             )
         ]
+
+    @staticmethod
+    def _around(op: OpRecord, both: Callable[[Dir], bool]) -> bool:
+        """Do both names exist before or after the op (once per op, not per crash state)?"""
+        hit = op.cache.get("both-around")
+        if not isinstance(hit, bool):
+            hit = op.cache["both-around"] = both(op.before) or both(op.after)
+        return hit
 
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched

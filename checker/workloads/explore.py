@@ -174,7 +174,7 @@ def explorer_for(settings: Settings) -> Explorer:
     hit = _EXPLORERS.get(settings)
     if hit is None:
         _EXPLORERS.clear()
-        hit = _EXPLORERS[settings] = Explorer(settings)
+        hit = _EXPLORERS[settings] = Explorer(settings, op_space())
     return hit
 
 

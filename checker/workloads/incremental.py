@@ -37,6 +37,7 @@ something: a violation is driver-induced when plain does not show it in that op.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
@@ -135,12 +136,11 @@ class Walker:
     """One driver's walk over the workloads of one setup: the single-op specs of the op
     space, the first frontier, and the per-process caches of op checks and recoveries."""
 
-    def __init__(self, settings: Settings, setup: str, driver: str, keeps_failed: bool) -> None:
-        from checker.workloads.explore import op_space
-
+    def __init__(self, settings: Settings, space: Sequence[dict[str, Any]], setup: str, driver: str,
+                 keeps_failed: bool) -> None:
         self.keeps_failed = keeps_failed  # go on after an op that failed (the reference)
         self.specs: list[Spec] = [
-            parse_spec(settings.table(setup, [op], driver), "<explore>") for op in op_space()
+            parse_spec(settings.table(setup, [op], driver), "<explore>") for op in space
         ]
         self.driver = make_driver(self.specs[0])
         self.invariants: list[Invariant] = _union_invariants(self.specs)
@@ -304,15 +304,17 @@ class Explorer:
     """The walkers of one explore run's settings in this process: per setup, the driver
     (a workload stops at its first failed op) and the reference driver (it goes on)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, space: Sequence[dict[str, Any]]) -> None:
         self.settings = settings
+        self.space = space  # the op space: the ops a workload's picks index
         self.walkers: dict[tuple[str, bool], Walker] = {}
 
     def walker(self, setup: str, reference: bool) -> Walker:
         hit = self.walkers.get((setup, reference))
         if hit is None:
             driver = REFERENCE_DRIVER if reference else self.settings.driver
-            hit = self.walkers[(setup, reference)] = Walker(self.settings, setup, driver, reference)
+            hit = Walker(self.settings, self.space, setup, driver, reference)
+            self.walkers[(setup, reference)] = hit
         return hit
 
     def stats(self) -> Stats:
