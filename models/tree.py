@@ -17,10 +17,13 @@ import errno as _errno
 from collections.abc import Iterator, Mapping
 from hashlib import blake2b
 
+from immutables import Map
+
 from models.errors import CrashcheckError
 
 DIGEST_BYTES = 16  # 128 bits: collisions are negligible for the state counts we explore
 _MOD = 1 << (8 * DIGEST_BYTES)
+LARGE_DIR = 128  # entries from which a directory's changes share its entry table
 
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
@@ -299,7 +302,15 @@ class Dir(Node):
         return self.with_children({name: child})
 
     def with_children(self, changes: Mapping[str, Node | None]) -> Dir:
-        entries = self.entries.copy()
+        """This directory with the entries of `changes` set (None: removed). A large
+        directory keeps its entries in a persistent map (`immutables.Map`, a hash array
+        mapped trie): a change shares all but O(log n) of it with the directory it came
+        from, so a trace of many steps in a directory of many entries costs the steps,
+        not steps times entries (benchmarks/size_sweep.py)."""
+        source = self.entries
+        if isinstance(source, Map) or len(source) >= LARGE_DIR:
+            return self._with_changes_shared(source if isinstance(source, Map) else Map(source), changes)
+        entries = source.copy()
         esum = self.esum
         for name, child in changes.items():
             old = entries.get(name)
@@ -311,6 +322,25 @@ class Dir(Node):
             if child is not None:
                 esum += entry_hash(name, child)
                 entries[name] = child
+        return self._derived(entries, esum, changes)
+
+    def _with_changes_shared(self, source: Map[str, Node], changes: Mapping[str, Node | None]) -> Dir:
+        esum = self.esum
+        with source.mutate() as entries:
+            for name, child in changes.items():
+                old = entries.get(name)
+                if old is child:
+                    continue
+                if old is not None:
+                    esum -= entry_hash(name, old)
+                    del entries[name]
+                if child is not None:
+                    esum += entry_hash(name, child)
+                    entries[name] = child
+            shared = entries.finish()
+        return self._derived(shared, esum, changes)
+
+    def _derived(self, entries: Mapping[str, Node], esum: int, changes: Mapping[str, Node | None]) -> Dir:
         d = Dir.__new__(Dir)
         Dir.__init__(
             d,
@@ -323,7 +353,7 @@ class Dir(Node):
             _base=self,
             _changed=tuple(changes),
         )
-        d.entries = entries
+        d.entries = entries  # type: ignore[assignment]
         return d
 
     def with_mode(self, mode: int) -> Dir:
