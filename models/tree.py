@@ -14,7 +14,7 @@ on Python's per-process `hash()`, so fingerprints are stable across runs and mac
 from __future__ import annotations
 
 import errno as _errno
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from hashlib import blake2b
 
 from immutables import Map
@@ -247,6 +247,21 @@ class ErrorEntry(Node):
         return f"ErrorEntry({_errno.errorcode.get(self.errno, self.errno)})"
 
 
+def _change(entries: MutableMapping[str, Node], esum: int, changes: Mapping[str, Node | None]) -> int:
+    """Apply `changes` to a directory's entry table; its new entry-hash sum."""
+    for name, child in changes.items():
+        old = entries.get(name)
+        if old is child:
+            continue
+        if old is not None:
+            esum -= entry_hash(name, old)
+            del entries[name]
+        if child is not None:
+            esum += entry_hash(name, child)
+            entries[name] = child
+    return esum
+
+
 class Dir(Node):
     """A directory. `base`/`changed` record which entries differ from the directory
     this one was derived from, so a view can be updated instead of recomputed."""
@@ -311,32 +326,12 @@ class Dir(Node):
         if isinstance(source, Map) or len(source) >= LARGE_DIR:
             return self._with_changes_shared(source if isinstance(source, Map) else Map(source), changes)
         entries = source.copy()
-        esum = self.esum
-        for name, child in changes.items():
-            old = entries.get(name)
-            if old is child:
-                continue
-            if old is not None:
-                esum -= entry_hash(name, old)
-                del entries[name]
-            if child is not None:
-                esum += entry_hash(name, child)
-                entries[name] = child
+        esum = _change(entries, self.esum, changes)
         return self._derived(entries, esum, changes)
 
     def _with_changes_shared(self, source: Map[str, Node], changes: Mapping[str, Node | None]) -> Dir:
-        esum = self.esum
         with source.mutate() as entries:
-            for name, child in changes.items():
-                old = entries.get(name)
-                if old is child:
-                    continue
-                if old is not None:
-                    esum -= entry_hash(name, old)
-                    del entries[name]
-                if child is not None:
-                    esum += entry_hash(name, child)
-                    entries[name] = child
+            esum = _change(entries, self.esum, changes)
             shared = entries.finish()
         return self._derived(shared, esum, changes)
 
