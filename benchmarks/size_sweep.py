@@ -1,13 +1,16 @@
 """Benchmark: how the cost per crash state grows with the work (issue 14, item 6).
 
-    python benchmarks/size_sweep.py [--sizes 200,400,800,1600,3200] [--plot FILE.svg]
+    python benchmarks/size_sweep.py [--sizes 200,400,800,1600,3200] [--case mv|writes]
+                                    [--plot FILE.svg]
 
-For each N, in a fresh process (so peak memory is that run's own): `mv` of a lower
-directory of N files under redirect_dir=off (benchmarks/mv_lower_dir.py's case), prefix
-persistence, one core. Prints steps, crash states, unique states, the check phase's
-crash states per second, peak resident memory, and memory per step and per crash state;
-then how the rate at the largest N compares with the smallest (the target: within 25%).
-With --plot, a figure of crash states per second and peak memory against N.
+For each N, in a fresh process (so peak memory is that run's own), prefix persistence,
+one core: `--case mv` (the default), `mv` of a lower directory of N files under
+redirect_dir=off (benchmarks/mv_lower_dir.py's case, one op of many steps); `--case
+writes`, a trace of N small ops (a write to each of N lower files, each copied up).
+Prints steps, crash states, unique states, the check phase's crash states per second,
+peak resident memory, and memory per step and per crash state; then how the rate at the
+largest N compares with the smallest (the target: within 25%). With --plot, a figure of
+crash states per second and peak memory against N.
 """
 
 from __future__ import annotations
@@ -24,12 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def measure(files: int) -> dict[str, float]:
+def writes_spec(files: int):  # type: ignore[no-untyped-def]
+    from checker.spec import parse_spec
+
+    return parse_spec({
+        "name": f"a write to each of {files} lower files", "driver": "overlayfs",
+        "options": {"redirect_dir": False},
+        "layers": [{f"DirA/f{i:04d}": f"content {i}" for i in range(files)}],
+        "ops": [{"op": "write", "path": f"DirA/f{i:04d}", "data": "new"} for i in range(files)],
+    }, f"<benchmark {files} writes>")
+
+
+def measure(files: int, case: str = "mv") -> dict[str, float]:
     """One size, in this process: the build and the check phase, and peak memory."""
     from benchmarks.mv_lower_dir import spec_for
     from checker.engine.explorer import Context, explore
 
-    spec = spec_for(files)
+    spec = spec_for(files) if case == "mv" else writes_spec(files)
     started = time.perf_counter()
     ctx = Context.build(spec, "prefix")
     built = time.perf_counter()
@@ -47,16 +61,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200,400,800,1600,3200")
     parser.add_argument("--plot", metavar="FILE", help="write a figure (svg, pdf or png)")
+    parser.add_argument("--case", choices=("mv", "writes"), default="mv")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child's size
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.case)))
         return 0
     rows = []
     print(f"{'files':>6} {'steps':>7} {'crash states':>13} {'unique':>8} {'check s':>8} {'states/s':>9} "
           f"{'peak MB':>8} {'KB/step':>8} {'KB/state':>9}")
     for n in (int(x) for x in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--case", args.case],
+                             capture_output=True, text=True,
                              check=True, cwd=ROOT)
         row = json.loads(out.stdout)
         rows.append(row)

@@ -849,7 +849,9 @@ LINKED_MEMO = 100_000  # subtrees remembered before the memo starts over
 def has_hard_links(node: Node) -> bool:
     """Does the subtree hold a file with more than one link? Memoized by digest (a
     file's digest covers its link count), so a directory derived from one already seen
-    costs only its changed entries."""
+    costs only its changed entries: when the directory it was derived from (`Dir.base`)
+    has no hard link, only the entries that changed can bring one (a directory of
+    thousands of whiteouts taken apart entry by entry costs one entry per state)."""
     if isinstance(node, File):
         return node.nlink > 1
     if not isinstance(node, Dir):
@@ -858,7 +860,13 @@ def has_hard_links(node: Node) -> bool:
     if hit is None:
         if len(_LINKED) > LINKED_MEMO:
             _LINKED.clear()
-        hit = _LINKED[node.digest] = any(has_hard_links(c) for c in node.entries.values())
+        base = node.base
+        if base is not None and _LINKED.get(base.digest) is False:
+            changed = (node.entries.get(name) for name in node.changed)
+            hit = any(has_hard_links(c) for c in changed if c is not None)
+        else:
+            hit = any(has_hard_links(c) for c in node.entries.values())
+        _LINKED[node.digest] = hit
     return hit
 
 

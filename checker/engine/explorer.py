@@ -308,9 +308,28 @@ def _long_lived(trace: Any) -> Iterator[None]:
         return
     gc.freeze()
     try:
-        yield
+        with few_collections():
+            yield
     finally:
         gc.unfreeze()
+
+
+YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections
+
+
+@contextmanager
+def few_collections() -> Iterator[None]:
+    """Collections 300 times less often than the default threshold (700 allocations):
+    a check allocates many short-lived trees while long-lived ones (kept violations, the
+    bounded memos) pile up, and each collection scans those again. Measured 2026-12-01:
+    a quarter of an explore unit's time (benchmarks/explore_depth.py), a third of the check
+    phase at 3,200 files (benchmarks/size_sweep.py)."""
+    old = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _explore(ctx: Context, only: CrashState | None, budget: Budget, progress: Callable[[str], None] | None,

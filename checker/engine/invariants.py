@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from immutables import Map
 
 from checker.engine import views
 from models import drivers
@@ -172,9 +174,10 @@ MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched
 @dataclass
 class KeptGroup:
     """Files an op keeps, grouped by (old directory, new directory). Which of them a crash
-    view still holds is computed per directory node and updated along the chain of
-    directories each view directory was derived from, so a crash state costs the number
-    of entries that changed, not the number of files."""
+    view has lost (whole at neither name) is updated from the last crash state's answer
+    along the chains of directories each view directory was derived from (`Dir.base`),
+    in a persistent map, so a crash state costs the entries that changed, not the number
+    of files."""
 
     old_dir: tuple[str, ...]
     new_dir: tuple[str, ...]
@@ -182,47 +185,56 @@ class KeptGroup:
     whole: tuple[frozenset[bytes], ...]  # acceptable contents per file
     old_index: dict[str, int]
     new_index: dict[str, int]
-    present_old: dict[bytes, frozenset[int]]  # dir digest -> files whole at the old name
-    present_new: dict[bytes, frozenset[int]]
+    last: tuple[Dir, Dir, Map[int, bool]] | None = None  # the pair asked last, and its answer
 
-    def present(self, node: object, role: str) -> frozenset[int]:
-        """Indices of the group's files that `node` (a view dir, or not) holds whole."""
-        if not isinstance(node, Dir):
-            return frozenset()
-        cache = self.present_old if role == "old" else self.present_new
-        hit = cache.get(node.digest)
-        if hit is not None:
-            return hit
-        index = self.old_index if role == "old" else self.new_index
-        changed: set[str] = set()
-        base: Dir | None = node
-        found: frozenset[int] | None = None
-        for _ in range(MAX_DELTA_HOPS):
-            assert base is not None
-            changed.update(base.changed)
-            base = base.base
-            if base is None:
-                break
-            found = cache.get(base.digest)
-            if found is not None:
-                break
-        if found is None:
-            names = index.keys()
-            result: set[int] = set()
-        else:
-            names = changed
-            result = set(found)
-        for name in names:
-            i = index.get(name)
-            if i is None:
-                continue
-            child = node.entries.get(name)
-            if isinstance(child, File) and child.content in self.whole[i]:
-                result.add(i)
-            else:
-                result.discard(i)
-        frozen = cache[node.digest] = frozenset(result)
-        return frozen
+    def missing(self, old: object, new: object) -> Map[int, bool]:
+        """Indices of the group's files that neither `old` nor `new` (view dirs, or not)
+        holds whole."""
+        if not (isinstance(old, Dir) and isinstance(new, Dir)):
+            return self._missing(old, new, range(len(self.names)), Map())
+        last = self.last
+        if last is not None:
+            old_changed = _changed_since(old, last[0])
+            new_changed = _changed_since(new, last[1])
+            if old_changed is not None and new_changed is not None:
+                touched = {self.old_index[n] for n in old_changed if n in self.old_index}
+                touched.update(self.new_index[n] for n in new_changed if n in self.new_index)
+                found = self._missing(old, new, touched, last[2])
+                self.last = (old, new, found)
+                return found
+        found = self._missing(old, new, range(len(self.names)), Map())
+        self.last = (old, new, found)
+        return found
+
+    def _missing(
+        self, old: object, new: object, indices: Iterable[int], start: Map[int, bool],
+    ) -> Map[int, bool]:
+        with start.mutate() as out:
+            for i in indices:
+                if self._holds(old, self.names[i][0], i) or self._holds(new, self.names[i][1], i):
+                    out.pop(i, None)
+                else:
+                    out[i] = True
+            return out.finish()
+
+    def _holds(self, node: object, name: str, i: int) -> bool:
+        child = node.entries.get(name) if isinstance(node, Dir) else None
+        return isinstance(child, File) and child.content in self.whole[i]
+
+
+def _changed_since(node: Dir, ancestor: Dir) -> set[str] | None:
+    """The entry names that differ between `node` and `ancestor` when `node` was derived
+    from it (within MAX_DELTA_HOPS), else None."""
+    changed: set[str] = set()
+    base: Dir | None = node
+    for _ in range(MAX_DELTA_HOPS):
+        if base is None:
+            return None
+        if base is ancestor or base.digest == ancestor.digest:
+            return changed
+        changed.update(base.changed)
+        base = base.base
+    return None
 
 
 def kept_files(op: OpRecord) -> list[tuple[str, str, File, File]]:
@@ -260,7 +272,6 @@ def kept_groups(op: OpRecord) -> list[KeptGroup]:
             tuple(w for _, _, w in files),
             {o: i for i, (o, _, _) in enumerate(files)},
             {n: i for i, (_, n, _) in enumerate(files)},
-            {}, {},
         )
         for (old_dir, new_dir), files in grouped.items()
     ]
@@ -277,15 +288,11 @@ class NoLoss(Invariant):
             return []
         lost = []
         for g in kept_groups(ctx.op):
-            held = g.present(lookup(ctx.view, g.old_dir), "old") | g.present(
-                lookup(ctx.view, g.new_dir), "new"
-            )
-            if len(held) == len(g.names):
-                continue
-            for i, (old, new) in enumerate(g.names):
-                if i not in held:
-                    o, n = join(g.old_dir + (old,)), join(g.new_dir + (new,))
-                    lost.append(o if o == n else f"{o} -> {n}")
+            missing = g.missing(lookup(ctx.view, g.old_dir), lookup(ctx.view, g.new_dir))
+            for i in sorted(missing):
+                old, new = g.names[i]
+                o, n = join(g.old_dir + (old,)), join(g.new_dir + (new,))
+                lost.append(o if o == n else f"{o} -> {n}")
         if not lost:
             return []
         return [

@@ -17,7 +17,6 @@ workload of up to N ops over a small fixed name space, check each on the driver 
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import multiprocessing
@@ -27,7 +26,6 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 
 from checker.engine.budget import Budget
 from checker.engine.check import check
+from checker.engine.explorer import few_collections
 from checker.errors import UsageError
 from checker.spec import parse_spec
 from checker.workloads.incremental import Explorer, Stats
@@ -224,27 +223,12 @@ def check_unit(unit: Unit) -> tuple[list[Outcome | None], Stats]:
     settings, setup, prefix, last = unit
     ex = explorer_for(settings)
     before = ex.stats()
-    with _few_collections():
+    with few_collections():
         outcomes = [incremental_outcome(settings, setup, prefix + (o,), leaf=last)
                     for o in range(len(op_space()))]
     return outcomes, ex.stats() - before
 
 
-YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections in a unit
-
-
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """A unit allocates many short-lived trees while the process keeps large caches of
-    op checks: at the default threshold (700) the cyclic garbage collector takes about a
-    quarter of the time (benchmarks/explore_depth.py, measured 2026-12-01). Collections
-    still run, 300 times less often."""
-    old = gc.get_threshold()
-    gc.set_threshold(YOUNG_OBJECTS, 10, 10)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
 
 
 @dataclass
