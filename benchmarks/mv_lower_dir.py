@@ -13,6 +13,7 @@ per second for checking and end to end. --profile adds where a crash state's tim
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ def main() -> None:
     print(f"build trace:        {build * 1000:.0f} ms (best of {args.repeat})")
     print(f"check crash states: {check_s * 1000:.0f} ms -> {n / check_s:,.0f} crash states/s")
     print(f"end to end:         {total * 1000:.0f} ms -> {n / total:,.0f} crash states/s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak memory:        {peak / 2**20:.0f} MB -> {peak / found.unique_states:,.0f} bytes per unique "
+          "state (the process, interpreter included)")
     if args.profile:
         profile(ctx, args.repeat)
 
