@@ -213,7 +213,8 @@ def _is_zombie(pid: int) -> bool:
     return text[text.rindex(")") + 2 :].startswith("Z")
 
 
-UMOUNT_RETRIES = 20  # a confined child that has just exited may hold the mount a moment
+UMOUNT_RETRIES = 100  # a confined child that has just exited may hold the mount a moment (5 s: on a
+# loaded machine 1 s was not always enough, and a lazy unmount moves the final sync)
 UMOUNT_RETRY_WAIT = 0.05  # seconds
 
 
