@@ -140,6 +140,9 @@ class AufsMount(FileSystemMount):
 
     LIFETIME = ()  # nothing but the counters lives only in memory
 
+    def forget_memos(self) -> None:
+        self._memo = {}
+
     # -- layout and view ---------------------------------------------------------------
 
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:

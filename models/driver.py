@@ -196,9 +196,10 @@ class Mount:
 
     def fork(self) -> Mount | None:
         """A twin of this mount that runs on independently (incremental exploration
-        extends one workload prefix by many ops): shared trees and content-keyed memos,
-        its own copy of the in-memory state. None when the driver does not declare that
-        state (`LIFETIME`)."""
+        extends one workload prefix by many ops): shared trees, its own copy of the
+        in-memory state, and empty memos (`forget_memos`: a memo keyed by digests may
+        hold nodes of another tree with that digest, whose inode numbers differ). None
+        when the driver does not declare that state (`LIFETIME`)."""
         if self.LIFETIME is None:
             return None
         twin = copy.copy(self)
@@ -207,7 +208,11 @@ class Mount:
             value = getattr(self, name)
             if isinstance(value, (dict, set, list)):
                 setattr(twin, name, copy.copy(value))
+        twin.forget_memos()
         return twin
+
+    def forget_memos(self) -> None:
+        """Start this mount's content-keyed memos afresh (a fork's own)."""
 
     def lifetime_key(self) -> str:
         """The in-memory state an op's behaviour may depend on, as text: two mounts of one

@@ -215,6 +215,11 @@ class OverlayMount(FileSystemMount):
     LIFETIME = ("_whiteout_source", "_fresh_index", "_mounted", "_layer_roots", "_linked_paths")
     FORK_COPIES = ("_origins",)
 
+    def forget_memos(self) -> None:
+        self._resolved = {}
+        self._rotated_unions = {}
+        self._union = self._union.fresh()
+
     def build(self, layers: list[Dir], upper: Dir | None, ops: Sequence[Any] = ()) -> Dir:
         if self.options.get("userxattr"):
             layers = [in_namespace(layer, USER) for layer in layers]  # type: ignore[misc]

@@ -18,6 +18,7 @@ changed entries, so views of successive crash states cost little.
 
 from __future__ import annotations
 
+import copy
 import errno
 from dataclasses import dataclass
 
@@ -185,6 +186,13 @@ class Union:
         self.follow_redirects = follow_redirects
         self._memo: dict[tuple[tuple[int, bytes], ...], Node] = {}
         self._leaf: dict[tuple[bytes, int], Node] = {}
+
+    def fresh(self) -> Union:
+        """This union with empty merge memos."""
+        twin = copy.copy(self)
+        twin._memo = {}
+        twin._leaf = {}
+        return twin
 
     def root(self, upper: Dir | None, upper_path: Parts = ("upper",)) -> Entry:
         stack = () if upper is None else (Frame(0, upper, upper_path),)

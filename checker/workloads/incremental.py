@@ -51,7 +51,7 @@ from models import REFERENCE_DRIVER
 from models.clients import SYNC_OPS
 from models.driver import Mount
 from models.steps import StepLog
-from models.tree import Dir
+from models.tree import Dir, File, walk
 
 if TYPE_CHECKING:
     from checker.spec import Op, Spec
@@ -82,7 +82,11 @@ class Frontier:
 
     @cached_property
     def key(self) -> bytes:
-        text = repr((self.root.digest, self.mount.lifetime_key(), sorted(self.carried)))
+        """The frontier's state: the tree's digest, the inode numbers of its files (which
+        names are one file is not in the digest, and `mv` of two links of one file fails),
+        the mount's in-memory state, the durability obligations."""
+        inodes = [(parts, node.ino) for parts, node in walk(self.root) if isinstance(node, File) and node.ino]
+        text = repr((self.root.digest, inodes, self.mount.lifetime_key(), sorted(self.carried)))
         return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
     @cached_property
