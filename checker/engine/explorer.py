@@ -82,8 +82,9 @@ CACHE_ENTRIES = 4_096  # recoveries, views and findings remembered before a cach
 MAX_KEPT = 10_000  # violations kept per (op, invariant); the rest are counted, not stored
 
 
-def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= CACHE_ENTRIES:
+def bounded_put(cache: dict[Any, Any], key: Any, value: Any, size: int = CACHE_ENTRIES) -> None:
+    """Remember `value`; a cache of `size` entries starts over first."""
+    if len(cache) >= size:
         cache.clear()  # depth-first order keeps neighbours close: a fresh cache refills fast
     cache[key] = value
 
@@ -140,7 +141,7 @@ class Context:
         hit = self.recover_memo.get(root.digest)
         if hit is None:
             hit = self.trace.mount.recover(root)
-            _bounded_put(self.recover_memo, root.digest, hit)
+            bounded_put(self.recover_memo, root.digest, hit)
         return hit
 
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
@@ -152,7 +153,7 @@ class Context:
             after = rec.root if rec.root is not None else rec.fallback
             view = self.trace.mount.view(after) if after is not None else None
             hit = (rec, view)
-            _bounded_put(self.recoveries, root.digest, hit)
+            bounded_put(self.recoveries, root.digest, hit)
         return hit
 
     def returned_syncs(self, crash: CrashState) -> int:
@@ -183,7 +184,7 @@ class Context:
             after_crash=self.after_crash,
         )
         out = [(inv.name, f) for inv in self.invariants if inv.crash_level for f in inv.check(ctx)]
-        _bounded_put(self.findings, key, out)
+        bounded_put(self.findings, key, out)
         return out
 
     def materialize(self, crash: CrashState) -> Dir:

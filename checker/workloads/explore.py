@@ -229,8 +229,6 @@ def check_unit(unit: Unit) -> tuple[list[Outcome | None], Stats]:
     return outcomes, ex.stats() - before
 
 
-
-
 @dataclass
 class Report:
     workloads: int = 0
@@ -349,17 +347,24 @@ def _units(
         keys = [(unit[1], key_of(unit[2] + (o,))) for o in range(n)]
         if held(unit):
             report.reused += n
-            docs = [stored.get(k) for k in keys]
-            yield unit, [Outcome.from_json(d) if d is not None else None for d in docs], Stats()
+            yield unit, [_outcome(stored.get(k)) for k in keys], Stats()
             continue
         got = next(fresh, MISSING)
         if got is MISSING:
             continue  # replay: not in the store
         outcomes, work = got
         if store is not None:
-            store.put_many([(k[0], k[1], o.to_json() if o is not None else None)
-                            for k, o in zip(keys, outcomes, strict=True)])
+            store.put_many([(k[0], k[1], _doc(o)) for k, o in zip(keys, outcomes, strict=True)])
         yield unit, outcomes, work
+
+
+def _doc(outcome: Outcome | None) -> dict[str, Any] | None:
+    """A workload's outcome as the store keeps it (None: an op failed)."""
+    return outcome.to_json() if outcome is not None else None
+
+
+def _outcome(doc: dict[str, Any] | None) -> Outcome | None:
+    return Outcome.from_json(doc) if doc is not None else None
 
 
 def _explore_items(settings: Settings, items: list[tuple[str, tuple[int, ...]]], jobs: int,
@@ -387,14 +392,14 @@ def _explore_items(settings: Settings, items: list[tuple[str, tuple[int, ...]]],
             if key in stored:
                 doc = stored[key]
                 report.reused += 1
-                outcome = Outcome.from_json(doc) if doc is not None else None
+                outcome = _outcome(doc)
             else:
                 got = next(fresh, MISSING)
                 if got is MISSING:
                     continue
                 outcome = got
                 if store is not None:
-                    store.put_many([(key[0], key[1], outcome.to_json() if outcome is not None else None)])
+                    store.put_many([(key[0], key[1], _doc(outcome))])
             if outcome is None:
                 failing.add((item[1], item[2]))
             report.add(outcome)

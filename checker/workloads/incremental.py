@@ -42,7 +42,7 @@ from dataclasses import astuple, dataclass, field, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
 
-from checker.engine.explorer import CACHE_ENTRIES, Context
+from checker.engine.explorer import Context, bounded_put
 from checker.engine.invariants import CARRIED, INVARIANTS, Invariant, durable_index
 from checker.engine.persistence import MODELS, Constraints
 from checker.engine.trace import OpRecord, Recorder, Trace, make_driver, perform_op
@@ -63,12 +63,6 @@ Obligations = frozenset[tuple[str, bytes]]  # (path, digest) a returned sync mad
 # search's workloads: findings only).
 OP_CHECKS = 60_000
 LEAF_CHECKS = 300_000
-
-
-def _bounded(cache: dict[Any, Any], key: Any, value: Any, size: int) -> None:
-    if len(cache) >= size:
-        cache.clear()
-    cache[key] = value
 
 
 @dataclass(frozen=True)
@@ -148,7 +142,6 @@ class Walker:
         ]
         self.driver = make_driver(self.specs[0])
         self.invariants: list[Invariant] = _union_invariants(self.specs)
-        self.forks = self.driver.mount([], None).LIFETIME is not None if self.specs else False
         self.checks: dict[tuple[bytes, int, bool], OpCheck] = {}  # with the frontier after
         self.leaves: dict[tuple[bytes, int, bool], OpCheck] = {}  # the last op of workloads
         self.finals: dict[tuple[bytes, tuple[int, ...]], frozenset[str]] = {}
@@ -158,6 +151,7 @@ class Walker:
         spec = self.specs[0]
         mount = self.driver.mount(list(spec.layers), spec.upper, ())
         self.start = Frontier(mount, mount.initial, frozenset())
+        self.forks = mount.LIFETIME is not None
 
     def op(self, o: int) -> Op:
         return self.specs[o].ops[0]
@@ -173,13 +167,12 @@ class Walker:
             self.stats.reused += 1
             return hit
         self.stats.run += 1
-        if leaf:
-            check = self._check(frontier, o, first)
-            check.after = None
-            _bounded(self.leaves, key, check, LEAF_CHECKS)
-            return check
         check = self._check(frontier, o, first)
-        _bounded(self.checks, key, check, OP_CHECKS)
+        if leaf:
+            check.after = None
+            bounded_put(self.leaves, key, check, LEAF_CHECKS)
+        else:
+            bounded_put(self.checks, key, check, OP_CHECKS)
         return check
 
     def _check(self, frontier: Frontier, o: int, first: bool) -> OpCheck:
@@ -227,10 +220,7 @@ class Walker:
         return check
 
     def _context(self, trace: Trace) -> Context:
-        if len(self.recoveries) >= CACHE_ENTRIES:
-            self.recoveries.clear()
-        if len(self.recover_memo) >= CACHE_ENTRIES:
-            self.recover_memo.clear()
+        """A context for a single-op trace, sharing this walker's bounded recovery memos."""
         return Context(trace.spec, MODELS["prefix"], trace, self.invariants, _no_constraints(),
                        recoveries=self.recoveries, recover_memo=self.recover_memo)
 
@@ -268,7 +258,7 @@ class Walker:
             syncs = sum(r.op.kind in SYNC_OPS for r in trace.ops) + (1 if frontier.carried else 0)
             hit = frozenset(name for name, _ in self._context(trace).assess(trace.states[-1], 0, syncs))
             self.stats.count(1, self.keeps_failed)
-            _bounded(self.finals, key, hit, LEAF_CHECKS)
+            bounded_put(self.finals, key, hit, LEAF_CHECKS)
         return hit
 
 
