@@ -33,6 +33,8 @@ from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
 from checker.real.dockerd import dockerd_version
 from checker.real.dockerd import unavailable_reason as dockerd_unavailable
 from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
+from checker.real.engine import EngineUnavailable, conform_engine
+from checker.real.podman import PodmanSession
 from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.symbolic.repair import suggest_fix
@@ -360,6 +362,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 DOCKERD = "dockerd"
+#: engines checked through `checker.real.engine`: the spec driver each runs, and its session
+ENGINE_SESSIONS = {PodmanSession.driver: PodmanSession}
 
 
 def cmd_real(args: argparse.Namespace) -> int:
@@ -549,11 +553,43 @@ def conform_on_dockerd(spec: Spec, args: argparse.Namespace) -> int:
     return 0 if all(o.conforms for o in ops) else 1
 
 
+def conform_on_engine(spec: Spec, args: argparse.Namespace) -> int:
+    """`conform` of a containers-storage or containerd spec: the workload on podman or
+    containerd, in a private root."""
+    session = ENGINE_SESSIONS[spec.driver]
+    reason = session.unavailable()
+    if reason is not None:
+        raise UsageError(f"conform {spec.file}: {session.implementation} cannot run here: {reason}")
+    try:
+        ops = conform_engine(spec, session, report.progress_printer())
+    except EngineUnavailable as e:
+        raise UsageError(f"conform {spec.file}: {e}") from None
+    version = session.version()
+    other = any(k in spec.options and spec.options[k] != _default_option(spec, k)
+                for k in session.VERSION_OPTIONS)
+    if args.json:
+        doc = {"file": spec.file, "implementation": session.implementation, "version": version,
+               "ops": [o.to_json() for o in ops]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print(report.daemon_conformance_report(spec, ops, version, args.verbose, session.implementation,
+                                               other))
+    return 0 if all(o.conforms for o in ops) else 1
+
+
+def _default_option(spec: Spec, key: str) -> object:
+    from models import driver_named
+
+    return driver_named(spec.driver).OPTIONS[key].default
+
+
 def cmd_conform(args: argparse.Namespace) -> int:
     [path] = spec_files([args.spec])
     spec = load_spec(path)
     if runs_on_dockerd(spec):
         return conform_on_dockerd(spec, args)
+    if spec.driver in ENGINE_SESSIONS:
+        return conform_on_engine(spec, args)
     ops = conform(spec)
     if args.json:
         doc = {"file": spec.file, "kernel": kernel.kernel_release(),

@@ -329,14 +329,17 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
 
 
 def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], version: str,
-                              verbose: bool = False) -> str:
-    """Per op: dockerd's durable steps the model makes in the same order, the result,
-    and whether the data root read back shows the model's view."""
-    lines = [f"{spec.file}: {spec.name} (dockerd {version})"]
-    if spec.options.get("moby", "20.10") != "20.10" or any(
-        spec.options.get(k) for k in ("sync_before_register",)
-    ) or spec.options.get("link_files", "moby") != "moby":
-        lines.append("  note: the spec models other write disciplines than this dockerd's (options); "
+                              verbose: bool = False, engine: str = "dockerd",
+                              other_version: bool | None = None) -> str:
+    """Per op: the engine's durable steps the model makes in the same order, the result,
+    and whether the store read back shows the model's view."""
+    lines = [f"{spec.file}: {spec.name} ({engine} {version})"]
+    if other_version is None:
+        other_version = spec.options.get("moby", "20.10") != "20.10" or any(
+            spec.options.get(k) for k in ("sync_before_register",)
+        ) or spec.options.get("link_files", "moby") != "moby"
+    if other_version:
+        lines.append(f"  note: the spec models other write disciplines than this {engine}'s (options); "
                      "differences in steps are expected")
     real_total = matched = 0
     for o in ops:
@@ -344,27 +347,27 @@ def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], versio
         if o.compared:
             real_total += len(o.observed_steps)
             matched += o.matched
-            counts = (f"{o.matched} of dockerd's {len(o.observed_steps)} durable steps in order, "
+            counts = (f"{o.matched} of {engine}'s {len(o.observed_steps)} durable steps in order, "
                       f"model {len(o.model_steps)}")
         else:
             counts = "result and view (the kernel's steps: see conform on overlayfs)"
         lines.append(f"  op {o.op} `{o.text}`: {verdict} ({counts})")
         if not o.same_result:
-            lines.append(f"    result: the model returns {o.model_result}, dockerd {o.real_result}")
+            lines.append(f"    result: the model returns {o.model_result}, {engine} {o.real_result}")
         if not o.view_matches:
-            lines.append("    view: the data root read back does not show the model's view")
+            lines.append("    view: the store read back does not show the model's view")
         for problem in o.store_problems:
             lines.append(f"    store: {problem}")
         if o.compared and (verbose or o.missing or o.unexpected):
             if verbose:
                 lines.append("    model:   " + ("; ".join(o.model_steps) or "(none)"))
-                lines.append("    dockerd: " + ("; ".join(o.observed_steps) or "(none)"))
+                lines.append(f"    {engine}: " + ("; ".join(o.observed_steps) or "(none)"))
             if o.missing or o.unexpected:
-                lines.append("    only dockerd:   " + ("; ".join(o.unexpected) or "(none)"))
+                lines.append(f"    only {engine}:   " + ("; ".join(o.unexpected) or "(none)"))
                 lines.append("    only the model: " + ("; ".join(o.missing) or "(none)"))
     good = sum(o.conforms for o in ops)
     share = f"{100 * matched / real_total:.1f}%" if real_total else "n/a"
-    lines.append(f"{good} of {len(ops)} ops conform; the model makes {matched} of dockerd's {real_total} "
+    lines.append(f"{good} of {len(ops)} ops conform; the model makes {matched} of {engine}'s {real_total} "
                  f"durable steps in order ({share})")
     return "\n".join(lines)
 

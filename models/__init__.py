@@ -17,6 +17,8 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 
 from models.aufs import Aufs
+from models.containerd import Containerd
+from models.containers_storage import ContainersStorage
 from models.devicemapper import DeviceMapper
 from models.docker_overlay2 import DockerOverlay2
 from models.driver import Driver
@@ -36,6 +38,8 @@ BUILTIN_DRIVERS: dict[str, type[Driver]] = {
     Squash.name: Squash,
     DockerOverlay2.name: DockerOverlay2,
     DeviceMapper.name: DeviceMapper,
+    ContainersStorage.name: ContainersStorage,
+    Containerd.name: Containerd,
 }
 
 

@@ -45,7 +45,7 @@ def view_scope(op: Any, default_image: str, default_container: str) -> tuple[str
         return (f"{IMAGES_VIEW}/{op.arg('image')}",)
     if op.kind == "tag":
         return (f"{IMAGES_VIEW}/{op.arg('tag')}",)
-    if op.kind in ("run", "rm-container", "start"):
+    if op.kind in ("run", "create-container", "rm-container", "start"):
         return (f"{CONTAINERS_VIEW}/{op.arg('container') or default_container}",)
     scopes = []
     for key in ("path", "src", "dst"):

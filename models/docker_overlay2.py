@@ -80,6 +80,9 @@ from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
 from models.docker_archive import archive_of
 from models.driver import Driver, Mount, Option, Recovery, handles
 from models.layers import build_steps, stored_bytes
+from models.overlay_layers import LayerHome
+from models.overlay_layers import names as _names
+from models.overlay_layers import read_text as _read
 from models.overlayfs import OverlayFS, OverlayMount
 from models.relocate import RelocatedLog
 from models.steps import (
@@ -92,11 +95,9 @@ from models.steps import (
     Rmdir,
     StepLog,
     Syncfs,
-    Truncate,
     Unlink,
     Write,
     remove_subtree,
-    replace_file,
 )
 from models.tree import (
     Dir,
@@ -106,7 +107,6 @@ from models.tree import (
     Node,
     Symlink,
     ensure_dirs,
-    join,
     lookup,
     replace,
     split,
@@ -154,9 +154,6 @@ INIT_LAYER = Dir({
 })
 
 
-def _read(root: Dir, path: str) -> str | None:
-    node = lookup(root, split(path))
-    return node.content.decode("utf-8", "replace").strip() if isinstance(node, File) else None
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -290,8 +287,10 @@ class RemoveImage(sc.Syscall):
     NAME: ClassVar[str] = "rmi"
 
 
-class DockerMount(Mount):
+class DockerMount(LayerHome, Mount):
     """/var/lib/docker of one run: the layer store, and each running container's mount."""
+
+    HOME = OVERLAY
 
     # -- layout --------------------------------------------------------------------------
 
@@ -367,7 +366,7 @@ class DockerMount(Mount):
             if not isinstance(diff, Dir):
                 return ErrorEntry(errno.ENOENT, f"layer sha256:{chain}: {OVERLAY}/{cache}/diff is missing")
             diffs.append(diff)
-        return self._merged(list(reversed(diffs)), None)
+        return self.merged(list(reversed(diffs)), None)
 
     def container_view(self, root: Dir, name: str) -> Node:
         cid = self.container_id(root, name)
@@ -379,7 +378,7 @@ class DockerMount(Mount):
         if isinstance(found, ErrorEntry):
             return found
         upper, lowers = found
-        return self._merged([lower for _, lower in lowers], upper)
+        return self.merged([lower for _, lower in lowers], upper)
 
     def container_layers(self, root: Dir, name: str) -> tuple[Dir, list[tuple[str, Dir]]] | ErrorEntry:
         """The container layer's diff and its lower diffs (path, node), top first, as
@@ -395,7 +394,7 @@ class DockerMount(Mount):
             return ErrorEntry(errno.EINVAL, f"{OVERLAY}/{mid}/lower is missing or empty: the mount fails")
         lowers = []
         for item in lower.split(":"):
-            path = self._resolve_link(root, item)
+            path = self.resolve_link(root, item)
             node = lookup(root, split(path)) if path else None
             if not isinstance(node, Dir):
                 reason = f"lowerdir {OVERLAY}/{item} does not resolve: the mount fails"
@@ -403,29 +402,7 @@ class DockerMount(Mount):
             lowers.append((path, node))
         return upper, lowers
 
-    def _resolve_link(self, root: Dir, item: str) -> str | None:
-        """`l/L3` -> `overlay2/<id>/diff` through the symlink, or None."""
-        link = lookup(root, split(f"{OVERLAY}/{item}"))
-        if not isinstance(link, Symlink):
-            return None
-        parts = split(f"{LINKS}/{link.target}")
-        out: list[str] = []
-        for p in parts:
-            if p == "..":
-                if out:
-                    out.pop()
-            elif p not in (".", ""):
-                out.append(p)
-        return join(tuple(out))
 
-    def _merged(self, lowers_top_first: list[Dir], upper: Dir | None) -> Dir:
-        key = tuple(d.digest for d in lowers_top_first)
-        union = self._unions.get(key)
-        if union is None:
-            union = self._unions[key] = Union([(d, (f"lower{i}",)) for i, d in enumerate(lowers_top_first)])
-        merged = union.view(union.root(upper if upper is not None else Dir()))
-        assert isinstance(merged, Dir)
-        return merged
 
     def _image_chains(self, root: Dir, image: str) -> list[str]:
         """The chain ids of image `image` (an image id), bottom first."""
@@ -685,13 +662,7 @@ class DockerMount(Mount):
         When `link` is empty, moby from PR #36161 (18.03) refuses to remove a link
         ("refusing to remove empty link"); before it, `RemoveAll(l/ + "")` removed every
         layer's link, the whole `l/` directory."""
-        link = _read(log.root, f"{OVERLAY}/{cache}/link")
-        if link and lookup(log.root, split(f"{LINKS}/{link}")) is not None:
-            log.do(RemoveTree(f"{LINKS}/{link}"))
-        elif not link and self.version < EMPTY_LINK_REFUSED and lookup(log.root, split(LINKS)) is not None:
-            log.do(RemoveTree(LINKS))
-        if lookup(log.root, split(f"{OVERLAY}/{cache}")) is not None:
-            log.do(RemoveTree(f"{OVERLAY}/{cache}"))
+        self.remove_layer_dir(log, cache, empty_link_removes_all=self.version < EMPTY_LINK_REFUSED)
 
     def run(self, log: StepLog, container: str, image: str) -> None:
         """`docker create` (`CreateRWLayer`, then the container's directory and configs)
@@ -751,7 +722,7 @@ class DockerMount(Mount):
         lower = _read(log.root, f"{OVERLAY}/{init}/lower") or ""
         lowers = []
         for item in lower.split(":"):
-            path = self._resolve_link(log.root, item)
+            path = self.resolve_link(log.root, item)
             node = lookup(log.root, split(path)) if path else None
             if path and isinstance(node, Dir):
                 lowers.append((path, node))
@@ -819,20 +790,7 @@ class DockerMount(Mount):
         else:
             self.write_in_place(log, path, data, 0o600)
 
-    def atomic_write(self, log: StepLog, path: str, data: bytes, mode: int) -> None:
-        """ioutils.AtomicWriteFile: a fresh temp file next to `path` (ioutil.TempFile), its
-        data, fsync, rename."""
-        parts = split(path)
-        temp = join(parts[:-1] + (f".tmp-{parts[-1]}{self.next('tmp')}",))
-        log.do_all(replace_file(temp, path, data, mode))
 
-    def write_in_place(self, log: StepLog, path: str, data: bytes, mode: int) -> None:
-        """ioutil.WriteFile: open(O_CREAT|O_TRUNC), write, no fsync."""
-        if lookup(log.root, split(path)) is None:
-            log.do(Create(path, mode))
-        else:
-            log.do(Truncate(path, 0))
-        log.do(Write(path, data, 0, replace=True))
 
     def commit(self, log: StepLog, container: str, name: str) -> None:
         """`docker commit`: the container layer's diff registered as a layer, the new
@@ -849,10 +807,10 @@ class DockerMount(Mount):
             raise FsError(errno.ENOENT, container)
         images = [(i, self._image_chains(log.root, i)) for i in _names(log.root, IMAGEDB)]
         base = [(i, chains) for i, chains in images if chains and chains[-1] == parent]
-        exported = _exported(diff)
+        changes = exported(diff)
         fresh = lookup(log.root, split(LAYERS)) is None or not _names(log.root, LAYERS)
-        chain = self.register(log, exported, parent)
-        empty = not exported.entries
+        chain = self.register(log, changes, parent)
+        empty = not changes.entries
         chains = (base[0][1] if base else [parent]) + ([] if empty else [chain])
         image = self.write_image(log, chains)
         meta = f"{IMAGE_META}/{image}"
@@ -1014,7 +972,7 @@ class DockerMount(Mount):
             if not cache:
                 out.append((f"{meta}/{key}", f"{key} of container {name} is missing or empty"))
             else:
-                out.extend(self._dir_problems(root, cache, needs_lower=True))
+                out.extend(self.dir_problems(root, cache, needs_lower=True))
         found = self.container_layers(root, name)
         if isinstance(found, ErrorEntry) and not any(p.startswith(meta) for p, _ in out):
             out.append((meta, f"container {name} cannot be mounted: {found.reason}"))
@@ -1028,7 +986,7 @@ class DockerMount(Mount):
             return [(entry, f"layer sha256:{chain} is registered but its cache-id or diff is empty: "
                             "it fails to load (\"layer does not exist\")")]
         parent = (_read(root, f"{entry}/parent") or "").removeprefix("sha256:")
-        out = self._dir_problems(root, cache, needs_lower=bool(parent))
+        out = self.dir_problems(root, cache, needs_lower=bool(parent))
         diff = lookup(root, split(f"{OVERLAY}/{cache}/diff"))
         if isinstance(diff, Dir) and diff_id(diff) != recorded:
             problem = (f"layer sha256:{chain} is registered but its diff is incomplete "
@@ -1038,29 +996,6 @@ class DockerMount(Mount):
             out.append((entry, f"layer sha256:{chain} has parent sha256:{parent}, which is not registered"))
         return out
 
-    def _dir_problems(self, root: Dir, cache: str, needs_lower: bool) -> list[tuple[str, str]]:
-        home = f"{OVERLAY}/{cache}"
-        if not isinstance(lookup(root, split(home)), Dir):
-            return [(home, f"layer directory {home} does not exist")]
-        out = []
-        if not isinstance(lookup(root, split(f"{home}/diff")), Dir):
-            out.append((f"{home}/diff", f"{home}/diff does not exist"))
-        link = _read(root, f"{home}/link")
-        if not link:
-            out.append((f"{home}/link", f"{home}/link is missing or empty"))
-        elif self._resolve_link(root, f"l/{link}") != f"{home}/diff":
-            out.append((f"{LINKS}/{link}", f"{LINKS}/{link} does not lead to {home}/diff"))
-        if needs_lower:
-            lower = _read(root, f"{home}/lower")
-            if not lower:
-                out.append((f"{home}/lower", f"{home}/lower is missing or empty"))
-            else:
-                for item in lower.split(":"):
-                    target = self._resolve_link(root, item)
-                    if target is None or not isinstance(lookup(root, split(target)), Dir):
-                        problem = f"{home}/lower names {item}, which does not resolve"
-                        out.append((f"{OVERLAY}/{item}", problem))
-        return out
 
     def store_leaks(self, root: Dir) -> list[tuple[str, str]]:
         """(path, what) for storage nothing uses any more and nothing will remove:
@@ -1093,7 +1028,7 @@ class DockerMount(Mount):
                for c in _names(root, OVERLAY) if c != "l" and c not in used_caches]
         out.extend(out_mounts)
         for link in _names(root, LINKS):
-            target = self._resolve_link(root, f"l/{link}")
+            target = self.resolve_link(root, f"l/{link}")
             if target is None or lookup(root, split(target)) is None:
                 out.append((f"{LINKS}/{link}", f"{LINKS}/{link} is a dangling link"))
         out.extend((f"{TMP}/{w}", f"temp write set {TMP}/{w} was never committed") for w in _names(root, TMP))
@@ -1143,18 +1078,15 @@ def container_exists_initially(ops: Sequence[Any]) -> bool:
     return not any(op.kind in ("pull", "run") for op in ops)
 
 
-def _names(root: Dir, path: str) -> list[str]:
-    node = lookup(root, split(path))
-    return sorted(n for n in node.entries if not n.startswith(".")) if isinstance(node, Dir) else []
 
 
-def _exported(diff: Dir) -> Dir:
+def exported(diff: Dir) -> Dir:
     """A container layer as `docker commit` exports it: overlayfs's private xattrs
     (origin, impure, redirect) are dropped; whiteouts and opaque markers stay."""
     entries: dict[str, Node] = {}
     for name, node in diff.entries.items():
         if isinstance(node, Dir):
-            node = _exported(node)
+            node = exported(node)
         else:
             for key, _ in node.xattrs:
                 if key.startswith(OVL_PREFIX):

@@ -73,7 +73,7 @@ BAD = [
     ("name = \n", "invalid TOML: Invalid value (at line 1, column 8)"),
     ('driver = "overlayfs"\n', "missing required key 'name'"),
     ('name = "x"\n', "missing required key 'driver'"),
-    ('name = "x"\ndriver = "zfs"\n', "driver: unknown driver 'zfs' (known: aufs, devicemapper, docker-overlay2, overlayfs, plain, squash)"),
+    ('name = "x"\ndriver = "zfs"\n', "driver: unknown driver 'zfs' (known: aufs, containerd, containers-storage, devicemapper, docker-overlay2, overlayfs, plain, squash)"),
     ('name = "x"\ndriver = "overlayfs"\n[[ops]]\nop = "mvv"\n', "ops[0].op: unknown op 'mvv' for this driver (known: "),
     ('name = "x"\ndriver = "overlayfs"\n[options]\nlowerdir = "/"\n',
      "options: unknown option 'lowerdir' for driver overlayfs (known: copy_up_fsync, fsync, index, kernel, "

@@ -135,6 +135,9 @@ class Recorder:
     existing: set[str] = field(default_factory=set)  # relative paths there before the calls
     chroots: dict[int, str] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)  # a file's write position (threads share fds)
+    #: bind mounts of a path on itself that are not a chroot (a driver making its home
+    #: a private mount, as containers/storage's overlay Init does)
+    not_chroots: frozenset[str] = frozenset()
 
     def relative(self, path: str | None) -> str | None:
         if path is None:
@@ -180,7 +183,7 @@ class Recorder:
         a, n = call.args, call.name
         if n == "mount" and len(a) >= 4 and "MS_BIND" in a[3]:
             src, dst = string(a[0]).decode(errors="replace"), string(a[1]).decode(errors="replace")
-            if src and src == dst:
+            if src and src == dst and os.path.normpath(src) not in self.not_chroots:
                 self.chroots[call.pid] = os.path.normpath(src)  # chrootarchive: pivot_root into it
             return []
         if n in ("mkdir", "mkdirat"):
