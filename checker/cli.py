@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from checker import regression, report, tables
 from checker.engine.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
@@ -28,12 +28,13 @@ from checker.junit import junit_xml
 from checker.real import kernel, workspace
 from checker.real.confirm import confirm
 from checker.real.conform import conform, modelled_kernel, running_series
+from checker.real.containerd_daemon import ContainerdSession
 from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
 from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
 from checker.real.dockerd import dockerd_version
 from checker.real.dockerd import unavailable_reason as dockerd_unavailable
 from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
-from checker.real.engine import EngineUnavailable, conform_engine
+from checker.real.engine import EngineUnavailable, conform_engine, crash_engine
 from checker.real.podman import PodmanSession
 from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "paths", nargs="*", metavar="SPEC",
         help="spec files or dirs (--table: specs/overlayfs, or specs/docker-overlay2 for dockerd)",
     )
-    real.add_argument("--impl", choices=IMPLEMENTATIONS + (DOCKERD,), action="append",
+    real.add_argument("--impl", choices=IMPLEMENTATIONS + (DOCKERD, *ENGINE_IMPLS), action="append",
                       help="implementation to crash (repeatable; --table: default kernel and fuse-overlayfs)")
     real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     real.add_argument("--table", action="store_true",
@@ -363,13 +364,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 DOCKERD = "dockerd"
 #: engines checked through `checker.real.engine`: the spec driver each runs, and its session
-ENGINE_SESSIONS = {PodmanSession.driver: PodmanSession}
+ENGINE_SESSIONS = {PodmanSession.driver: PodmanSession, ContainerdSession.driver: ContainerdSession}
+ENGINE_IMPLS = {session.implementation: session for session in ENGINE_SESSIONS.values()}
 
 
 def cmd_real(args: argparse.Namespace) -> int:
     impls = args.impl or (list(IMPLEMENTATIONS) if args.table else [])
     if not impls:
-        raise UsageError("real: choose --impl kernel, fuse-overlayfs or dockerd")
+        raise UsageError(f"real: choose --impl {', '.join(IMPLEMENTATIONS + (DOCKERD, *ENGINE_IMPLS))}")
+    engines = [i for i in impls if i in ENGINE_IMPLS]
+    if engines and len(impls) > 1:
+        raise UsageError(f"real: --impl {engines[0]} runs {ENGINE_IMPLS[engines[0]].driver} specs; "
+                         "crash it on its own")
+    if engines:
+        return _real_engine(args, ENGINE_IMPLS[engines[0]])
     if DOCKERD in impls and len(impls) > 1:
         raise UsageError("real: --impl dockerd runs docker-overlay2 specs; crash it on its own")
     if DOCKERD in impls:
@@ -404,6 +412,45 @@ def cmd_real(args: argparse.Namespace) -> int:
         doc = {"version": 1, "specs": [r.to_json() for r in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _real_engine(args: argparse.Namespace, session: Any) -> int:
+    """`real --impl podman|containerd`: each store op of each spec, the engine killed at
+    each of its calls on the store (`checker.real.engine`)."""
+    if args.persistence:
+        return _recorded_engine(args, session)
+    paths = args.paths or ([f"specs/{session.driver}"] if args.table else [])
+    if not paths:
+        raise UsageError("real: give at least one SPEC")
+    specs = [load_spec(f) for f in spec_files(paths)]
+    for spec in specs:
+        if spec.driver != session.driver:
+            raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
+                             f"specs, not {spec.driver}")
+    reason = session.unavailable()
+    if reason is not None:
+        raise UsageError(f"real --impl {session.implementation}: {reason}")
+    progress = report.progress_printer()
+    rows = []
+    results: list[RealResult] = []
+    for spec in specs:
+        found = crash_engine(spec, session, progress)
+        results.append(found)
+        rows.append((spec, check(spec), found))
+        if not args.json and not args.table:
+            print(report.real_summary(found), flush=True)
+    progress("")
+    if args.table:
+        print(report.dockerd_table(rows, session.version(), session.implementation, session.MODELLED))
+        return 0
+    if args.json:
+        doc = {"version": 1, "specs": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _recorded_engine(args: argparse.Namespace, session: Any) -> int:
+    raise UsageError(f"real --impl {session.implementation} --persistence: not supported yet")
 
 
 def _dockerd_specs(args: argparse.Namespace) -> list[Spec]:

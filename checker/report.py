@@ -378,20 +378,29 @@ def progress_printer(total: int | None = None) -> Progress:
     return Progress(total)
 
 
+#: what the model of each engine running here is, as reports name it
+ENGINE_MODELS = {"dockerd": "dockerd (moby 20.10)", "podman": "podman (containers/storage 1.43)",
+                 "containerd": "containerd (1.6)"}
+#: the ops of each engine that are the engine's (the others are file ops in a container)
+ENGINE_OPS = {"dockerd": DAEMON_OPS, "podman": ("pull", "create-container", "commit", "rm-container", "rmi"),
+              "containerd": ("pull", "create-container", "rm-container", "rmi")}
+
+
 def _dockerd_notes(r: RealResult) -> list[str]:
     out = []
+    engine = r.implementation
     if r.model_prefix is not None:
-        out.append(f"     expected: what the model of this dockerd (moby 20.10) predicts for a process "
-                   f"crash: {_verdict_cell(r.model_prefix[0], list(r.model_prefix[1]))}")
-    file_ops = [o.record for o in r.outcomes if o.record.op.kind not in DAEMON_OPS]
+        out.append(f"     expected: what the model of this {ENGINE_MODELS.get(engine, engine)} predicts for "
+                   f"a process crash: {_verdict_cell(r.model_prefix[0], list(r.model_prefix[1]))}")
+    file_ops = [o.record for o in r.outcomes if o.record.op.kind not in ENGINE_OPS.get(engine, DAEMON_OPS)]
     for rec in file_ops:
         out.append(f"     op {rec.index} `{rec.text}` is a file op in a container: the kernel's, not crashed "
                    "here (real --impl kernel crash-tests overlayfs)")
     if not r.crash_points:
-        out.append("     no daemon op: nothing to crash on dockerd")
+        out.append(f"     no store op: nothing to crash on {engine}")
     if r.missed:
         out.append(f"     {r.missed} kill run(s) made fewer calls than the counting run and were not killed "
-                   "(dockerd did less that time)")
+                   f"({engine} did less that time)")
     return out
 
 
@@ -403,7 +412,7 @@ def real_summary(r: RealResult) -> str:
         f"     {r.implementation}: {r.calls} system calls, {r.crash_points} crash points, "
         f"{len(r.violations)} violations{inv}; expected {r.expected}; {r.seconds:.1f}s",
     ]
-    if r.implementation == "dockerd":
+    if r.implementation in ENGINE_MODELS:
         lines.extend(_dockerd_notes(r))
     for o in r.disagreements:
         lines.append(
@@ -452,11 +461,13 @@ def recorded_report(found: RecordedResult, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str) -> str:
-    """The findings table of `real --impl dockerd`: per spec, the model under the spec's
-    persistence model and options, the model of this dockerd under a process crash
-    (`prefix`, the daemon options at their defaults), and dockerd killed at every call."""
-    header = ["spec", "model (spec)", "model of 20.10, process crash", f"dockerd {version} killed",
+def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str, engine: str = "dockerd",
+                  modelled: str = "20.10") -> str:
+    """The findings table of `real --impl dockerd|podman|containerd`: per spec, the model
+    under the spec's persistence model and options, the model of this engine under a
+    process crash (`prefix`, the version options at their defaults), and the engine
+    killed at every call."""
+    header = ["spec", "model (spec)", f"model of {modelled}, process crash", f"{engine} {version} killed",
               "crash points"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for spec, model, found in rows:
@@ -466,7 +477,7 @@ def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str) -> 
             f"{_verdict_cell(model.verdict, model.violated)} ({model.persistence})",
             _verdict_cell(predicted[0], list(predicted[1])),
             _verdict_cell(found.verdict, found.violated) + ("" if found.ok else " **differs**"),
-            str(found.crash_points) if found.crash_points else "0 (no daemon op)",
+            str(found.crash_points) if found.crash_points else "0 (no store op)",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

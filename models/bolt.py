@@ -63,13 +63,16 @@ def _metas(content: bytes) -> list[tuple[int, int, int]]:
 
 
 def read(root: Dir, path: str) -> dict[str, Any] | None:
-    """The state of the last committed transaction; {} when there is no file, None when
-    the file is corrupt (no valid meta, or the page it names does not decode)."""
+    """The state of the last committed transaction; {} when there is no file (or an
+    empty one), None when the file is corrupt (no valid meta, or the page it names does
+    not decode)."""
     node = lookup(root, split(path))
     if node is None:
         return {}
     if not isinstance(node, File):
         return None
+    if not node.content:
+        return {}  # bbolt initializes an empty file when it opens it
     metas = _metas(node.content)
     if not metas:
         return None

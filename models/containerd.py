@@ -81,6 +81,7 @@ from models.steps import (
     Mkdir,
     RemoveTree,
     Rename,
+    Rmdir,
     StepLog,
     Syncfs,
     Unlink,
@@ -105,7 +106,7 @@ def blob_digest(data: bytes) -> str:
 
 
 def _empty_meta() -> dict[str, Any]:
-    return {"containers": {}, "content": {}, "images": {}, "snapshots": {}}
+    return {"containers": {}, "content": {}, "images": {}, "ingests": {}, "leases": {}, "snapshots": {}}
 
 
 def _empty_snapshotter() -> dict[str, Any]:
@@ -150,11 +151,11 @@ class ContainerdMount(LayerHome, Mount):
         workload pulls it, container `app` on it unless the workload creates one."""
         self.image_layers = list(layers) or [Dir()]
         self.mounted: dict[str, str] = {}
+        self.recovering = False
         root = Dir()
-        for path in (BLOBS, INGEST, SNAPSHOTS):
-            root = ensure_dirs(root, split(path))
+        for path in (INGEST, SNAPSHOTS, "tmpmounts"):  # what containerd makes at start (blobs/
+            root = ensure_dirs(root, split(path))  # and the snapshotter's db come with first use)
         root = ensure_dirs(root, split(META_DB)[:-1])
-        root = replace(root, split(SNAP_DB), bolt.initial_file(_empty_snapshotter()))
         root = replace(root, split(META_DB), bolt.initial_file(_empty_meta()))
         log = StepLog(root)
         if not any(op.kind == "pull" for op in ops):
@@ -170,7 +171,7 @@ class ContainerdMount(LayerHome, Mount):
     # -- reading -------------------------------------------------------------------------
 
     def meta(self, root: Dir) -> dict[str, Any]:
-        return bolt.read(root, META_DB) or _empty_meta()
+        return _empty_meta() | (bolt.read(root, META_DB) or {})
 
     def snapshotter(self, root: Dir) -> dict[str, Any]:
         return bolt.read(root, SNAP_DB) or _empty_snapshotter()
@@ -307,41 +308,75 @@ class ContainerdMount(LayerHome, Mount):
         state = bolt.read(log.root, META_DB)
         if state is None:
             raise FsError(errno.EIO, META_DB)
-        state = json.loads(json.dumps(state))
+        before = json.dumps(state, sort_keys=True)
+        state = json.loads(before)
         change(state)
+        if self.recovering and json.dumps(state, sort_keys=True) == before:
+            return  # start-up: an empty transaction changes nothing the model tracks
         log.do_all(bolt.commit(log.root, META_DB, state))
 
     def update_snapshotter(self, log: StepLog, change: Any) -> None:
+        """A transaction of the snapshotter's db (made, with its first pages and an
+        fdatasync, on first use)."""
+        grown = False
+        if lookup(log.root, split(SNAP_DB)) is None:
+            log.do(Create(SNAP_DB, 0o600))
+            log.do(Write(SNAP_DB, bolt.initial_file(_empty_snapshotter()).content, 0, replace=True))
+            log.do(Fsync(SNAP_DB))
+            grown = True
         state = bolt.read(log.root, SNAP_DB)
         if state is None:
             raise FsError(errno.EIO, SNAP_DB)
         state = json.loads(json.dumps(state))
         change(state)
+        if grown:  # the first transaction grows the file: bbolt syncs after growing it
+            log.do(Fsync(SNAP_DB))
         log.do_all(bolt.commit(log.root, SNAP_DB, state))
 
     # -- the content store ---------------------------------------------------------------
 
-    def write_blob(self, log: StepLog, data: bytes, children: Mapping[str, Any]) -> str:
-        """A blob through the content store (`writer.Commit`: fsync, rename, the ingest
-        removed), then recorded in meta.db."""
+    def write_blob(self, log: StepLog, data: bytes, children: Mapping[str, Any], lease: str) -> str:
+        """A blob through the content store (`content/local/writer.go`): the ingest dir
+        with `ref`, `startedat` and `updatedat` (each written to a `.tmp` and renamed),
+        `total` and `data`; the ingest recorded in meta.db; the data written and fsynced,
+        renamed into `blobs/sha256/`, the ingest removed; the blob recorded in meta.db
+        (held by the lease)."""
         digest = blob_digest(data)
+        ref = f"default/1/tar-{digest}"
         if lookup(log.root, split(f"{BLOBS}/{digest}")) is None:
-            ingest = f"{INGEST}/{blob_digest(f'import-{digest}'.encode())[:16]}"
+            ingest = f"{INGEST}/{blob_digest(ref.encode())}"
             log.do(Mkdir(ingest, 0o755))
-            log.do(Create(f"{ingest}/ref", 0o644))
-            log.do(Write(f"{ingest}/ref", f"import-sha256:{digest}".encode(), 0, replace=True))
+            self._small(log, f"{ingest}/ref", ref.encode())
+            for stamp in ("startedat", "updatedat"):  # written O_SYNC, then renamed
+                self._small(log, f"{ingest}/{stamp}.tmp", b"1970-01-01T00:00:00Z")
+                log.do(Fsync(f"{ingest}/{stamp}.tmp"))
+                log.do(Rename(f"{ingest}/{stamp}.tmp", f"{ingest}/{stamp}"))
+            self._small(log, f"{ingest}/total", str(len(data)).encode())
             log.do(Create(f"{ingest}/data", 0o644))
-            log.do(Write(f"{ingest}/data", data, 0, replace=True))
+            self.update_meta(log, lambda s: s["ingests"].__setitem__(ref, lease))
+            log.do(Write(f"{ingest}/data", data, 0))
             log.do(Fsync(f"{ingest}/data"))
+            if lookup(log.root, split(BLOBS)) is None:
+                log.do(Mkdir(BLOBS.rsplit("/", 1)[0], 0o755))
+                log.do(Mkdir(BLOBS, 0o755))
             log.do(Rename(f"{ingest}/data", f"{BLOBS}/{digest}"))
             log.do(RemoveTree(ingest))
-        if digest not in self.meta(log.root)["content"]:
-            self.update_meta(log, lambda s: s["content"].__setitem__(digest, dict(children)))
+
+        def record(state: dict[str, Any]) -> None:
+            state["ingests"].pop(ref, None)
+            state["content"].setdefault(digest, dict(children))
+            if lease in state["leases"]:
+                state["leases"][lease]["content"] = sorted({*state["leases"][lease]["content"], digest})
+        self.update_meta(log, record)
         return digest
+
+    def _small(self, log: StepLog, path: str, data: bytes) -> None:
+        log.do(Create(path, 0o644))
+        log.do(Write(path, data, 0, replace=True))
 
     # -- the snapshotter -----------------------------------------------------------------
 
-    def prepare(self, log: StepLog, key: str, parent: str | None) -> str:
+    def prepare(self, log: StepLog, key: str, parent: str | None, lease: str | None = None) -> str:
         """`Prepare`: a temp dir with `fs` and `work`, renamed to the next id, the
         snapshotter's transaction, then meta.db's."""
         temp = f"{SNAPSHOTS}/new-{self.next('new')}"
@@ -360,10 +395,15 @@ class ContainerdMount(LayerHome, Mount):
             state["seq"] = sid
             state["snapshots"][key] = {"id": sid, "kind": "active", "parent": parent}
         self.update_snapshotter(log, add)
-        self.update_meta(log, lambda s: s["snapshots"].__setitem__(key, {"kind": "active", "parent": parent}))
+
+        def record(state: dict[str, Any]) -> None:
+            state["snapshots"][key] = {"kind": "active", "parent": parent}
+            if lease in state["leases"]:
+                state["leases"][lease]["snapshots"] = sorted({*state["leases"][lease]["snapshots"], key})
+        self.update_meta(log, record)
         return str(sid)
 
-    def commit_snapshot(self, log: StepLog, key: str, name: str, diff: str) -> None:
+    def commit_snapshot(self, log: StepLog, key: str, name: str, diff: str, lease: str | None = None) -> None:
         """`Commit`: the snapshotter's record renamed (no directory changes), then meta.db's."""
         def move(state: dict[str, Any]) -> None:
             record = state["snapshots"].pop(key)
@@ -373,40 +413,68 @@ class ContainerdMount(LayerHome, Mount):
         def move_meta(state: dict[str, Any]) -> None:
             record = state["snapshots"].pop(key)
             state["snapshots"][name] = dict(record, kind="committed", diff=diff)
+            if lease in state["leases"]:
+                held = {*state["leases"][lease]["snapshots"], name} - {key}
+                state["leases"][lease]["snapshots"] = sorted(held)
         self.update_meta(log, move_meta)
 
-    def unpack(self, log: StepLog) -> list[str]:
-        """Each layer applied into a prepared snapshot and committed as its chain id."""
+    def unpack(self, log: StepLog, lease: str, layers: list[str], config: str) -> list[str]:
+        """Each layer applied into a prepared snapshot (a base layer through a bind mount
+        of its `fs` under `tmpmounts/`, a child straight into its `fs`) and committed as
+        its chain id; then the layer blob labelled with its uncompressed digest and the
+        config with the top snapshot (the GC references)."""
         parent: str | None = None
         chain = []
-        for layer in self.image_layers:
+        for layer, blob in zip(self.image_layers, layers, strict=True):
             cid = chain_id(parent, diff_id(layer))
             if cid not in self.meta(log.root)["snapshots"]:
                 key = f"extract-{self.next('extract')} {cid}"
-                sid = self.prepare(log, key, parent)
-                log.do_all(build_steps(layer, f"{SNAPSHOTS}/{sid}/fs"))
+                sid = self.prepare(log, key, parent, lease)
+                fs = f"{SNAPSHOTS}/{sid}/fs"
+                if parent is None:
+                    mount = f"tmpmounts/containerd-mount{self.next('mount')}"
+                    log.do(Mkdir(mount, 0o700))
+                    log.do_all(build_steps(layer, fs))
+                    log.do(Rmdir(mount))
+                else:
+                    log.do_all(build_steps(layer, fs))
                 if self.options["sync_fs"]:
-                    log.do(Syncfs(f"{SNAPSHOTS}/{sid}/fs"))
-                self.commit_snapshot(log, key, cid, diff_id(layer))
+                    log.do(Syncfs(fs))
+                self.commit_snapshot(log, key, cid, diff_id(layer), lease)
+                for label in ("uncompressed", "unpacked"):  # the layer blob's labels, one transaction each
+                    self.update_meta(log, lambda s, b=blob, k=label: s["content"][b].__setitem__(k, True))
             parent = cid
             chain.append(cid)
+        self.update_meta(log, lambda s: s["content"][config].__setitem__("snapshot", chain[-1]))
         return chain
 
     # -- ops -----------------------------------------------------------------------------
 
     def pull(self, log: StepLog, name: str) -> None:
-        """`ctr images import`: blobs, the image record, unpack."""
+        """`ctr images import`: a lease (24 h) for what it writes; the blobs; the image
+        record; unpack; the lease removed."""
+        lease = f"import-{self.next('lease')}"
+        self.update_meta(log, lambda s: s["leases"].__setitem__(lease, {"content": [], "snapshots": []}))
+        self.update_meta(log, lambda s: s["leases"][lease].__setitem__("expires", "24h"))
         tars = [layer_tar(layer) for layer in self.image_layers]
-        layers = [self.write_blob(log, tar, {}) for tar in tars]
+        layers = [self.write_blob(log, tar, {}, lease) for tar in tars]
         chain, parent = [], None
         for layer in self.image_layers:
             parent = chain_id(parent, diff_id(layer))
             chain.append(parent)
-        config = self.write_blob(log, json.dumps({"rootfs": layers}).encode(), {})
+        config = self.write_blob(log, json.dumps({"rootfs": layers}).encode(), {}, lease)
         manifest = self.write_blob(log, json.dumps({"config": config, "layers": layers}).encode(),
-                                   {"children": [config, *layers], "chain": chain})
+                                   {"children": [config, *layers], "chain": chain}, lease)
+        index = self.write_blob(log, json.dumps({"manifests": [manifest]}).encode(), {"children": [manifest]},
+                                lease)
         self.update_meta(log, lambda s: s["images"].__setitem__(name, {"target": manifest}))
-        self.unpack(log)
+        for n in range(5):  # GC labels on the blobs the import wrote, one transaction each
+            self.update_meta(log, lambda s, n=n: s["content"][manifest].__setitem__(f"label{n}", True))
+        if index != manifest:  # the archive's index: deleted once the image names its manifest
+            log.do(Unlink(f"{BLOBS}/{index}"))
+            self.update_meta(log, lambda s: s["content"].pop(index, None))
+        self.unpack(log, lease, layers, config)
+        self.update_meta(log, lambda s: s["leases"].pop(lease))
 
     def create(self, log: StepLog, container: str, image: str) -> None:
         """`ctr containers create`: the active snapshot, then the container record."""
@@ -423,15 +491,17 @@ class ContainerdMount(LayerHome, Mount):
                                                                     {"image": image, "snapshot": container}))
 
     def rm_container(self, log: StepLog, container: str) -> None:
-        """`ctr containers rm`: the record, the snapshot record, garbage collection."""
+        """`ctr containers rm` (`container.Delete` with `WithSnapshotCleanup`): the
+        snapshot record, then the container record; then the garbage collection the
+        removal triggers (its transaction, the snapshotter cleaned)."""
         record = self.meta(log.root)["containers"].get(container)
         if record is None:
             raise FsError(errno.ENOENT, container)
-        self.update_meta(log, lambda s: s["containers"].pop(container))
         key = record.get("snapshot")
         if key in self.meta(log.root)["snapshots"]:
             self.update_meta(log, lambda s: s["snapshots"].pop(key))
-        self.clean_snapshotter(log)
+        self.update_meta(log, lambda s: s["containers"].pop(container))
+        self.collect(log, dirty=True)
         self.mounted.pop(container, None)
 
     def rmi(self, log: StepLog, name: str) -> None:
@@ -458,6 +528,10 @@ class ContainerdMount(LayerHome, Mount):
                 snaps.update(self._meta_chain(meta, chain[-1]))
         for container in meta["containers"].values():
             snaps.update(self._meta_chain(meta, container.get("snapshot")))
+        for lease in meta["leases"].values():
+            content.update(lease.get("content", []))
+            for key in lease.get("snapshots", []):
+                snaps.update(self._meta_chain(meta, key))
         return content, snaps
 
     def _meta_chain(self, meta: Mapping[str, Any], key: str | None) -> list[str]:
@@ -467,26 +541,27 @@ class ContainerdMount(LayerHome, Mount):
             key = meta["snapshots"][key].get("parent")
         return out
 
-    def collect(self, log: StepLog) -> None:
-        """`GarbageCollect`: unreferenced records out of meta.db in one transaction; then
-        the content store (blobs meta.db no longer knows) and, when a snapshot record went,
-        the snapshotter."""
+    def collect(self, log: StepLog, dirty: bool = False) -> None:
+        """`GarbageCollect`: unreferenced records out of meta.db in one transaction (what
+        an image, a container or a lease reaches stays); then the content store (blobs
+        meta.db no longer knows) and, when a snapshot record went (or one was removed
+        before: `dirty`), the snapshotter."""
         meta = self.meta(log.root)
         content, snaps = self.referenced(meta)
         gone_content = sorted(d for d in meta["content"] if d not in content)
         gone_snaps = sorted(k for k in meta["snapshots"] if k not in snaps)
-        if gone_content or gone_snaps:
-            def drop(state: dict[str, Any]) -> None:
-                for d in gone_content:
-                    state["content"].pop(d)
-                for k in gone_snaps:
-                    state["snapshots"].pop(k)
-            self.update_meta(log, drop)
+
+        def drop(state: dict[str, Any]) -> None:
+            for d in gone_content:
+                state["content"].pop(d)
+            for k in gone_snaps:
+                state["snapshots"].pop(k)
+        self.update_meta(log, drop)
         known = self.meta(log.root)["content"]
         for digest in names(log.root, BLOBS):
             if digest not in known:
                 log.do(Unlink(f"{BLOBS}/{digest}"))
-        if gone_snaps:
+        if gone_snaps or dirty:
             self.clean_snapshotter(log)
 
     def clean_snapshotter(self, log: StepLog) -> None:
@@ -518,7 +593,11 @@ class ContainerdMount(LayerHome, Mount):
             if bolt.read(root, path) is None:
                 return Recovery(None, f"containerd does not start: {path} is corrupt (invalid database)")
         log = StepLog(root)
-        self.collect(log)
+        self.recovering = True
+        try:
+            self.collect(log)
+        finally:
+            self.recovering = False
         root = log.root
         for record in self.snapshotter(root)["snapshots"].values():
             work = split(f"{SNAPSHOTS}/{record['id']}/work/work")
@@ -547,9 +626,12 @@ class ContainerdMount(LayerHome, Mount):
                 if not isinstance(blob, File) or blob_digest(blob.content) != digest:
                     problem = f"image {name}: blob sha256:{digest[:12]} is missing or damaged"
                     out.append((f"{BLOBS}/{digest}", problem))
+        used = self.referenced(dict(meta, leases={}))[1]
         for key, record in sorted(meta["snapshots"].items()):
             if key not in snaps:
-                out.append((SNAP_DB, f"snapshot {key} is in meta.db but the snapshotter does not know it"))
+                if key in used:  # one an unpack in flight left is a leak (store_leaks)
+                    problem = f"snapshot {key} is in meta.db but the snapshotter does not know it"
+                    out.append((SNAP_DB, problem))
                 continue
             fs = self.fs_of(root, key)
             if not isinstance(fs, Dir):
@@ -576,9 +658,17 @@ class ContainerdMount(LayerHome, Mount):
                for d in names(root, SNAPSHOTS) if d not in ids]
         out.extend((SNAP_DB, f"snapshot {k} is in the snapshotter but not in meta.db") for k in sorted(snaps)
                    if k not in meta["snapshots"])
+        used = self.referenced(dict(meta, leases={}))[1]
+        out.extend((META_DB, f"snapshot {k} is in meta.db but the snapshotter does not know it (an unpack "
+                             "cut between the snapshotter's commit and meta.db's)")
+                   for k in sorted(meta["snapshots"]) if k not in snaps and k not in used)
         out.extend((f"{BLOBS}/{d}", f"blob sha256:{d[:12]} is not in meta.db") for d in names(root, BLOBS)
                    if d not in meta["content"])
         out.extend((f"{INGEST}/{d}", f"ingest {INGEST}/{d} was never committed") for d in names(root, INGEST))
+        for lease, held in sorted(meta["leases"].items()):
+            what = (f"lease {lease} of a dead import holds {len(held.get('content', []))} blobs and "
+                    f"{len(held.get('snapshots', []))} snapshots until it expires (24 h)")
+            out.append((META_DB, what))
         return out
 
     def op_scope(self, op: Any) -> tuple[str, ...]:

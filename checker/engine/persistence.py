@@ -183,6 +183,9 @@ class StepFacts:
     creator: list[int | None]
     fsynced: list[int | None]
     written: list[dict[str, int]]  # inode of each path a step leaves in place, after it
+    #: the inodes whose last name a step removes (unlink, rmdir, a tree removal, a rename
+    #: over them): after it nothing can see their data
+    dies: list[frozenset[int]] = field(default_factory=list)
 
 
 def _latest(*steps: int | None) -> int | None:
@@ -230,9 +233,15 @@ def step_facts(trace: Trace) -> StepFacts:
     creators: list[int | None] = []
     fsynced: list[int | None] = []
     written: list[dict[str, int]] = []
+    dies: list[frozenset[int]] = []
+
+    def gone(before: set[int]) -> frozenset[int]:
+        return frozenset(before - set(inode.values()))
+
     for i, step in enumerate(trace.steps):
         checkpoint()
         f: int | None = None
+        died: frozenset[int] = frozenset()
         shape = step.shape()
         effect = shape.effect
         if effect in (Effect.MOVE, Effect.LINK):
@@ -244,6 +253,7 @@ def step_facts(trace: Trace) -> StepFacts:
                 made[d] = i
             else:
                 t = {ino(s), ino(s[:-1]), ino(d[:-1])}
+                replaced = {v for k, v in inode.items() if _under(k, d)}
                 if d in inode:
                     t.add(inode[d])
                 if shape.flags is RenameFlags.EXCHANGE:
@@ -259,11 +269,14 @@ def step_facts(trace: Trace) -> StepFacts:
                     if shape.flags is RenameFlags.WHITEOUT:
                         fresh(s)
                         made[s] = i
+                    died = gone(replaced)
         elif effect is Effect.REMOVE:
             p = split(shape.path)
             creators.append(creator_of(p))
             t = {ino(p), ino(p[:-1])}
+            removed = {v for k, v in inode.items() if _under(k, p)}
             drop(p)
+            died = gone(removed)
         elif effect is Effect.MAKE:
             p = split(shape.path)
             creators.append(creator_of(p[:-1]))
@@ -282,8 +295,9 @@ def step_facts(trace: Trace) -> StepFacts:
             t = {ino(p)}
         touches.append(frozenset(t))
         fsynced.append(f)
+        dies.append(died)
         written.append({p: inode[split(p)] for p in step.writes() if split(p) in inode})
-    return StepFacts(touches, creators, fsynced, written)
+    return StepFacts(touches, creators, fsynced, written, dies)
 
 
 def pieces_of(trace: Trace, block_size: int, tear: bool) -> list[int]:
@@ -455,6 +469,21 @@ class Persistence:
             return scope is None or not paths or any(device(split(p)) == scope for p in paths)
         return synced
 
+    @staticmethod
+    def _dead_data_edges(trace: Trace, graph: nx.DiGraph, facts: StepFacts) -> None:
+        """Data written to a file whose last name a later step removes persists before
+        that removal: once the removal persisted nothing can see the data, so a crash
+        state that lost the data and one that kept it look the same, and only one of them
+        is enumerated (fewer crash states, the same views)."""
+        death: dict[int, int] = {}
+        for j in range(len(trace.steps) - 1, -1, -1):  # death: the first removal after j
+            if trace.steps[j].is_data:
+                ends = [death[x] for x in facts.touches[j] if x in death]
+                if ends:
+                    graph.add_edge(j, min(ends))
+            for inode in facts.dies[j]:
+                death[inode] = j
+
     def _block_edges(self, trace: Trace, graph: nx.DiGraph, facts: StepFacts, block_size: int) -> None:
         """Data written to the same block of a file persists in order: the page cache
         writes a block as it is, with every earlier write to it."""
@@ -500,6 +529,7 @@ class OrderedMetadata(Persistence):
             if step.is_data and facts.creator[i] is not None:
                 graph.add_edge(facts.creator[i], i)
         self._sync_edges(trace, graph, facts)
+        self._dead_data_edges(trace, graph, facts)
 
 
 class Weak(Persistence):
@@ -534,6 +564,7 @@ class Weak(Persistence):
                 if c is not None and c < i:
                     graph.add_edge(c, i)
         self._sync_edges(trace, graph, facts)
+        self._dead_data_edges(trace, graph, facts)
 
 
 MODELS: dict[str, Persistence] = {m.name: m for m in (Prefix(), OrderedMetadata(), Weak())}

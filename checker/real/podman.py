@@ -281,6 +281,7 @@ class PodmanSession(EngineSession):
     driver = "containers-storage"
     STORE_OPS = ("pull", "create-container", "commit", "rm-container", "rmi")
     VERSION_OPTIONS = ("storage", "link_files")
+    MODELLED = "containers/storage 1.43"
     OUT_OF_SCOPE = ("libpod/",)
 
     @staticmethod

@@ -138,11 +138,20 @@ class Recorder:
     #: bind mounts of a path on itself that are not a chroot (a driver making its home
     #: a private mount, as containers/storage's overlay Init does)
     not_chroots: frozenset[str] = frozenset()
+    #: bind mounts of one path at another (containerd applies a base layer through a bind
+    #: mount of the snapshot's `fs` under `tmpmounts/`): target -> source
+    binds: dict[str, str] = field(default_factory=dict)
+    #: files opened O_SYNC (each write is durable: a write then an fsync)
+    synced: set[str] = field(default_factory=set)
 
     def relative(self, path: str | None) -> str | None:
         if path is None:
             return None
         path = os.path.normpath(path)
+        for target, source in self.binds.items():
+            if path.startswith(target + "/"):  # below the mount point: the bound tree
+                path = source + path[len(target):]
+                break
         if path == self.root:
             return ""
         if path.startswith(self.root + "/"):
@@ -185,6 +194,8 @@ class Recorder:
             src, dst = string(a[0]).decode(errors="replace"), string(a[1]).decode(errors="replace")
             if src and src == dst and os.path.normpath(src) not in self.not_chroots:
                 self.chroots[call.pid] = os.path.normpath(src)  # chrootarchive: pivot_root into it
+            elif src and dst and src != dst:
+                self.binds[os.path.normpath(dst)] = os.path.normpath(src)
             return []
         if n in ("mkdir", "mkdirat"):
             path = self.resolve(call, a[0] if n == "mkdirat" else None, a[-2])
@@ -275,6 +286,10 @@ class Recorder:
         if rel is None or rel == "" or "O_CREAT" not in flags and "O_TRUNC" not in flags:
             return []
         self.offsets[rel] = 0
+        if "O_SYNC" in flags or "O_DSYNC" in flags:
+            self.synced.add(rel)
+        else:
+            self.synced.discard(rel)
         if "O_CREAT" in flags and rel not in self.existing:
             self.existing.add(rel)
             mode = int(a[-1], 8) if call.name != "openat2" and a[-1].startswith("0") else 0o644
@@ -288,12 +303,13 @@ class Recorder:
         path = self.relative(self.fd_target(call, a[0]))
         if path is None or path == "":
             return []
+        sync: list[Step] = [Fsync(path)] if path in self.synced else []
         if call.name == "pwrite64":
-            return [Write(path, string(a[1])[: call.ret], int(a[3]))] if call.ret else []
+            return [Write(path, string(a[1])[: call.ret], int(a[3])), *sync] if call.ret else []
         data = string(a[1])[: call.ret] if call.name == "write" else b""
         offset = self.offsets.get(path, 0)
         self.offsets[path] = offset + call.ret
-        return [Write(path, data, offset)] if call.ret else []
+        return [Write(path, data, offset), *sync] if call.ret else []
 
 
 def recorded_steps(log: Path, root: Path, existing: set[str]) -> list[tuple[Step, Call]]:
