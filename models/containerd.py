@@ -477,7 +477,8 @@ class ContainerdMount(LayerHome, Mount):
         self.update_meta(log, lambda s: s["leases"].pop(lease))
 
     def create(self, log: StepLog, container: str, image: str) -> None:
-        """`ctr containers create`: the active snapshot, then the container record."""
+        """`ctr containers create` (`NewContainer` under a lease): the active snapshot,
+        the container record, the lease removed, the collection that triggers."""
         meta = self.meta(log.root)
         if container in meta["containers"]:
             raise FsError(errno.EEXIST, container)
@@ -486,9 +487,14 @@ class ContainerdMount(LayerHome, Mount):
             raise FsError(errno.ENOENT, image)
         if container in meta["snapshots"]:
             raise FsError(errno.EEXIST, container)  # "snapshot app: already exists"
-        self.prepare(log, container, chain[-1])
+        lease = f"create-{self.next('lease')}"
+        self.update_meta(log, lambda s: s["leases"].__setitem__(lease, {"content": [], "snapshots": []}))
+        self.update_meta(log, lambda s: s["leases"][lease].__setitem__("expires", "24h"))
+        self.prepare(log, container, chain[-1], lease)
         self.update_meta(log, lambda s: s["containers"].__setitem__(container,
                                                                     {"image": image, "snapshot": container}))
+        self.update_meta(log, lambda s: s["leases"].pop(lease))
+        self.collect(log)  # the lease's removal makes the store dirty: a collection runs
 
     def rm_container(self, log: StepLog, container: str) -> None:
         """`ctr containers rm` (`container.Delete` with `WithSnapshotCleanup`): the

@@ -50,6 +50,7 @@ CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 120.0
+SETTLE = 1.0  # seconds for the garbage collection an op triggers to run
 OTHER_SNAPSHOTTERS = ("btrfs", "zfs", "devmapper", "aufs", "native")
 KINDS = {1: "view", 2: "active", 3: "committed"}
 
@@ -388,9 +389,11 @@ class ContainerdSession(EngineSession):
         if any(op.kind == "pull" for op in ops):
             return
         self._check(self.store_op(Op(-1, "pull", ())), "import the image")
+        time.sleep(SETTLE)  # the collection the import's lease removal triggers
         if any(op.kind == "create-container" for op in ops):
             return
         self._check(self.store_op(Op(-1, "create-container", ())), "create container app")
+        time.sleep(SETTLE)
         if self.spec.upper is not None:
             merged = self.daemon.merged("app")
             if merged is None:
