@@ -174,7 +174,7 @@ class ContainerdMount(LayerHome, Mount):
         return _empty_meta() | (bolt.read(root, META_DB) or {})
 
     def snapshotter(self, root: Dir) -> dict[str, Any]:
-        return bolt.read(root, SNAP_DB) or _empty_snapshotter()
+        return _empty_snapshotter() | (bolt.read(root, SNAP_DB) or {})
 
     def snapshot_id(self, root: Dir, key: str) -> str | None:
         record = self.snapshotter(root)["snapshots"].get(key)
@@ -308,26 +308,32 @@ class ContainerdMount(LayerHome, Mount):
         state = bolt.read(log.root, META_DB)
         if state is None:
             raise FsError(errno.EIO, META_DB)
-        before = json.dumps(state, sort_keys=True)
+        before = json.dumps(_empty_meta() | state, sort_keys=True)
         state = json.loads(before)
         change(state)
         if self.recovering and json.dumps(state, sort_keys=True) == before:
             return  # start-up: an empty transaction changes nothing the model tracks
         log.do_all(bolt.commit(log.root, META_DB, state))
 
-    def update_snapshotter(self, log: StepLog, change: Any) -> None:
+    def open_snapshotter(self, log: StepLog) -> bool:
+        """The snapshotter's db opened for a transaction: made (its first pages, an
+        fdatasync) when it is not there. True when it was just made (its first
+        transaction grows the file)."""
+        if lookup(log.root, split(SNAP_DB)) is not None:
+            return False
+        log.do(Create(SNAP_DB, 0o600))
+        log.do(Write(SNAP_DB, bolt.initial_file(_empty_snapshotter()).content, 0, replace=True))
+        log.do(Fsync(SNAP_DB))
+        return True
+
+    def update_snapshotter(self, log: StepLog, change: Any, grown: bool = False) -> None:
         """A transaction of the snapshotter's db (made, with its first pages and an
         fdatasync, on first use)."""
-        grown = False
-        if lookup(log.root, split(SNAP_DB)) is None:
-            log.do(Create(SNAP_DB, 0o600))
-            log.do(Write(SNAP_DB, bolt.initial_file(_empty_snapshotter()).content, 0, replace=True))
-            log.do(Fsync(SNAP_DB))
-            grown = True
+        grown = self.open_snapshotter(log) or grown
         state = bolt.read(log.root, SNAP_DB)
         if state is None:
             raise FsError(errno.EIO, SNAP_DB)
-        state = json.loads(json.dumps(state))
+        state = json.loads(json.dumps(_empty_snapshotter() | state))
         change(state)
         if grown:  # the first transaction grows the file: bbolt syncs after growing it
             log.do(Fsync(SNAP_DB))
@@ -377,8 +383,10 @@ class ContainerdMount(LayerHome, Mount):
     # -- the snapshotter -----------------------------------------------------------------
 
     def prepare(self, log: StepLog, key: str, parent: str | None, lease: str | None = None) -> str:
-        """`Prepare`: a temp dir with `fs` and `work`, renamed to the next id, the
-        snapshotter's transaction, then meta.db's."""
+        """`Prepare`: the snapshotter's transaction opened (its db made on first use), a
+        temp dir with `fs` and `work` renamed to the next id, the transaction committed,
+        then meta.db's."""
+        grown = self.open_snapshotter(log)
         temp = f"{SNAPSHOTS}/new-{self.next('new')}"
         log.do(Mkdir(temp, 0o700))
         log.do(Mkdir(f"{temp}/fs", 0o755))
@@ -394,7 +402,7 @@ class ContainerdMount(LayerHome, Mount):
         def add(state: dict[str, Any]) -> None:
             state["seq"] = sid
             state["snapshots"][key] = {"id": sid, "kind": "active", "parent": parent}
-        self.update_snapshotter(log, add)
+        self.update_snapshotter(log, add, grown)
 
         def record(state: dict[str, Any]) -> None:
             state["snapshots"][key] = {"kind": "active", "parent": parent}

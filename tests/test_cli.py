@@ -140,7 +140,8 @@ def test_whole_suite_json_is_byte_identical_across_processes_and_hash_seeds():
         outputs.append(proc.stdout)
     assert outputs[0] == outputs[1]
     drivers = {spec["driver"] for spec in json.loads(outputs[0])["specs"]}
-    assert drivers == {"aufs", "devicemapper", "docker-overlay2", "overlayfs", "plain", "squash"}
+    assert drivers == {"aufs", "containerd", "containers-storage", "devicemapper", "docker-overlay2", "overlayfs", "plain",
+                       "squash"}
 
 
 # --- nothing silent ---------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 ops through `ctr`, and its root read back in the containerd model's vocabulary.
 
 `Containerd` starts Debian's containerd 1.6 with a config of its own in the run's
-workspace: `root`, `state`, the gRPC and ttrpc sockets there, the CRI plugin and the
-snapshotters other than overlayfs disabled. It never touches `/var/lib/containerd` or
-the system socket; the daemon names the workspace on its command line, so the
-workspace's teardown ends it. A crash is SIGKILL, the container mounts crashcheck made
-undone and the state dir emptied (a tmpfs in reality, `/run/containerd`), then the
-daemon starts again on the same root: its own recovery.
+workspace: `root`, `state`, the gRPC and ttrpc sockets there, the CRI plugin disabled.
+It never touches `/var/lib/containerd` or the system socket; the daemon names the
+workspace on its command line, so the workspace's teardown ends it. A crash is
+SIGKILL, the container mounts crashcheck made undone and the state dir emptied (a
+tmpfs in reality, `/run/containerd`), then the daemon starts again on the same root:
+its own recovery.
 
 Ops: `pull` is `ctr images import` of the archive crashcheck writes from the spec's
 layers (its name becomes `docker.io/library/<image>:latest`), `create-container` is
@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import time
 from pathlib import Path
@@ -37,21 +36,20 @@ from typing import Any
 from checker.engine.trace import Trace
 from checker.real import kernel, sandbox
 from checker.real.bbolt import SEQUENCE, varint
-from checker.real.engine import EngineSession, EngineUnavailable
+from checker.real.engine import EngineSession, EngineUnavailable, read_store_tree
 from checker.real.workspace import Workspace, release
 from checker.spec import Op, Spec
 from models import bolt
-from models.containerd import BLOBS, META_DB, SNAP_DB, SNAPSHOTS, ContainerdMount
+from models.containerd import BLOBS, META_DB, SNAP_DB, SNAPSHOTS, SNAPSHOTTER, ContainerdMount
 from models.docker_archive import image_tarball
 from models.docker_overlay2 import diff_id
-from models.tree import Dir, File, Node, lookup, replace, split
+from models.tree import Dir, File, lookup, replace, split
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 120.0
 SETTLE = 1.0  # seconds for the garbage collection an op triggers to run
-OTHER_SNAPSHOTTERS = ("btrfs", "zfs", "devmapper", "aufs", "native")
 KINDS = {1: "view", 2: "active", 3: "committed"}
 
 
@@ -91,11 +89,10 @@ class Containerd:
         self.mounts = self.home / "mnt"
         for d in (self.home, self.data, self.state, self.mounts):
             d.mkdir(exist_ok=True)
-        disabled = ", ".join(f'"io.containerd.snapshotter.v1.{s}"' for s in OTHER_SNAPSHOTTERS)
         (self.home / "config.toml").write_text(
             f'version = 2\nroot = "{self.data}"\nstate = "{self.state}"\n'
-            f'disabled_plugins = ["io.containerd.grpc.v1.cri", {disabled},'
-            ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.tracing.processor.v1.otlp",'
+            ' "io.containerd.internal.v1.tracing"]\n'
             f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.home / "t.sock"}"\n'
             '[debug]\n  address = ""\n[metrics]\n  address = ""\n')
         self.proc: subprocess.Popen[bytes] | None = None
@@ -152,11 +149,14 @@ class Containerd:
     stop = kill
 
     def start_refused(self) -> str | None:
+        """Start again on the same root; None when it runs (after its start-up
+        collection), else why not."""
         try:
             self.start()
         except EngineUnavailable as e:
             self.kill()
             return str(e)
+        time.sleep(SETTLE)
         return None
 
     def merged(self, container: str) -> Path | None:
@@ -217,20 +217,8 @@ RAW_PARTS = ("io.containerd.content.v1.content", "io.containerd.snapshotter.v1.o
 
 
 def read_raw(data: Path) -> Dir:
-    """containerd's root (the parts the model has) as it is on disk; a mount point is
-    read as the empty directory under it."""
-    def read(path: Path) -> Node:
-        if path.is_dir() and not path.is_symlink() and os.path.ismount(path):
-            return Dir(mode=stat.S_IMODE(os.lstat(path).st_mode))
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            return kernel.read_node(path, skip_xattrs=kernel.BOOKKEEPING_XATTRS)
-        entries = {name: read(path / name) for name in sorted(os.listdir(path))}
-        return Dir(entries, stat.S_IMODE(st.st_mode), kernel.xattrs_of(path, kernel.BOOKKEEPING_XATTRS))
-
-    root = Path(data)
-    return Dir({name: read(root / name) for name in RAW_PARTS if (root / name).exists()},
-               stat.S_IMODE(os.lstat(root).st_mode))
+    """containerd's root as it is on disk, the parts the model has."""
+    return read_store_tree(data, lambda names: [n for n in names if n in RAW_PARTS])
 
 
 def _hex(digest: bytes | str) -> str:
@@ -291,7 +279,7 @@ def meta_state(raw: Dir, diffs: dict[str, str], kinds: dict[str, str] | None = N
         if config:
             entry["chain"] = _chain(raw, _hex(config))
         state["content"][_hex(digest)] = entry
-    for key, record in ns.get("snapshots", {}).get("overlayfs", {}).items():
+    for key, record in ns.get("snapshots", {}).get(SNAPSHOTTER.rsplit(".", 1)[1], {}).items():
         if key == SEQUENCE or not isinstance(record, dict):
             continue
         kind = (kinds or {}).get(key, "committed" if key.startswith("sha256:") else "active")
@@ -412,6 +400,14 @@ class ContainerdSession(EngineSession):
 
     def engine_pid(self) -> int | None:
         return self.daemon.pid
+
+    def spawn_client(self, op: Op) -> subprocess.Popen[bytes] | None:
+        args = op_args(self.daemon, self.layers, op.kind, dict(op.args))
+        return self.ws.spawn([CTR, "--address", str(self.daemon.sock), *args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def result_of(self, returncode: int, stderr: str) -> int | str:
+        return errno_of(subprocess.CompletedProcess([], returncode, "", stderr))
 
     def merged(self, container: str) -> Path | None:
         return self.daemon.merged(container)

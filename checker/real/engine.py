@@ -27,8 +27,10 @@ The dockerd twins of these (`daemon_conform`, `dockerd_crash`) predate this modu
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -41,7 +43,7 @@ from checker.engine.check import check
 from checker.engine.invariants import CrashContext, Finding, selected
 from checker.engine.trace import OpRecord, Trace, build_trace
 from checker.errors import CrashcheckError
-from checker.real import sandbox
+from checker.real import kernel, sandbox
 from checker.real.crash import OpOutcome, RealResult, RealUnavailable, RealViolation
 from checker.real.daemon_conform import (
     STRACE_SET,
@@ -58,7 +60,7 @@ from checker.spec import Op, Spec
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW
 from models.driver import Mount, Recovery
 from models.steps import Step
-from models.tree import Dir
+from models.tree import Dir, Node
 
 ENGINE_VIEW = "engine-view"
 KILLED = "killed"
@@ -117,6 +119,12 @@ class EngineSession:
 
     def spawn_stopped(self, op: Op) -> subprocess.Popen[bytes] | None:
         """A daemonless engine: the op's process, stopped before it runs (None otherwise)."""
+        return None
+
+    def spawn_client(self, op: Op) -> subprocess.Popen[bytes] | None:
+        """A daemon engine: the client command of a store op, started (None: `store_op`
+        runs it). A client whose daemon was killed may wait for it to come back (gRPC
+        clients do), so a crash run ends it once the daemon is dead."""
         return None
 
     def kill(self) -> None:
@@ -213,6 +221,8 @@ class EngineSession:
                 stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 result: int | str = self.result_of(proc.returncode, stderr)
                 self.ws.end(proc)
+            elif (client := self.spawn_client(op)) is not None:
+                result = self._client_result(client, tracer, log)
             else:
                 try:
                     result = self.store_op(op)
@@ -229,9 +239,47 @@ class EngineSession:
     def result_of(self, returncode: int, stderr: str) -> int | str:
         return 0 if returncode == 0 else "EIO"
 
+    def _client_result(self, client: subprocess.Popen[bytes], tracer: subprocess.Popen[bytes],
+                       log: Path) -> int | str:
+        """Wait for the client; once crashpoint has killed the daemon, end the client."""
+        deadline = time.monotonic() + KILL_WAIT * 4
+        while client.poll() is None and time.monotonic() < deadline:
+            if tracer.poll() is not None and "# killed" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.01)
+        if client.poll() is None:
+            self.ws.end(client, signal.SIGKILL)
+            return KILLED
+        stderr = client.stderr.read().decode(errors="replace") if client.stderr else ""
+        self.ws.end(client)
+        return self.result_of(client.returncode, stderr)
+
     def not_chroots(self) -> frozenset[str]:
         """Bind mounts of a path on itself the engine makes that are not a chroot."""
         return frozenset()
+
+
+def read_store_tree(data: Path, names: Callable[[list[str]], list[str]]) -> Dir:
+    """An engine's root as it is on disk, the top-level entries `names` keeps (overlay
+    xattrs kept, the kernel's bookkeeping left out); a mount point is read as the empty
+    directory under it, and an entry the engine removes while it is read (a collection
+    running) is left out."""
+    def read(path: Path) -> Node | None:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and os.path.ismount(path):
+                return Dir(mode=stat.S_IMODE(st.st_mode))
+            if not stat.S_ISDIR(st.st_mode):
+                return kernel.read_node(path, skip_xattrs=kernel.BOOKKEEPING_XATTRS)
+            entries = {name: read(path / name) for name in sorted(os.listdir(path))}
+            return Dir({k: v for k, v in entries.items() if v is not None}, stat.S_IMODE(st.st_mode),
+                       kernel.xattrs_of(path, kernel.BOOKKEEPING_XATTRS))
+        except FileNotFoundError:
+            return None
+
+    root = Path(data)
+    parts = {name: read(root / name) for name in names(sorted(os.listdir(root)))}
+    return Dir({k: v for k, v in parts.items() if v is not None}, stat.S_IMODE(os.lstat(root).st_mode))
 
 
 def _wait_traced(pid: int, tracer: subprocess.Popen[bytes]) -> None:

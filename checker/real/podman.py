@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import time
 from pathlib import Path
@@ -35,13 +34,13 @@ from typing import Any
 from checker.engine.trace import Trace
 from checker.errors import CrashcheckError
 from checker.real import kernel, sandbox
-from checker.real.engine import EngineSession, EngineUnavailable
+from checker.real.engine import EngineSession, EngineUnavailable, read_store_tree
 from checker.real.workspace import Workspace, release
 from checker.spec import Op, Spec
 from models.containers_storage import HOME, IMAGES_JSON, LAYERS_JSON, StorageMount, records_bytes
 from models.docker_archive import image_tarball
 from models.docker_overlay2 import diff_id
-from models.tree import Dir, File, Node, lookup, replace, split
+from models.tree import Dir, File, lookup, replace, split
 
 PODMAN = "/usr/bin/podman"
 COMMAND_TIMEOUT = 120.0
@@ -213,20 +212,8 @@ RAW_SKIP = ("libpod",)
 
 
 def read_raw(data: Path) -> Dir:
-    """The graph root as it is on disk (overlay xattrs kept, the kernel's bookkeeping left
-    out); a mount point is read as the empty directory under it."""
-    def read(path: Path) -> Node:
-        if path.is_dir() and not path.is_symlink() and os.path.ismount(path):
-            return Dir(mode=stat.S_IMODE(os.lstat(path).st_mode))
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            return kernel.read_node(path, skip_xattrs=kernel.BOOKKEEPING_XATTRS)
-        entries = {name: read(path / name) for name in sorted(os.listdir(path))}
-        return Dir(entries, stat.S_IMODE(st.st_mode), kernel.xattrs_of(path, kernel.BOOKKEEPING_XATTRS))
-
-    root = Path(data)
-    parts = {name: read(root / name) for name in sorted(os.listdir(root)) if name not in RAW_SKIP}
-    return Dir(parts, stat.S_IMODE(os.lstat(root).st_mode))
+    """The graph root as it is on disk, libpod's database left out."""
+    return read_store_tree(data, lambda names: [n for n in names if n not in RAW_SKIP])
 
 
 def _records(raw: Dir, path: str) -> list[dict[str, Any]] | None:
