@@ -35,6 +35,7 @@ from checker.real.dockerd import dockerd_version
 from checker.real.dockerd import unavailable_reason as dockerd_unavailable
 from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
 from checker.real.engine import EngineUnavailable, conform_engine, crash_engine
+from checker.real.engine_recorded import recorded_engine_check
 from checker.real.podman import PodmanSession
 from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
@@ -178,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--table", action="store_true",
                       help="a findings table: the model's verdict and each implementation's, per spec")
     real.add_argument("--persistence", choices=sorted(MODELS),
-                      help="with --impl dockerd: power loss instead of a kill; dockerd's system calls are "
-                           "recorded and checked under this persistence model")
+                      help="with --impl dockerd, podman or containerd: power loss instead of a kill; the "
+                           "engine's system calls are recorded and checked under this persistence model")
+    real.add_argument("--max-states", type=_positive, metavar="N",
+                      help="with --persistence: check at most N crash states of the recording (default: "
+                           "as `run`, 20,000 when the symbolic engine cannot decide it)")
     real.add_argument("-v", "--verbose", action="store_true", help="show every violating crash state")
     diff_p = sub.add_parser("diff", help="what changed between two `run --json` documents (exit 1: worse)")
     diff_p.add_argument("old", metavar="OLD.json")
@@ -383,7 +387,7 @@ def cmd_real(args: argparse.Namespace) -> int:
     if DOCKERD in impls:
         return _recorded_dockerd(args) if args.persistence else _real_dockerd(args)
     if args.persistence:
-        raise UsageError("real: --persistence is for --impl dockerd (a recorded run); "
+        raise UsageError("real: --persistence is for --impl dockerd, podman or containerd (a recorded run); "
                          "--impl kernel and fuse-overlayfs crash the process")
     paths = args.paths or (["specs/overlayfs"] if args.table else [])
     if not paths:
@@ -449,8 +453,37 @@ def _real_engine(args: argparse.Namespace, session: Any) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _real_limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {"budget": Budget(max_states=args.max_states)} if args.max_states else {}
+
+
 def _recorded_engine(args: argparse.Namespace, session: Any) -> int:
-    raise UsageError(f"real --impl {session.implementation} --persistence: not supported yet")
+    """`real --impl podman|containerd --persistence P`: each spec recorded on the engine
+    and the recording checked under P (`checker.real.engine_recorded`)."""
+    if args.table:
+        raise UsageError("real: --table is for kill runs (without --persistence)")
+    if not args.paths:
+        raise UsageError("real: give at least one SPEC")
+    specs = [load_spec(f) for f in spec_files(args.paths)]
+    for spec in specs:
+        if spec.driver != session.driver:
+            raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
+                             f"specs, not {spec.driver}")
+    reason = session.unavailable()
+    if reason is not None:
+        raise UsageError(f"real --impl {session.implementation}: {reason}")
+    progress = report.progress_printer()
+    results = []
+    for spec in specs:
+        found = recorded_engine_check(spec, session, args.persistence, progress, **_real_limits(args))
+        progress("")
+        results.append(found)
+        if not args.json:
+            print(report.recorded_report(found, args.verbose), flush=True)
+    if args.json:
+        doc = {"version": 1, "specs": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _dockerd_specs(args: argparse.Namespace) -> list[Spec]:
@@ -477,7 +510,7 @@ def _recorded_dockerd(args: argparse.Namespace) -> int:
     progress = report.progress_printer()
     results = []
     for spec in specs:
-        found = recorded_check(spec, args.persistence, progress)
+        found = recorded_check(spec, args.persistence, progress, **_real_limits(args))
         progress("")
         results.append(found)
         if not args.json:

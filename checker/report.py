@@ -437,25 +437,27 @@ def recorded_report(found: RecordedResult, verbose: bool = False) -> str:
     """A recorded dockerd run checked under a persistence model: what was recorded per
     op, then the usual verdict and counterexamples, on dockerd's own files."""
     r, rec = found.result, found.recording
+    engine = rec.implementation
     mark = "ok  " if found.ok else "FAIL"
     inv = f" of {', '.join(found.violated)}" if found.violated else ""
     bounded = f" [bounded: {r.why}]" if r.bounded else ""
     lines = [
         f"{mark} {found.verdict.upper():<9} {r.spec.file}: {r.spec.name}",
-        f"     dockerd {rec.version}, recorded, under {r.persistence}: {r.steps} steps, "
+        f"     {engine} {rec.version}, recorded, under {r.persistence}: {r.steps} steps, "
         f"{r.crash_states} crash states ({r.unique_states} unique), violations{inv or ' none'} "
-        f"in daemon ops; {r.seconds:.2f}s{bounded}",
-        f"     expected: what the model of this dockerd (moby 20.10) predicts under {r.persistence}: "
-        f"{_verdict_cell(*found.predicted[:1], list(found.predicted[1]))}",
+        f"in {'daemon' if engine == 'dockerd' else 'store'} ops; {r.seconds:.2f}s{bounded}",
+        f"     expected: what the model of this {ENGINE_MODELS.get(engine, engine)} predicts under "
+        f"{r.persistence}: {_verdict_cell(*found.predicted[:1], list(found.predicted[1]))}",
         "     the ops as recorded (system calls through strace):",
     ]
     for o in rec.ops:
-        kind = "daemon op" if o.op.kind in DAEMON_OPS else "file op in a container (the kernel's steps)"
+        kind = ("daemon op" if engine == "dockerd" else "store op") if o.op.kind in rec.store_ops else \
+            "file op in a container (the kernel's steps)"
         lines.append(f"       op {o.op.index} `{o.op.text}` = {o.result}: {len(o.steps)} steps ({kind}; "
                      f"{o.traced} from its system calls, {o.made_parents} parents made, "
-                     f"{o.reconciled} to reach the tree dockerd left)")
+                     f"{o.reconciled} to reach the tree {engine} left)")
     if r.violations:
-        again = f"re-record: crashcheck real --impl dockerd --persistence {r.persistence} {r.spec.file}"
+        again = f"re-record: crashcheck real --impl {engine} --persistence {r.persistence} {r.spec.file}"
         for line in violation_report(r, verbose):
             lines.append(f"     {again}" if line.startswith("     reproduce: ") else line)
     return "\n".join(lines)

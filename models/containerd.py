@@ -483,6 +483,7 @@ class ContainerdMount(LayerHome, Mount):
             self.update_meta(log, lambda s: s["content"].pop(index, None))
         self.unpack(log, lease, layers, config)
         self.update_meta(log, lambda s: s["leases"].pop(lease))
+        self.collect(log)  # the lease's removal makes the store dirty: a collection runs
 
     def create(self, log: StepLog, container: str, image: str) -> None:
         """`ctr containers create` (`NewContainer` under a lease): the active snapshot,

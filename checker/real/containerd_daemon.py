@@ -313,6 +313,9 @@ def snapshotter_state(raw: Dir) -> dict[str, Any] | None:
 def project(raw: Dir, diffs: dict[str, str]) -> Dir:
     """The root with its two bbolt databases as the model's (a database bbolt would
     refuse stays unreadable to the model too)."""
+    node = lookup(raw, split(META_DB))
+    if isinstance(node, File) and node.content.startswith(b"bolt txid="):
+        return raw  # already the model's (a recovered root)
     out = raw
     snaps = snapshotter_state(raw)
     kinds = {k: r["kind"] for k, r in snaps["snapshots"].items()} if snaps else {}
@@ -351,6 +354,7 @@ class ContainerdSession(EngineSession):
     VERSION_OPTIONS = ("sync_fs",)
     MODELLED = "containerd 1.6"
     OUT_OF_SCOPE = ("io.containerd.runtime", "io.containerd.snapshotter.v1.native")
+    SETTLE = SETTLE
 
     @staticmethod
     def version() -> str:

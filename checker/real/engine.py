@@ -48,6 +48,7 @@ from checker.real.crash import OpOutcome, RealResult, RealUnavailable, RealViola
 from checker.real.daemon_conform import (
     STRACE_SET,
     DaemonOpConformance,
+    call_text,
     durable,
     kernel_made,
     unordered_removals,
@@ -80,6 +81,8 @@ class EngineSession:
     STORE_OPS: ClassVar[tuple[str, ...]] = ()
     #: store paths outside the model (the engine's own databases, logs)
     OUT_OF_SCOPE: ClassVar[tuple[str, ...]] = ()
+    #: seconds for what a daemon does after an op's reply (a collection it triggers) to land
+    SETTLE: ClassVar[float] = 0.3
 
     def __init__(self, ws: Workspace, spec: Spec, trace: Trace, name: str) -> None:
         self.ws, self.spec, self.trace, self.name = ws, spec, trace, name
@@ -193,12 +196,12 @@ class EngineSession:
             _wait_traced(pid, tracer)
             try:
                 result = self.store_op(op)
-                time.sleep(0.3)
+                time.sleep(self.SETTLE)
             finally:
                 self.ws.end(tracer, signal.SIGINT)
         calls = parse(log.read_text(errors="surrogateescape"))
         pairs = Recorder(str(self.data), existing, not_chroots=self.not_chroots()).steps(calls)
-        return result, [(step, call.name) for step, call in pairs]
+        return result, [(step, call_text(call, str(self.data))) for step, call in pairs]
 
     def crash_run(self, op: Op, tool: Path, kill_at: int) -> tuple[int | str, list[Call], bool]:
         """`op` with crashpoint on the engine: counting (kill_at 0) or killing the engine
@@ -228,7 +231,7 @@ class EngineSession:
                     result = self.store_op(op)
                 except OSError:
                     result = KILLED
-            deadline = time.monotonic() + 0.3
+            deadline = time.monotonic() + self.SETTLE
             while tracer.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
         finally:

@@ -92,12 +92,18 @@ class Recording:
     initial: Dir  # the data root before the first op, as on disk
     ops: list[OpRecording]
     diff_ids: dict[str, str] = field(default_factory=dict)  # tarball digest -> model digest
+    implementation: str = "dockerd"
+    store_ops: tuple[str, ...] = DAEMON_OPS
+    #: the engine's store read in the model's vocabulary (dockerd: `dockerd.project`)
+    projector: Callable[[Dir], Dir] | None = None
+    #: the engine's own names made generic (`<id>`, `<link>`, temp suffixes)
+    generic: Callable[[str], str] = comparable
 
     def recorded_spec(self, persistence: str) -> Spec:
         """The spec with each op replaced by its recorded steps."""
         ops = [
             RecordedOp(i, "steps", (("steps", tuple(r.steps)), ("calls", tuple(r.calls))),
-                       label=f"{r.op.text} (dockerd: {len(r.steps)} steps)", original=r.op)
+                       label=f"{r.op.text} ({self.implementation}: {len(r.steps)} steps)", original=r.op)
             for i, r in enumerate(self.ops)
         ]
         return dataclasses.replace(self.spec, ops=ops, persistence=persistence)
@@ -162,13 +168,15 @@ def in_scope(step: Step) -> Step | None:
     return dataclasses.replace(step, **changes) if changes else step  # type: ignore[type-var]
 
 
-def replay(op: Op, result: int | str, before: Dir, pairs: list[tuple[Step, str]], after: Dir) -> OpRecording:
+def replay(op: Op, result: int | str, before: Dir, pairs: list[tuple[Step, str]], after: Dir,
+           scope: Callable[[Step], Step | None] = in_scope, store_ops: tuple[str, ...] = DAEMON_OPS,
+           engine: str = "dockerd") -> OpRecording:
     log = StepLog(before)
     steps: list[Step] = []
     calls: list[str] = []
     made = traced = 0
     for raw, call in pairs:
-        step = in_scope(raw)
+        step = scope(raw)
         if step is None:
             continue
         for parent in _missing_parents(log.root, step):
@@ -184,7 +192,7 @@ def replay(op: Op, result: int | str, before: Dir, pairs: list[tuple[Step, str]]
         calls.append(call)
         traced += 1
     fix = reconcile(log.root, after)
-    why = "(the kernel's, below dockerd)" if op.kind in DAEMON_OPS else "(the kernel's: a file op)"
+    why = f"(the kernel's, below {engine})" if op.kind in store_ops else "(the kernel's: a file op)"
     return OpRecording(op, result, steps + fix, calls + [why] * len(fix), traced, made, len(fix))
 
 
@@ -304,7 +312,7 @@ class RecordedResult:
 
     @property
     def daemon_ops(self) -> set[int]:
-        return {r.op.index for r in self.recording.ops if r.op.kind in DAEMON_OPS}
+        return {r.op.index for r in self.recording.ops if r.op.kind in self.recording.store_ops}
 
     @property
     def violated(self) -> list[str]:
@@ -330,9 +338,9 @@ class RecordedResult:
                 step = v.get("crash_after_step")
                 if isinstance(step, int) and step > 0:
                     v["syscall"] = self.recording.call_of(step - 1)
-                    v["process"] = "dockerd"
-        return stable(doc) | {
-            "implementation": "dockerd",
+                    v["process"] = self.recording.implementation
+        return stable(doc, self.recording.generic) | {
+            "implementation": self.recording.implementation,
             "engine": "recorded",
             "verdict": self.verdict,
             "expected": self.predicted[0],
@@ -356,16 +364,16 @@ def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None]
     return RecordedResult(recording, result, predicted(spec, persistence, compared, **limits))
 
 
-def stable(doc: object) -> Any:
-    """A JSON document with dockerd's random names made generic (as `conform` shows
+def stable(doc: object, generic: Callable[[str], str] = comparable) -> Any:
+    """A JSON document with the engine's random names made generic (as `conform` shows
     them: ids as `<id>`, short links as `<link>`, temp suffixes as `*`), so a spec gives
     the same document run after run."""
     if isinstance(doc, dict):
-        return {k: stable(v) for k, v in doc.items()}
+        return {k: stable(v, generic) for k, v in doc.items()}
     if isinstance(doc, list):
-        return [stable(v) for v in doc]
+        return [stable(v, generic) for v in doc]
     if isinstance(doc, str):
-        return _TIME.sub("<time>", comparable(doc))
+        return _TIME.sub("<time>", generic(doc))
     return doc
 
 
