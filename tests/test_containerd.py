@@ -148,10 +148,10 @@ def test_builtin_containerd_specs_exact_counts():
         "create-container-killed": (32, 33, []),
         "create-container-ordered": (32, 37, []),
         "create-container-weak-lost-rename": (32, 134, ["atomicity"]),
-        "pull-crash-pull-rename-exists": (188, 189, ["usable-after-recovery"]),
-        "pull-power-loss-empty-files": (188, 442, ["layer-store-consistent"]),
-        "pull-power-loss-sync-fs": (189, 414, []),
-        "pull-prefix-leaks": (245, 246, ["atomicity", "no-layer-leak"]),
+        "pull-crash-pull-rename-exists": (192, 193, ["usable-after-recovery"]),
+        "pull-power-loss-empty-files": (192, 450, ["layer-store-consistent"]),
+        "pull-power-loss-sync-fs": (193, 418, []),
+        "pull-prefix-leaks": (249, 250, ["atomicity", "no-layer-leak"]),
         "rm-container-killed-leaks": (30, 31, ["atomicity", "no-layer-leak"]),
     }
 

@@ -154,3 +154,31 @@ def test_cli_conform_and_real_for_podman(untouched_system):
     assert proc.stderr.strip().splitlines() == [
         f"crashcheck: error: {CD / 'create-container-killed.toml'}: real --impl podman runs containers-storage "
         "specs, not containerd"]
+
+
+@needs_podman
+def test_podman_recorded_under_power_loss_shows_podman_12337(untouched_system):
+    """podman's own calls of a commit, replayed under ordered-metadata: a recorded layer
+    whose `link` (or `lower`) came back empty, as the model of c/storage 1.43 predicts."""
+    from checker.real.engine_recorded import recorded_engine_check
+
+    r = recorded_engine_check(load_spec(CS / "commit-power-loss-empty-lower.toml"), PodmanSession,
+                              "ordered-metadata")
+    assert r.predicted == ("violation", ("layer-store-consistent",))
+    assert r.ok and r.violated == ["layer-store-consistent"]
+    messages = {v.message for v in r.result.violations}
+    assert any("link is missing or empty" in m or "lower is missing or empty" in m for m in messages)
+    doc = r.to_json()
+    assert doc["implementation"] == "podman" and doc["engine"] == "recorded"
+    assert all(v["process"] == "podman" and v["syscall"] for v in doc["violations"])
+
+
+@needs_containerd
+def test_containerd_recorded_under_power_loss_shows_containerd_5854(untouched_system):
+    from checker.engine.budget import Budget
+    from checker.real.engine_recorded import recorded_engine_check
+
+    r = recorded_engine_check(load_spec(CD / "pull-power-loss-empty-files.toml"), ContainerdSession,
+                              "ordered-metadata", budget=Budget(max_states=100_000))
+    assert r.ok and r.verdict == "violation" and r.violated == ["layer-store-consistent"]
+    assert any("differs from its layer" in v.message for v in r.result.violations)
