@@ -423,17 +423,7 @@ def _real_engine(args: argparse.Namespace, session: Any) -> int:
     each of its calls on the store (`checker.real.engine`)."""
     if args.persistence:
         return _recorded_engine(args, session)
-    paths = args.paths or ([f"specs/{session.driver}"] if args.table else [])
-    if not paths:
-        raise UsageError("real: give at least one SPEC")
-    specs = [load_spec(f) for f in spec_files(paths)]
-    for spec in specs:
-        if spec.driver != session.driver:
-            raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
-                             f"specs, not {spec.driver}")
-    reason = session.unavailable()
-    if reason is not None:
-        raise UsageError(f"real --impl {session.implementation}: {reason}")
+    specs = _engine_specs(args.paths or ([f"specs/{session.driver}"] if args.table else []), session)
     progress = report.progress_printer()
     rows = []
     results: list[RealResult] = []
@@ -453,6 +443,22 @@ def _real_engine(args: argparse.Namespace, session: Any) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _engine_specs(paths: list[str], session: Any) -> list[Spec]:
+    """The specs of `real --impl podman|containerd`: each of the engine's driver, and the
+    engine able to run here."""
+    if not paths:
+        raise UsageError("real: give at least one SPEC")
+    specs = [load_spec(f) for f in spec_files(paths)]
+    for spec in specs:
+        if spec.driver != session.driver:
+            raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
+                             f"specs, not {spec.driver}")
+    reason = session.unavailable()
+    if reason is not None:
+        raise UsageError(f"real --impl {session.implementation}: {reason}")
+    return specs
+
+
 def _real_limits(args: argparse.Namespace) -> dict[str, Any]:
     return {"budget": Budget(max_states=args.max_states)} if args.max_states else {}
 
@@ -462,16 +468,7 @@ def _recorded_engine(args: argparse.Namespace, session: Any) -> int:
     and the recording checked under P (`checker.real.engine_recorded`)."""
     if args.table:
         raise UsageError("real: --table is for kill runs (without --persistence)")
-    if not args.paths:
-        raise UsageError("real: give at least one SPEC")
-    specs = [load_spec(f) for f in spec_files(args.paths)]
-    for spec in specs:
-        if spec.driver != session.driver:
-            raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
-                             f"specs, not {spec.driver}")
-    reason = session.unavailable()
-    if reason is not None:
-        raise UsageError(f"real --impl {session.implementation}: {reason}")
+    specs = _engine_specs(args.paths, session)
     progress = report.progress_printer()
     results = []
     for spec in specs:

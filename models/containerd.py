@@ -61,13 +61,21 @@ import errno
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from models import bolt
 from models import syscalls as sc
-from models.clients import syscall
-from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.containers import (
+    CONTAINERS_VIEW,
+    IMAGES_VIEW,
+    CreateContainer,
+    Pull,
+    RemoveContainer,
+    RemoveImage,
+    engine_client,
+    route,
+    view_scope,
+)
 from models.docker_archive import layer_tar
 from models.docker_overlay2 import chain_id, diff_id
 from models.driver import Driver, Mount, Option, Recovery, handles
@@ -113,29 +121,6 @@ def _empty_snapshotter() -> dict[str, Any]:
     return {"seq": 0, "snapshots": {}}
 
 
-@dataclass(frozen=True)
-class Pull(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "pull"
-
-
-@dataclass(frozen=True)
-class CreateContainer(sc.Syscall):
-    container: str
-    image: str
-    NAME: ClassVar[str] = "create-container"
-
-
-@dataclass(frozen=True)
-class RemoveContainer(sc.Syscall):
-    container: str
-    NAME: ClassVar[str] = "rm-container"
-
-
-@dataclass(frozen=True)
-class RemoveImage(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "rmi"
 
 
 class ContainerdMount(LayerHome, Mount):
@@ -720,13 +705,4 @@ class Containerd(Driver):
         return None
 
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
-        image, container = args.get("image"), args.get("container")
-        if kind == "pull":
-            return syscall(Pull(image or DEFAULT_IMAGE))
-        if kind == "create-container":
-            return syscall(CreateContainer(container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE))
-        if kind == "rm-container":
-            return syscall(RemoveContainer(container or DEFAULT_CONTAINER))
-        if kind == "rmi":
-            return syscall(RemoveImage(image or DEFAULT_IMAGE))
-        return None
+        return engine_client(kind, args, DEFAULT_IMAGE, DEFAULT_CONTAINER) if kind in self.EXTRA_OPS else None

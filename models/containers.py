@@ -9,13 +9,67 @@ that container's own mount.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from models.clients import syscall
 from models.syscalls import Syscall
 from models.tree import FsError, join, split
 
 CONTAINERS_VIEW = "containers"
 IMAGES_VIEW = "images"
+
+
+# --- the engine ops the Docker, containerd and containers/storage models share -------------
+
+
+@dataclass(frozen=True)
+class Pull(Syscall):
+    image: str
+    NAME: ClassVar[str] = "pull"
+
+
+@dataclass(frozen=True)
+class CreateContainer(Syscall):
+    container: str
+    image: str
+    NAME: ClassVar[str] = "create-container"
+
+
+@dataclass(frozen=True)
+class CommitContainer(Syscall):
+    container: str
+    image: str
+    NAME: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True)
+class RemoveContainer(Syscall):
+    container: str
+    NAME: ClassVar[str] = "rm-container"
+
+
+@dataclass(frozen=True)
+class RemoveImage(Syscall):
+    image: str
+    NAME: ClassVar[str] = "rmi"
+
+
+def engine_client(kind: str, args: Any, image: str, container: str) -> Any:
+    """The client of an engine op every engine model has (None for another kind):
+    `pull`, `create-container`, `commit`, `rm-container`, `rmi`."""
+    named_image, named_container = args.get("image"), args.get("container")
+    if kind == "pull":
+        return syscall(Pull(named_image or image))
+    if kind == "create-container":
+        return syscall(CreateContainer(named_container or container, named_image or image))
+    if kind == "commit":
+        return syscall(CommitContainer(named_container or container, named_image))
+    if kind == "rm-container":
+        return syscall(RemoveContainer(named_container or container))
+    if kind == "rmi":
+        return syscall(RemoveImage(named_image or image))
+    return None
 
 
 def route(call: Syscall) -> tuple[str, Syscall]:

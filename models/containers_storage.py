@@ -73,12 +73,21 @@ import base64
 import errno
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from models import syscalls as sc
-from models.clients import syscall
-from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.containers import (
+    CONTAINERS_VIEW,
+    IMAGES_VIEW,
+    CommitContainer,
+    CreateContainer,
+    Pull,
+    RemoveContainer,
+    RemoveImage,
+    engine_client,
+    route,
+    view_scope,
+)
 from models.docker_overlay2 import chain_id, diff_id, exported, image_id
 from models.driver import Driver, Mount, Option, Recovery, handles
 from models.layers import build_steps
@@ -136,36 +145,6 @@ def _by_name(records: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any] 
     return None
 
 
-@dataclass(frozen=True)
-class Pull(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "pull"
-
-
-@dataclass(frozen=True)
-class CreateContainer(sc.Syscall):
-    container: str
-    image: str
-    NAME: ClassVar[str] = "create-container"
-
-
-@dataclass(frozen=True)
-class CommitContainer(sc.Syscall):
-    container: str
-    image: str
-    NAME: ClassVar[str] = "commit"
-
-
-@dataclass(frozen=True)
-class RemoveContainer(sc.Syscall):
-    container: str
-    NAME: ClassVar[str] = "rm-container"
-
-
-@dataclass(frozen=True)
-class RemoveImage(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "rmi"
 
 
 class StorageMount(LayerHome, Mount):
@@ -706,15 +685,4 @@ class ContainersStorage(Driver):
         return None
 
     def client(self, kind: str, args: Mapping[str, Any]) -> Any:
-        image, container = args.get("image"), args.get("container")
-        if kind == "pull":
-            return syscall(Pull(image or DEFAULT_IMAGE))
-        if kind == "create-container":
-            return syscall(CreateContainer(container or DEFAULT_CONTAINER, image or DEFAULT_IMAGE))
-        if kind == "commit":
-            return syscall(CommitContainer(container or DEFAULT_CONTAINER, image))
-        if kind == "rm-container":
-            return syscall(RemoveContainer(container or DEFAULT_CONTAINER))
-        if kind == "rmi":
-            return syscall(RemoveImage(image or DEFAULT_IMAGE))
-        return None
+        return engine_client(kind, args, DEFAULT_IMAGE, DEFAULT_CONTAINER) if kind in self.EXTRA_OPS else None

@@ -76,7 +76,16 @@ from typing import Any, ClassVar
 
 from models import syscalls as sc
 from models.clients import syscall
-from models.containers import CONTAINERS_VIEW, IMAGES_VIEW, route, view_scope
+from models.containers import (
+    CONTAINERS_VIEW,
+    IMAGES_VIEW,
+    CommitContainer,
+    Pull,
+    RemoveContainer,
+    RemoveImage,
+    route,
+    view_scope,
+)
 from models.docker_archive import archive_of
 from models.driver import Driver, Mount, Option, Recovery, handles
 from models.layers import build_steps, stored_bytes
@@ -242,10 +251,6 @@ def tag_store_bytes(tags: Mapping[str, str]) -> bytes:
     return json.dumps({"Repositories": repos}, sort_keys=True, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
-class Pull(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "pull"
 
 
 @dataclass(frozen=True)
@@ -261,17 +266,8 @@ class StartContainer(sc.Syscall):
     NAME: ClassVar[str] = "start"
 
 
-@dataclass(frozen=True)
-class CommitContainer(sc.Syscall):
-    container: str
-    image: str
-    NAME: ClassVar[str] = "commit"
 
 
-@dataclass(frozen=True)
-class RemoveContainer(sc.Syscall):
-    container: str
-    NAME: ClassVar[str] = "rm-container"
 
 
 @dataclass(frozen=True)
@@ -281,10 +277,6 @@ class TagImage(sc.Syscall):
     NAME: ClassVar[str] = "tag"
 
 
-@dataclass(frozen=True)
-class RemoveImage(sc.Syscall):
-    image: str
-    NAME: ClassVar[str] = "rmi"
 
 
 class DockerMount(LayerHome, Mount):

@@ -14,13 +14,14 @@ that fails only because an earlier op never happened is not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from checker.engine.trace import Recorder, run_ops
 from models.capabilities import StoreChecks, can
 from models.tree import Dir
 
 if TYPE_CHECKING:
+    from checker.engine.invariants import Finding
     from checker.engine.trace import Trace
 
 RUN_MEMO = 4_096  # continuations remembered (by the digest of the store they start on)
@@ -35,6 +36,33 @@ class Continuation:
     #: what the store checks find after them and did not find before them: a problem the
     #: crash left and the later ops did not touch is `layer-store-consistent`'s finding
     problems: tuple[tuple[str, str], ...]
+
+
+def real_continuation_findings(op_text: str, got: Continuation, refs: list[Continuation],
+                               later: list[Any]) -> list[Finding]:
+    """`usable-after-recovery` on a real engine: the later ops after a crash during
+    `op_text` (`got`) against the crash-free references: no finding when one matches;
+    else the first later op whose result no reference gives, or a view none ends in, or
+    the store problems they leave."""
+    from checker.engine.invariants import Finding
+
+    for ref in refs:
+        if got.results == ref.results and got.view.digest == ref.view.digest and (
+                not got.problems or got.problems == ref.problems):
+            return []
+    for j, op in enumerate(later):
+        expected = {ref.results[j] for ref in refs if ref.results[:j] == got.results[:j]}
+        if expected and got.results[j] not in expected:
+            return [Finding(
+                f"after a crash during `{op_text}`, later op {op.index} `{op.text}` returns "
+                f"{got.results[j]} where it returns {' or '.join(map(str, sorted(expected, key=str)))} "
+                "after no crash", (), op.index)]
+    if all(got.view.digest != ref.view.digest for ref in refs):
+        return [Finding(f"after a crash during `{op_text}`, the later ops end in a view no run "
+                        "without the crash gives", (), later[-1].index)]
+    listed = "; ".join(f"{p}: {what}" for p, what in got.problems[:3])
+    return [Finding(f"after a crash during `{op_text}`, the later ops leave the store inconsistent: "
+                    f"{listed}", tuple(p for p, _ in got.problems), later[-1].index)]
 
 
 class AfterCrash:

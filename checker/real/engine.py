@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from checker.engine.aftercrash import AfterCrash, Continuation
+from checker.engine.aftercrash import AfterCrash, Continuation, real_continuation_findings
 from checker.engine.check import check
 from checker.engine.invariants import CrashContext, Finding, selected
 from checker.engine.trace import OpRecord, Trace, build_trace
@@ -537,24 +537,7 @@ class EngineCrashRun:
         got = self.continuation(session)
         ks = sorted({record.index, min(record.index + 1, len(self.trace.ops))})
         refs = [self.reference(k) for k in ks]
-        for ref in refs:
-            if got.results == ref.results and got.view.digest == ref.view.digest and (
-                    not got.problems or got.problems == ref.problems):
-                return []
-        later = self.spec.after_crash
-        for j, op in enumerate(later):
-            expected = {ref.results[j] for ref in refs if ref.results[:j] == got.results[:j]}
-            if expected and got.results[j] not in expected:
-                return [Finding(
-                    f"after a crash during `{record.text}`, later op {op.index} `{op.text}` returns "
-                    f"{got.results[j]} where it returns {' or '.join(map(str, sorted(expected, key=str)))} "
-                    "after no crash", (), op.index)]
-        if all(got.view.digest != ref.view.digest for ref in refs):
-            return [Finding(f"after a crash during `{record.text}`, the later ops end in a view no run "
-                            "without the crash gives", (), later[-1].index)]
-        listed = "; ".join(f"{p}: {what}" for p, what in got.problems[:3])
-        return [Finding(f"after a crash during `{record.text}`, the later ops leave the store inconsistent: "
-                        f"{listed}", tuple(p for p, _ in got.problems), later[-1].index)]
+        return real_continuation_findings(record.text, got, refs, self.spec.after_crash)
 
 
 def engine_findings(session: EngineSession, view: Dir) -> list[Finding]:

@@ -37,7 +37,14 @@ from checker.real import kernel, sandbox
 from checker.real.engine import EngineSession, EngineUnavailable, read_store_tree
 from checker.real.workspace import Workspace, release
 from checker.spec import Op, Spec
-from models.containers_storage import HOME, IMAGES_JSON, LAYERS_JSON, StorageMount, records_bytes
+from models.containers_storage import (
+    HOME,
+    IMAGES_JSON,
+    LAYERS_JSON,
+    StorageMount,
+    read_records,
+    records_bytes,
+)
 from models.docker_archive import image_tarball
 from models.docker_overlay2 import diff_id
 from models.tree import Dir, File, lookup, replace, split
@@ -216,21 +223,10 @@ def read_raw(data: Path) -> Dir:
     return read_store_tree(data, lambda names: [n for n in names if n not in RAW_SKIP])
 
 
-def _records(raw: Dir, path: str) -> list[dict[str, Any]] | None:
-    node = lookup(raw, split(path))
-    if not isinstance(node, File):
-        return None
-    try:
-        doc = json.loads(node.content)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, list) else None
-
-
 def learn_digests(raw: Dir, known: dict[str, str]) -> None:
     """containers/storage's digest of each complete layer's tarball -> the model's digest
     of its files (learned from a store known complete, applied to crashed ones)."""
-    for record in _records(raw, LAYERS_JSON) or []:
+    for record in read_records(raw, LAYERS_JSON) or []:
         recorded = record.get("diff-digest")
         diff = lookup(raw, split(f"{HOME}/{record.get('id')}/diff"))
         if recorded and isinstance(diff, Dir) and not record.get("flags", {}).get("incomplete"):
@@ -241,13 +237,13 @@ def project(raw: Dir, known: dict[str, str]) -> Dir:
     """The graph root with layers.json's digests as the model's and image names as the
     spec gives them (`localhost/image:latest` is `image`)."""
     out = raw
-    layers = _records(raw, LAYERS_JSON)
+    layers = read_records(raw, LAYERS_JSON)
     if layers is not None:
         for record in layers:
             if record.get("diff-digest") in known:
                 record["diff-digest"] = known[record["diff-digest"]]
         out = replace(out, split(LAYERS_JSON), File(records_bytes(layers), 0o600))
-    images = _records(raw, IMAGES_JSON)
+    images = read_records(raw, IMAGES_JSON)
     if images is not None:
         for record in images:
             names = record.get("names", [])
