@@ -112,6 +112,7 @@ DEFAULT_CONTAINER = "app"
 VERSIONS = ("1.10", "1.38", "1.43")
 LINKS_RECREATED = (1, 11)  # commit f2ec8a7d (2019): a missing l/ link is recreated at mount
 RECORD_FIRST = (1, 40)  # commit 70cd76bf (2022): the incomplete record is saved before the driver's create
+LINKDIR_AT_CREATE = (1, 12)  # commit 2581a719 (2019): the driver's create makes `l/` when it is missing
 #: a layer's tar-split (headers to rebuild its tarball): its content is not modelled
 TAR_SPLIT = b"tar-split"
 
@@ -363,7 +364,10 @@ class StorageMount(LayerHome, Mount):
         self.set_layer(log, record, layer)
 
     def create_layer_dir(self, log: StepLog, layer: str, parent: str | None) -> None:
-        """The overlay driver's `create`, in the order strace shows on v1.43."""
+        """The overlay driver's `create`, in the order strace shows on v1.43; from v1.12 it
+        first makes `l/` if it is missing (MkdirAll)."""
+        if self.version >= LINKDIR_AT_CREATE and lookup(log.root, split(self.links)) is None:
+            log.do(Mkdir(self.links, 0o755))
         home = f"{HOME}/{layer}"
         log.do(Mkdir(home, 0o700))
         log.do(Mkdir(f"{home}/diff", 0o555))  # defaultPerms; extraction sets the root's mode

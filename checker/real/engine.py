@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -54,7 +54,7 @@ from checker.real.daemon_conform import (
     unordered_removals,
 )
 from checker.real.dockerd_crash import Call, build_crashpoint, parse_points
-from checker.real.ops import run_op
+from checker.real.ops import run_op, syncfs
 from checker.real.syscall_log import Recorder, parse, tree_paths
 from checker.real.workspace import Workspace, workspace
 from checker.spec import Op, Spec
@@ -165,8 +165,8 @@ class EngineSession:
     def perform(self, op: Op) -> int | str:
         if op.kind in self.STORE_OPS:
             return self.store_op(op)
-        if op.kind == "sync":
-            subprocess.run(["sync"], check=False)
+        if op.kind == "sync":  # the store's file system, not every one (sync(2) would reach other runs')
+            syncfs(self.data)
             return 0
         return self.file_op(op)
 
@@ -428,8 +428,6 @@ class EngineCrashRun:
 
     def close(self, session: EngineSession) -> None:
         session.stop()
-        import shutil
-
         shutil.rmtree(self.ws.path(session.name), ignore_errors=True)
 
     def view_of(self, session: EngineSession, raw: Dir) -> Dir:
@@ -603,7 +601,5 @@ def predicted(spec: Spec, persistence: str, invariants: Collection[str], store_o
     found = sorted({v.invariant for v in model.violations if v.op in ops and v.invariant in invariants})
     return ("violation" if found else "pass"), tuple(found)
 
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 __all__ = ["ENGINE_VIEW", "EngineSession", "EngineUnavailable", "conform_engine", "crash_engine"]

@@ -163,13 +163,13 @@ def op_calls(m: Path, op: Op) -> list[Callable[[], None]]:
         case "sync":
             return [os.sync]
         case "syncfs":
-            return [lambda: _syncfs(m)]
+            return [lambda: syncfs(m)]
         case "remount":
             return []  # the caller unmounts and mounts (real crash tests: every op's own cycle)
     raise ValueError(f"no real system call for op {op.kind}")
 
 
-def _syncfs(root: Path) -> None:
+def syncfs(root: Path) -> None:
     """syncfs(2) on the mount (Python has no binding: libc's, through ctypes)."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
