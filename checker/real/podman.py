@@ -235,13 +235,19 @@ def learn_digests(raw: Dir, known: dict[str, str]) -> None:
 
 def project(raw: Dir, known: dict[str, str]) -> Dir:
     """The graph root with layers.json's digests as the model's and image names as the
-    spec gives them (`localhost/image:latest` is `image`)."""
+    spec gives them (`localhost/image:latest` is `image`). A layer whose tarball digest
+    was never seen complete (a commit's: its tarball holds the files' times, so each run
+    has its own) keeps no digest: its files cannot be checked against it."""
     out = raw
     layers = read_records(raw, LAYERS_JSON)
     if layers is not None:
+        mapped = set(known.values())
         for record in layers:
-            if record.get("diff-digest") in known:
-                record["diff-digest"] = known[record["diff-digest"]]
+            digest = record.get("diff-digest")
+            if digest in known:
+                record["diff-digest"] = known[digest]
+            elif digest is not None and digest not in mapped:
+                del record["diff-digest"]
         out = replace(out, split(LAYERS_JSON), File(records_bytes(layers), 0o600))
     images = read_records(raw, IMAGES_JSON)
     if images is not None:
