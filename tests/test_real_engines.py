@@ -182,3 +182,43 @@ def test_containerd_recorded_under_power_loss_shows_containerd_5854(untouched_sy
                               "ordered-metadata", budget=Budget(max_states=100_000))
     assert r.ok and r.verdict == "violation" and r.violated == ["layer-store-consistent"]
     assert any("differs from its layer" in v.message for v in r.result.violations)
+
+
+@needs_podman
+def test_a_killed_podman_run_leaves_its_namespace_to_crashcheck_clean(untouched_system):
+    """SIGKILL the checker while podman's namespace holder and a podman live: `crashcheck
+    clean` ends them (the holder takes the namespace and its mounts along) and removes
+    the workspace."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "checker", "real", "--impl", "podman",
+                             str(CS / "rm-container-killed.toml")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    before = set(Path("/tmp").glob(PREFIX + "engine-*"))
+    deadline = time.monotonic() + 120
+    ours: set[Path] = set()
+    while time.monotonic() < deadline and not ours:
+        time.sleep(0.2)
+        ours = {p for p in set(Path("/tmp").glob(PREFIX + "engine-*")) - before
+                if any(str(p) in _cmdline(pid) for pid in _pids() if "crashcheck-podman" in _cmdline(pid))}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ours, "the run never started podman's namespace"
+    [ws] = ours
+    assert ws.exists()
+    clean = _cli("clean")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not ws.exists()
+    assert not [pid for pid in _pids() if str(ws) in _cmdline(pid)]
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
