@@ -284,6 +284,7 @@ class PodmanSession(EngineSession):
     def __init__(self, ws: Workspace, spec: Spec, trace: Trace, name: str) -> None:
         super().__init__(ws, spec, trace, name)
         self.podman = Podman(ws, name)
+        self.last_error = ""
         mount = trace.mount
         assert isinstance(mount, StorageMount)
         self.layers = list(mount.image_layers)
@@ -313,11 +314,13 @@ class PodmanSession(EngineSession):
 
     def _check(self, result: int | str, what: str) -> None:
         if result:
-            raise EngineUnavailable(f"podman could not {what} ({result})")
+            raise EngineUnavailable(f"podman could not {what} ({result}): {self.last_error[-300:]}")
 
     def store_op(self, op: Op, wrap: list[str] | None = None) -> int | str:
         args = op_args(self.podman, self.layers, op.kind, dict(op.args))
-        return errno_of(self.podman.run(*args, wrap=wrap))
+        proc = self.podman.run(*args, wrap=wrap)
+        self.last_error = proc.stderr.strip()
+        return errno_of(proc)
 
     def spawn_stopped(self, op: Op) -> subprocess.Popen[bytes] | None:
         args = op_args(self.podman, self.layers, op.kind, dict(op.args))
