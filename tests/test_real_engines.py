@@ -27,7 +27,7 @@ needs_podman = pytest.mark.skipif(PODMAN is not None, reason=f"podman cannot run
 needs_containerd = pytest.mark.skipif(CONTAINERD is not None, reason=f"containerd cannot run here: {CONTAINERD}")
 CS = ROOT / "specs/containers-storage"
 CD = ROOT / "specs/containerd"
-SYSTEM_ROOTS = (Path("/var/lib/containers"), Path("/var/lib/containerd"))
+SYSTEM_ROOTS = (Path("/var/lib/containers"), Path("/var/lib/containerd"), Path("/dev/shm/libpod_lock"))
 
 
 @pytest.fixture

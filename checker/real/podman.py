@@ -6,7 +6,9 @@ podman is daemonless: every op is one `podman` process. Each run keeps podman in
 mount namespace of its own, held by one process of the run (`unshare --mount`): there
 `/var/lib` is a tmpfs with the run's own `/var/lib/containers` (podman 4.3 keeps its
 blob-info cache in `/var/lib/containers/cache` whatever `--root` says) and `/var/tmp` is
-the run's (image copies are staged there), so nothing outside the workspace is touched.
+the run's (image copies are staged there), and `/dev/shm` is a tmpfs of its own (libpod
+keeps its container locks in `/dev/shm/libpod_lock`; a kill leaks them, and a reboot, the
+namespace's end, frees them), so nothing outside the workspace is touched.
 Every podman command runs in that namespace (`nsenter`) with `--root`, `--runroot`,
 `--storage-driver overlay`, `--cgroup-manager cgroupfs`, `--events-backend none` and
 private `CONTAINERS_CONF`/`CONTAINERS_STORAGE_CONF` files. A container's `podman mount`
@@ -76,6 +78,7 @@ def podman_version() -> str:
 HOLDER_SCRIPT = (
     'set -e; mount -t tmpfs crashcheck /var/lib; mkdir /var/lib/containers; '
     'mount --bind "$1/varlib" /var/lib/containers; mount --bind "$1/tmp" /var/tmp; '
+    'mount -t tmpfs crashcheck /dev/shm; '
     'echo ready > "$1/holder.ready"; exec sleep 1000000000'
 )
 
