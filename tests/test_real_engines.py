@@ -18,7 +18,7 @@ from checker.real.bbolt import SEQUENCE, read_db
 from checker.real.containerd_daemon import ContainerdSession
 from checker.real.engine import conform_engine, crash_engine
 from checker.real.podman import PodmanSession
-from checker.real.workspace import PREFIX, mounts_under
+from checker.real.workspace import OWNER, PREFIX, mounts_under
 from tests.conftest import ROOT
 
 PODMAN = PodmanSession.unavailable()
@@ -35,12 +35,18 @@ def untouched_system():
     """The system's own engine roots are exactly as they were, and no workspace of ours
     stays behind (nothing mounted under it, the dir gone)."""
     before = {p: p.exists() for p in SYSTEM_ROOTS}
-    ours = set(Path("/tmp").glob(PREFIX + "*"))
     yield
     assert {p: p.exists() for p in SYSTEM_ROOTS} == before
-    left = set(Path("/tmp").glob(PREFIX + "engine-*")) - ours
+    left = [p for p in Path("/tmp").glob(PREFIX + "engine-*") if _owner(p) == os.getpid()]  # this test's own
     assert not left, left
     assert not any(mounts_under(p) for p in left)
+
+
+def _owner(ws: Path) -> int | None:
+    try:
+        return int(json.loads((ws / OWNER).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 @needs_podman

@@ -50,6 +50,27 @@ CTR = "/usr/bin/ctr"
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 120.0
 SETTLE = 1.0  # seconds for the garbage collection an op triggers to run
+QUIET = 0.5  # ... and for meta.db to stay unchanged after it
+SETTLE_MAX = 10.0
+
+
+def settle_quietly(db: Path) -> None:
+    """Sleep SETTLE, then until `db` has not changed for QUIET seconds (SETTLE_MAX at most)."""
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = db.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    time.sleep(SETTLE)
+    deadline = time.monotonic() + SETTLE_MAX
+    last, since = stamp(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < QUIET:
+        time.sleep(0.05)
+        now = stamp()
+        if now != last:
+            last, since = now, time.monotonic()
 KINDS = {1: "view", 2: "active", 3: "committed"}
 
 
@@ -156,7 +177,7 @@ class Containerd:
         except EngineUnavailable as e:
             self.kill()
             return str(e)
-        time.sleep(SETTLE)
+        settle_quietly(self.data / META_DB)
         return None
 
     def merged(self, container: str) -> Path | None:
@@ -381,11 +402,11 @@ class ContainerdSession(EngineSession):
         if any(op.kind == "pull" for op in ops):
             return
         self._check(self.store_op(Op(-1, "pull", ())), "import the image")
-        time.sleep(SETTLE)  # the collection the import's lease removal triggers
+        settle_quietly(self.data / META_DB)  # the collection the import's lease removal triggers
         if any(op.kind == "create-container" for op in ops):
             return
         self._check(self.store_op(Op(-1, "create-container", ())), "create container app")
-        time.sleep(SETTLE)
+        settle_quietly(self.data / META_DB)
         if self.spec.upper is not None:
             merged = self.daemon.merged("app")
             if merged is None:
@@ -404,6 +425,12 @@ class ContainerdSession(EngineSession):
 
     def engine_pid(self) -> int | None:
         return self.daemon.pid
+
+    def settle(self) -> None:
+        """Wait until the collection an op triggers has run: at least SETTLE seconds, then
+        until meta.db has not changed for QUIET seconds (at most SETTLE_MAX in all), so a
+        loaded machine does not cut the op's steps short."""
+        settle_quietly(self.data / META_DB)
 
     def spawn_client(self, op: Op) -> subprocess.Popen[bytes] | None:
         args = op_args(self.daemon, self.layers, op.kind, dict(op.args))

@@ -196,7 +196,7 @@ class EngineSession:
             _wait_traced(pid, tracer)
             try:
                 result = self.store_op(op)
-                time.sleep(self.SETTLE)
+                self.settle()
             finally:
                 self.ws.end(tracer, signal.SIGINT)
         calls = parse(log.read_text(errors="surrogateescape"))
@@ -241,6 +241,10 @@ class EngineSession:
 
     def result_of(self, returncode: int, stderr: str) -> int | str:
         return 0 if returncode == 0 else "EIO"
+
+    def settle(self) -> None:
+        """Wait for what the engine does after an op's reply (a collection it triggers)."""
+        time.sleep(self.SETTLE)
 
     def _client_result(self, client: subprocess.Popen[bytes], tracer: subprocess.Popen[bytes],
                        log: Path) -> int | str:

@@ -37,7 +37,7 @@ from checker.engine.trace import Trace
 from checker.errors import CrashcheckError
 from checker.real import kernel, sandbox
 from checker.real.engine import EngineSession, EngineUnavailable, read_store_tree
-from checker.real.workspace import Workspace, release
+from checker.real.workspace import PREFIX, Workspace, release
 from checker.spec import Op, Spec
 from models.containers_storage import (
     HOME,
@@ -79,6 +79,10 @@ HOLDER_SCRIPT = (
     'set -e; mount -t tmpfs crashcheck /var/lib; mkdir /var/lib/containers; '
     'mount --bind "$1/varlib" /var/lib/containers; mount --bind "$1/tmp" /var/tmp; '
     'mount -t tmpfs crashcheck /dev/shm; '
+    # the namespace starts with a copy of every mount; another run's (a test's loop file
+    # system, its overlays) must not be held here, or its unmount would not end it
+    'for m in $(awk \'{print $5}\' /proc/self/mountinfo | grep "^$3" | grep -v "^$2" | sort -r); do '
+    'umount -l "$m" 2>/dev/null || true; done; '
     'echo ready > "$1/holder.ready"; exec sleep 1000000000'
 )
 
@@ -107,7 +111,7 @@ class Podman:
         ready = self.home / "holder.ready"
         ready.unlink(missing_ok=True)
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", HOLDER_SCRIPT,
-                "crashcheck-podman", str(self.home)]
+                "crashcheck-podman", str(self.home), str(self.ws.root), str(self.ws.root.parent / PREFIX)]
         self.holder = self.ws.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + HOLDER_WAIT
