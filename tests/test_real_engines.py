@@ -103,9 +103,11 @@ def test_containerd_import_conforms(untouched_system):
     """ctr images import of one layer: every durable step of containerd the model makes,
     but bbolt's syncs when it grows meta.db (not modelled)."""
     [op] = conform_engine(load_spec(CD / "pull-power-loss-empty-files.toml"), ContainerdSession)
-    assert op.conforms and op.view_matches and not op.store_problems
-    unexpected = [e for e in op.unexpected if "meta.db" not in e]
-    assert not unexpected and not op.missing
+    assert op.same_result and op.view_matches and not op.store_problems
+    # meta.db's transactions: the collection after the import runs on containerd's own
+    # schedule (in or just after the traced window), and bbolt syncs when it grows the file
+    assert not [e for e in op.unexpected if "meta.db" not in e]
+    assert not [e for e in op.missing if "meta.db" not in e]
     assert op.matched >= len(op.observed_steps) - 6
 
 
