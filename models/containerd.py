@@ -64,25 +64,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import bolt
-from models import syscalls as sc
 from models.containers import (
     CONTAINERS_VIEW,
     IMAGES_VIEW,
-    CreateContainer,
-    Pull,
-    RemoveContainer,
-    RemoveImage,
     engine_client,
-    route,
     view_scope,
 )
 from models.docker_archive import layer_tar
 from models.docker_overlay2 import chain_id, diff_id
-from models.driver import Driver, Mount, Option, Recovery, handles
+from models.driver import Driver, Option, Recovery
 from models.layers import build_steps
-from models.overlay_layers import LayerHome, container_overlay, names
+from models.overlay_layers import EngineMount, container_overlay, names
 from models.overlayfs import OverlayFS, OverlayMount
-from models.relocate import RelocatedLog
 from models.steps import (
     Create,
     Fsync,
@@ -123,7 +116,7 @@ def _empty_snapshotter() -> dict[str, Any]:
 
 
 
-class ContainerdMount(LayerHome, Mount):
+class ContainerdMount(EngineMount):
     """containerd's root: content store, snapshotter, metadata, mounted containers."""
 
     HOME = SNAPSHOTS
@@ -240,16 +233,6 @@ class ContainerdMount(LayerHome, Mount):
     def new_lifetime(self) -> None:
         self.mounted = {}
 
-    def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
-        try:
-            if type(call) in self.HANDLERS:
-                return self.perform(call, log)
-            container, inner_call = route(call)
-            inner, places = self.container_mount(log, container)
-            return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
-        except FsError as e:
-            return sc.fail(e.errno)
-
     def container_mount(self, log: StepLog, container: str) -> tuple[OverlayMount, dict[str, str]]:
         """The container's snapshot mounted (`ctr snapshots mounts`; the kernel makes
         `work/work`)."""
@@ -265,26 +248,6 @@ class ContainerdMount(LayerHome, Mount):
             self.mounted[container] = home
         places = {"upper": f"{home}/fs", "work": f"{home}/work"}
         return container_overlay(self.options["redirect_dir"], lowers), places
-
-    @handles(Pull)
-    def pull_image(self, call: Pull, log: StepLog) -> None:
-        self.pull(log, call.image)
-
-    @handles(CreateContainer)
-    def create_container(self, call: CreateContainer, log: StepLog) -> None:
-        self.create(log, call.container, call.image)
-
-    @handles(RemoveContainer)
-    def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
-        self.rm_container(log, call.container)
-
-    @handles(RemoveImage)
-    def remove_image(self, call: RemoveImage, log: StepLog) -> None:
-        self.rmi(log, call.image)
-
-    @handles(sc.Sync, sc.Syncfs)
-    def sync(self, call: sc.Syscall, log: StepLog) -> None:
-        log.do(Syncfs(""))
 
     # -- transactions --------------------------------------------------------------------
 

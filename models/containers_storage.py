@@ -75,26 +75,19 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from models import syscalls as sc
 from models.containers import (
     CONTAINERS_VIEW,
     IMAGES_VIEW,
     CommitContainer,
-    CreateContainer,
-    Pull,
-    RemoveContainer,
-    RemoveImage,
     engine_client,
-    route,
     view_scope,
 )
 from models.docker_overlay2 import chain_id, diff_id, exported, image_id
-from models.driver import Driver, Mount, Option, Recovery, handles
+from models.driver import Driver, Option, Recovery, handles
 from models.layers import build_steps
-from models.overlay_layers import LayerHome, container_overlay, names, read_text
+from models.overlay_layers import EngineMount, container_overlay, names, read_text
 from models.overlayfs import OverlayFS, OverlayMount
-from models.relocate import RelocatedLog
-from models.steps import MakeSymlink, Mkdir, RemoveTree, Rmdir, StepLog, Syncfs, Unlink, remove_subtree
+from models.steps import MakeSymlink, Mkdir, RemoveTree, Rmdir, StepLog, Unlink, remove_subtree
 from models.tree import Dir, ErrorEntry, File, FsError, Node, ensure_dirs, lookup, replace, split
 
 HOME = "overlay"
@@ -148,7 +141,7 @@ def _by_name(records: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any] 
 
 
 
-class StorageMount(LayerHome, Mount):
+class StorageMount(EngineMount):
     """A containers/storage graph root: the stores, and each mounted container."""
 
     HOME = HOME
@@ -270,16 +263,6 @@ class StorageMount(LayerHome, Mount):
     def new_lifetime(self) -> None:
         self.mounted = {}
 
-    def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
-        try:
-            if type(call) in self.HANDLERS:
-                return self.perform(call, log)
-            container, inner_call = route(call)
-            inner, places = self.container_mount(log, container)
-            return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
-        except FsError as e:
-            return sc.fail(e.errno)
-
     def container_mount(self, log: StepLog, container: str) -> tuple[OverlayMount, dict[str, str]]:
         """`podman mount`: the container's layer on overlayfs (the kernel makes `work/work`).
         The overlay model is rebuilt from the tree for each op; its in-memory state is the
@@ -298,29 +281,9 @@ class StorageMount(LayerHome, Mount):
         inner = container_overlay(self.options["redirect_dir"], lowers)
         return inner, {"upper": f"{HOME}/{layer}/diff", "work": f"{HOME}/{layer}/work"}
 
-    @handles(Pull)
-    def pull_image(self, call: Pull, log: StepLog) -> None:
-        self.pull(log, call.image)
-
-    @handles(CreateContainer)
-    def create_container(self, call: CreateContainer, log: StepLog) -> None:
-        self.create(log, call.container, call.image)
-
     @handles(CommitContainer)
     def commit_container(self, call: CommitContainer, log: StepLog) -> None:
         self.commit(log, call.container, call.image)
-
-    @handles(RemoveContainer)
-    def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
-        self.rm_container(log, call.container)
-
-    @handles(RemoveImage)
-    def remove_image(self, call: RemoveImage, log: StepLog) -> None:
-        self.rmi(log, call.image)
-
-    @handles(sc.Sync, sc.Syncfs)
-    def sync(self, call: sc.Syscall, log: StepLog) -> None:
-        log.do(Syncfs(""))
 
     # -- the stores ----------------------------------------------------------------------
 

@@ -18,9 +18,13 @@ import errno
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from models import syscalls as sc
+from models.containers import CreateContainer, Pull, RemoveContainer, RemoveImage, route
+from models.driver import Mount, handles
 from models.overlayfs import OverlayFS, OverlayMount
-from models.steps import Create, RemoveTree, StepLog, Truncate, Write, replace_file
-from models.tree import Dir, ErrorEntry, File, Symlink, join, lookup, split
+from models.relocate import RelocatedLog
+from models.steps import Create, RemoveTree, StepLog, Syncfs, Truncate, Write, replace_file
+from models.tree import Dir, ErrorEntry, File, FsError, Symlink, join, lookup, split
 from models.union import Union
 
 
@@ -165,9 +169,60 @@ class LayerHome:
             log.do(RemoveTree(f"{self.HOME}/{layer}"))
 
 
+class EngineMount(LayerHome, Mount):
+    """What the containerd and containers/storage mounts share: the engine ops go to
+    their handlers (`pull`, `create`, `rm_container`, `rmi` of the subclass), a file op to
+    the overlay mount of the container it names (`container_mount` of the subclass)."""
+
+    def container_mount(self, log: StepLog, container: str) -> tuple[OverlayMount, dict[str, str]]:
+        raise NotImplementedError
+
+    def pull(self, log: StepLog, name: str) -> None:
+        raise NotImplementedError
+
+    def create(self, log: StepLog, container: str, image: str) -> None:
+        raise NotImplementedError
+
+    def rm_container(self, log: StepLog, container: str) -> None:
+        raise NotImplementedError
+
+    def rmi(self, log: StepLog, name: str) -> None:
+        raise NotImplementedError
+
+    def execute(self, call: sc.Syscall, log: StepLog) -> sc.SysResult:
+        try:
+            if type(call) in self.HANDLERS:
+                return self.perform(call, log)
+            container, inner_call = route(call)
+            inner, places = self.container_mount(log, container)
+            return inner.execute(inner_call, RelocatedLog(log, places))  # type: ignore[arg-type]
+        except FsError as e:
+            return sc.fail(e.errno)
+
+    @handles(Pull)
+    def pull_image(self, call: Pull, log: StepLog) -> None:
+        self.pull(log, call.image)
+
+    @handles(CreateContainer)
+    def create_container(self, call: CreateContainer, log: StepLog) -> None:
+        self.create(log, call.container, call.image)
+
+    @handles(RemoveContainer)
+    def remove_container(self, call: RemoveContainer, log: StepLog) -> None:
+        self.rm_container(log, call.container)
+
+    @handles(RemoveImage)
+    def remove_image(self, call: RemoveImage, log: StepLog) -> None:
+        self.rmi(log, call.image)
+
+    @handles(sc.Sync, sc.Syncfs)
+    def sync(self, call: sc.Syscall, log: StepLog) -> None:
+        log.do(Syncfs(""))
+
+
 def container_overlay(redirect_dir: bool, lowers: list[tuple[str, Dir]]) -> OverlayMount:
     """The overlayfs model mounted on a container's lower dirs (its upper is the caller's)."""
     return OverlayMount.of_layers(OverlayFS({"redirect_dir": redirect_dir}), lowers)
 
 
-__all__ = ["LayerHome", "container_overlay", "names", "normalized", "read_text"]
+__all__ = ["EngineMount", "LayerHome", "container_overlay", "names", "normalized", "read_text"]
