@@ -381,18 +381,8 @@ class DockerMount(LayerHome, Mount):
         upper = lookup(root, split(f"{OVERLAY}/{mid}/diff"))
         if not isinstance(upper, Dir):
             return ErrorEntry(errno.ENOENT, f"layer {mid} does not exist")
-        lower = _read(root, f"{OVERLAY}/{mid}/lower")
-        if not lower:
-            return ErrorEntry(errno.EINVAL, f"{OVERLAY}/{mid}/lower is missing or empty: the mount fails")
-        lowers = []
-        for item in lower.split(":"):
-            path = self.resolve_link(root, item)
-            node = lookup(root, split(path)) if path else None
-            if not isinstance(node, Dir):
-                reason = f"lowerdir {OVERLAY}/{item} does not resolve: the mount fails"
-                return ErrorEntry(errno.ENOENT, reason)
-            lowers.append((path, node))
-        return upper, lowers
+        lowers = self.lower_dirs(root, mid)
+        return lowers if isinstance(lowers, ErrorEntry) else (upper, lowers)
 
 
 
