@@ -94,6 +94,7 @@ from models.tree import (
     Parts,
     Symlink,
     Whiteout,
+    identity,
     join,
     lookup,
     split,
@@ -216,7 +217,7 @@ class AufsMount(FileSystemMount):
         return out
 
     def _merge(self, stack: tuple[tuple[int, Dir], ...]) -> Node:
-        key = tuple(d.digest for _, d in stack) + tuple(bytes([b]) for b, _ in stack)
+        key = tuple(identity(d) for _, d in stack) + tuple(bytes([b]) for b, _ in stack)
         hit = self._memo.get(key)
         if hit is not None:
             return hit

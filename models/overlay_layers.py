@@ -24,7 +24,7 @@ from models.driver import Mount, handles
 from models.overlayfs import OverlayFS, OverlayMount
 from models.relocate import RelocatedLog
 from models.steps import Create, RemoveTree, StepLog, Syncfs, Truncate, Write, replace_file
-from models.tree import Dir, ErrorEntry, File, FsError, Symlink, join, lookup, split
+from models.tree import Dir, ErrorEntry, File, FsError, Symlink, identity, join, lookup, split
 from models.union import Union
 
 
@@ -95,7 +95,7 @@ class LayerHome:
     def merged(self, lowers_top_first: list[Dir], upper: Dir | None) -> Dir:
         """The overlayfs view of these lower dirs under `upper` (memoized per lower stack)."""
         unions: dict[tuple[bytes, ...], Union] = self.__dict__.setdefault("_unions", {})
-        key = tuple(d.digest for d in lowers_top_first)
+        key = tuple(identity(d) for d in lowers_top_first)
         union = unions.get(key)
         if union is None:
             union = unions[key] = Union([(d, (f"lower{i}",)) for i, d in enumerate(lowers_top_first)])

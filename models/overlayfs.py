@@ -87,6 +87,7 @@ from models.tree import (
     Symlink,
     Whiteout,
     find_inode,
+    identity,
     join,
     lookup,
     replace,
@@ -314,7 +315,7 @@ class OverlayMount(FileSystemMount):
         rotated = self.rotated(root)
         if not rotated:
             return (), self._union
-        key = tuple(root.entries[n].digest for n in rotated)
+        key = tuple(identity(root.entries[n]) for n in rotated)
         hit = self._rotated_unions.get(key)
         if hit is None:
             layers = [(root.entries[n], (n,)) for n in reversed(rotated)]
@@ -447,7 +448,7 @@ class OverlayMount(FileSystemMount):
         its index entry (`ovl_lookup_index`): an upper inode with no upper name yet."""
         upper = self._upper(root)
         rotation, union = self._union_keyed(root)
-        key = (rotation, upper.digest, parts)
+        key = (rotation, identity(upper), parts)
         hit = self._resolved.get(key)
         if hit is None:
             if len(self._resolved) > RESOLVE_MEMO:

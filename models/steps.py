@@ -29,6 +29,7 @@ from models.tree import (
     Symlink,
     Whiteout,
     find_inode,
+    has_hard_links,
     join,
     lookup,
     parent_dir,
@@ -840,34 +841,6 @@ def remove_subtree(root: Dir, parts: Parts, keep: Node | None = None) -> Dir:
             assert isinstance(f, File)
             root = replace(root, link, f.with_links(ino, f.nlink - count))
     return root
-
-
-_LINKED: dict[bytes, bool] = {}
-LINKED_MEMO = 100_000  # subtrees remembered before the memo starts over
-
-
-def has_hard_links(node: Node) -> bool:
-    """Does the subtree hold a file with more than one link? Memoized by digest (a
-    file's digest covers its link count), so a directory derived from one already seen
-    costs only its changed entries: when the directory it was derived from (`Dir.base`)
-    has no hard link, only the entries that changed can bring one (a directory of
-    thousands of whiteouts taken apart entry by entry costs one entry per state)."""
-    if isinstance(node, File):
-        return node.nlink > 1
-    if not isinstance(node, Dir):
-        return False
-    hit = _LINKED.get(node.digest)
-    if hit is None:
-        if len(_LINKED) > LINKED_MEMO:
-            _LINKED.clear()
-        base = node.base
-        if base is not None and _LINKED.get(base.digest) is False:
-            changed = (node.entries.get(name) for name in node.changed)
-            hit = any(has_hard_links(c) for c in changed if c is not None)
-        else:
-            hit = any(has_hard_links(c) for c in node.entries.values())
-        _LINKED[node.digest] = hit
-    return hit
 
 
 def _show(data: bytes) -> str:

@@ -489,6 +489,65 @@ def find_inode(root: Dir, ino: int) -> list[Parts]:
     return [p for p, n in walk(root) if isinstance(n, File) and n.ino == ino and n.nlink > 1]
 
 
+_LINKED: dict[bytes, bool] = {}
+LINKED_MEMO = 100_000  # subtrees remembered before the memo starts over
+
+
+def has_hard_links(node: Node) -> bool:
+    """Does the subtree hold a file with more than one link? Memoized by digest (a
+    file's digest covers its link count), so a directory derived from one already seen
+    costs only its changed entries: when the directory it was derived from (`Dir.base`)
+    has no hard link, only the entries that changed can bring one (a directory of
+    thousands of whiteouts taken apart entry by entry costs one entry per state)."""
+    if isinstance(node, File):
+        return node.nlink > 1
+    if not isinstance(node, Dir):
+        return False
+    hit = _LINKED.get(node.digest)
+    if hit is None:
+        if len(_LINKED) > LINKED_MEMO:
+            _LINKED.clear()
+        base = node.base
+        if base is not None and _LINKED.get(base.digest) is False:
+            changed = (node.entries.get(name) for name in node.changed)
+            hit = any(has_hard_links(c) for c in changed if c is not None)
+        else:
+            hit = any(has_hard_links(c) for c in node.entries.values())
+        _LINKED[node.digest] = hit
+    return hit
+
+
+def link_signature(node: Node) -> bytes:
+    """Which names are one file below `node`: the path, inode number and link count of
+    every file of several links; empty when there is none. The digest leaves inode
+    numbers out (they are not what a user compares), so two trees can share a digest and
+    differ only in which names are hard links of each other."""
+    if not has_hard_links(node):
+        return b""
+    return b"".join(
+        f"{join(path)}\0{n.ino}\0{n.nlink}\n".encode()
+        for path, n in _linked_files(node, ())
+    )
+
+
+def _linked_files(node: Node, prefix: Parts) -> Iterator[tuple[Parts, File]]:
+    """The files of several links below `node`, names sorted; subtrees without one skipped."""
+    if isinstance(node, File):
+        if node.nlink > 1:
+            yield prefix, node
+    elif isinstance(node, Dir) and has_hard_links(node):
+        for name in sorted(node.entries):
+            yield from _linked_files(node.entries[name], prefix + (name,))
+
+
+def identity(node: Node) -> bytes:
+    """A key for memos of work that reads inode numbers (recovery's link counts, a view's
+    inode numbers): the digest, plus the hard links' inode numbers when the tree has any
+    (`link_signature`). Two trees with one identity are interchangeable for such work."""
+    links = link_signature(node)
+    return node.digest if not links else node.digest + _h(links)
+
+
 def _meta_text(node: Node) -> str:
     """Owner and pinned time for reports, when not the defaults."""
     out = f" owner {node.uid}:{node.gid}" if node.uid or node.gid else ""

@@ -32,7 +32,7 @@ from models.format import (  # noqa: F401 - the names are re-exported
     TRUSTED,
     OverlayXattrs,
 )
-from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, split
+from models.tree import Dir, ErrorEntry, File, Node, Parts, Symlink, Whiteout, Xattrs, identity, split
 
 MAX_DELTA_HOPS = 32  # how far back a directory's derivation chain is searched for a merged base
 MERGE_MEMO = 50_000  # merged directories and leaves remembered before a memo starts over
@@ -291,7 +291,7 @@ class Union:
             return self._metacopy_view(entry, top)
         if not isinstance(top, Dir):
             return self._leaf_view(top)
-        key = tuple((f.layer, f.node.digest) for f in entry.stack)
+        key = tuple((f.layer, identity(f.node)) for f in entry.stack)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
@@ -366,7 +366,7 @@ class Union:
             base = base.base
             if base is None:
                 return None
-            old = self._memo.get(((0, base.digest),) + key[1:])
+            old = self._memo.get(((0, identity(base)),) + key[1:])
             if isinstance(old, Dir):
                 break
         else:

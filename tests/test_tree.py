@@ -6,7 +6,8 @@ import errno
 
 import pytest
 
-from models.tree import Dir, File, FsError, Symlink, Whiteout, lookup, replace, split, walk
+from models.tree import Dir, File, FsError, Symlink, Whiteout, identity, lookup, replace, split, walk
+from models.union import Union
 
 
 def sample() -> Dir:
@@ -75,3 +76,36 @@ def test_replace_under_missing_or_non_dir_parent():
 def test_walk_is_sorted_and_complete():
     paths = ["/".join(p) for p, _ in walk(sample())]
     assert paths == ["", "a", "a/f", "a/g", "l", "w"]
+
+
+def _linked(groups: list[tuple[str, ...]]) -> Dir:
+    """Four names of equal content, two links each, grouped into inodes as given."""
+    files = {}
+    for ino, names in enumerate(groups, start=1):
+        for name in names:
+            files[name] = File(b"x", ino=ino, nlink=2)
+    return Dir(files)
+
+
+def test_identity_tells_apart_trees_that_differ_only_in_hard_links():
+    a = _linked([("a", "c"), ("b", "d")])
+    b = _linked([("a", "b"), ("c", "d")])
+    assert a.digest == b.digest  # the digest leaves inode numbers out
+    assert identity(a) != identity(b)
+    assert identity(a) == identity(_linked([("a", "c"), ("b", "d")]))
+    plain = Dir({"a": File(b"x")})
+    assert identity(plain) == plain.digest  # no hard link: the digest itself
+
+
+def test_merged_view_memo_keeps_each_trees_hard_links():
+    """The union's merge memo once keyed directories by digest: the view of the second
+    tree came back with the first tree's inode numbers."""
+    union = Union([(Dir(), ("lower0",))])
+    for groups in ([("a", "c"), ("b", "d")], [("a", "b"), ("c", "d")]):
+        view = union.view(union.root(Dir({"dir": _linked(groups)})))
+        shown = lookup(view, ("dir",))
+        assert isinstance(shown, Dir)
+        inos = {name: node.ino for name, node in shown.entries.items() if isinstance(node, File)}
+        assert [sorted(n for n in inos if inos[n] == i) for i in sorted(set(inos.values()))] == [
+            sorted(g) for g in groups
+        ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from checker.engine.trace import Recorder, run_ops
 from models.capabilities import StoreChecks, can
-from models.tree import Dir
+from models.tree import Dir, identity
 
 if TYPE_CHECKING:
     from checker.engine.invariants import Finding
@@ -76,7 +76,8 @@ class AfterCrash:
 
     def run(self, root: Dir) -> Continuation:
         """The later ops on a driver started on `root` (once per distinct store)."""
-        hit = self.memo.get(root.digest)
+        key = identity(root)
+        hit = self.memo.get(key)
         if hit is not None:
             return hit
         mount = self.trace.mount.restart(root)
@@ -90,7 +91,7 @@ class AfterCrash:
         done = Continuation(tuple(r.result for r in records), mount.view(final), problems)
         if len(self.memo) >= RUN_MEMO:
             self.memo.clear()
-        self.memo[root.digest] = done
+        self.memo[key] = done
         return done
 
     def reference(self, k: int) -> Continuation:

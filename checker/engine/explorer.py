@@ -27,7 +27,7 @@ from checker.engine.persistence import DEFAULT_BLOCK_SIZE, MODELS, Constraints, 
 from checker.engine.trace import Trace, build_trace
 from models.clients import SYNC_OPS
 from models.driver import Driver, Recovery
-from models.tree import Dir
+from models.tree import Dir, identity
 
 if TYPE_CHECKING:
     from checker.spec import Spec
@@ -138,22 +138,24 @@ class Context:
 
     def recover(self, root: Dir) -> Recovery:
         """The driver's recovery, once per distinct tree."""
-        hit = self.recover_memo.get(root.digest)
+        key = identity(root)
+        hit = self.recover_memo.get(key)
         if hit is None:
             hit = self.trace.mount.recover(root)
-            bounded_put(self.recover_memo, root.digest, hit)
+            bounded_put(self.recover_memo, key, hit)
         return hit
 
     def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
         """The recovery and the view a user sees after it: after a refused mount, the
         view once the remedy is applied (when the driver says what that leaves)."""
-        hit = self.recoveries.get(root.digest)
+        key = identity(root)
+        hit = self.recoveries.get(key)
         if hit is None:
             rec = self.recover(root)
             after = rec.root if rec.root is not None else rec.fallback
             view = self.trace.mount.view(after) if after is not None else None
             hit = (rec, view)
-            bounded_put(self.recoveries, root.digest, hit)
+            bounded_put(self.recoveries, key, hit)
         return hit
 
     def returned_syncs(self, crash: CrashState) -> int:
@@ -173,7 +175,7 @@ class Context:
     def assess(self, root: Dir, op: int, synced: int, prefix: bool = True) -> list[tuple[str, Finding]]:
         """The crash-level findings of backing tree `root` left by a crash during op `op`
         after the first `synced` fsync/sync ops returned."""
-        key = (root.digest, op, synced)
+        key = (identity(root), op, synced)
         hit = self.findings.get(key)
         if hit is not None:
             return hit
