@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from checker import regression, report, tables
+from checker.distribute import default_jobs
 from checker.engine.budget import DEFAULT_MAX_MEMORY, Budget, cap_address_space, parse_size, size_text
 from checker.engine.check import ENGINES, Result, check
 from checker.engine.persistence import MODELS
@@ -39,7 +40,7 @@ from checker.real.engine_recorded import recorded_engine_check
 from checker.real.podman import PodmanSession
 from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
-from checker.symbolic.repair import suggest_fix
+from checker.suite import RunSettings, check_specs
 from checker.tables import FORMATS
 from checker.workloads import explore as explore_mod
 from checker.workloads.store import ExploreStore
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggest-fix", action="store_true",
         help="for a violating spec, the fewest fsyncs to insert that remove every violation",
     )
+    run.add_argument("--jobs", type=_positive, default=1,
+                     help="check N specs at a time on local worker processes (default 1)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="check the specs on the workers of this Dask scheduler (tcp://HOST:PORT)")
     run.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per spec")
     run.add_argument("--baseline", metavar="OLD.json",
                      help="diff this run against an earlier `run --json` document (exit 1: worse)")
@@ -255,26 +260,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     progress = report.progress_printer(len(specs))
     failed: list[tuple[str, str]] = []  # (file, why) of specs this run could not check; the others go on
-    for spec in specs:
-        try:
-            result = check(
-                spec, args.persistence, args.crash_after, engine=args.engine, block_size=args.block_size,
-                budget=budget, persisted=args.persisted, progress=progress,
-            )
-        except CrashcheckError as e:
-            progress("")
-            failed.append((spec.file, str(e)))
-            print(one_line(f"crashcheck: error: {e}"), file=sys.stderr, flush=True)
-            continue
+    settings = RunSettings(args.persistence, args.crash_after, args.engine, args.block_size, budget,
+                           args.persisted, args.suggest_fix)
+    for done in check_specs(specs, settings, args.jobs, args.scheduler, progress):
         progress("")
+        if done.result is None:
+            failed.append((done.spec.file, done.error or ""))
+            print(one_line(f"crashcheck: error: {done.error}"), file=sys.stderr, flush=True)
+            continue
         progress.advance()
+        result, fix_note = done.result, done.fix_note
         if args.confirm:
             result = replace(result, confirmations=confirm(result))
-        fix_note = None
-        if args.suggest_fix and result.violations and result.context is not None:
-            found = suggest_fix(result.context, budget)
-            result = replace(result, fix=found.fix)
-            fix_note = report.fix_lines(result, found)
         results.append(result)
         if not args.json:
             print(report.summary_line(result), flush=True)
@@ -565,7 +562,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise UsageError(f"explore: {e}") from None
     settings = explore_mod.Settings(args.driver, tuple(sorted(options.items())), args.persistence)
     cap_address_space(args.max_memory)
-    jobs = args.jobs or explore_mod.default_jobs()
+    jobs = args.jobs or default_jobs()
     progress = report.progress_printer()
     items = explore_mod.random_items(args.random, args.seed, args.max_ops) if args.random else None
     depth = args.max_ops if args.random else args.depth

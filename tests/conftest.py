@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,53 @@ def assert_conforms(spec: Spec, ops: int) -> None:
 
     found = conform(spec)
     assert len(found) == ops and all(o.conforms for o in found), [o.to_json() for o in found if not o.conforms]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    procs: list[subprocess.Popen[bytes]]  # the scheduler, then one nanny per worker
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and 2 workers on this machine, started as the README starts them
+    (`dask scheduler`, `dask worker`); every process is ended afterwards."""
+    import os
+    import sys
+    import time
+
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "TMPDIR": str(tmp)}  # dask's scratch space goes to tempfile.gettempdir()
+    port = address.rsplit(":", 1)[1]
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                              cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(1)
+        for n in range(2):
+            procs.append(subprocess.Popen(
+                [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp / f"w{n}")],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield DaskCluster(address, procs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

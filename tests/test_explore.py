@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from checker.workloads.explore import Settings, explore, op_space, random_items, shrink
-from tests.conftest import ROOT
+from tests.conftest import ROOT, DaskCluster, free_port
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -176,67 +176,33 @@ def test_a_store_refuses_another_run(tmp_path: Path):
     assert cli("explore", "--report").returncode == 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_explore_on_a_dask_cluster_gives_the_local_json_even_when_a_worker_dies(tmp_path: Path):
-    """A scheduler and 2 workers (`dask scheduler`, `dask worker`, as the README starts
-    them): the cluster's JSON is the local one's; a worker killed mid-run is restarted
-    by its nanny and its chunks run again, and the JSON is still the same."""
+def test_explore_on_a_dask_cluster_gives_the_local_json_even_when_a_worker_dies(dask_cluster: DaskCluster):
+    """The cluster's JSON is the local one's; a worker killed mid-run is restarted by its
+    nanny and its chunks run again, and the JSON is still the same."""
     import signal
     import time
 
     import psutil
-    from distributed import Client
 
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    import os
-
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # dask's scratch space goes to tempfile.gettempdir()
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        time.sleep(1)
-        for n in range(2):
-            procs.append(subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--no-dashboard",
-                 "--local-directory", str(tmp_path / f"w{n}")],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-        depth2 = ["--depth", "2", "--option", "redirect_dir=off", "--json"]  # 242 prefix units
-        assert cli("explore", *depth2, "--scheduler", address).stdout == cli("explore", *depth2).stdout
-        sample = ["--random", "4000", "--max-ops", "4", "--seed", "3", "--json"]
-        local = cli("explore", *sample, "--jobs", "1")
-        run = subprocess.Popen([sys.executable, "-m", "checker", "explore", *sample, "--scheduler", address],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        victims = psutil.Process(procs[1].pid).children(recursive=True)
-        assert victims, "the nanny has no worker process"
-        for victim in victims:
-            victim.send_signal(signal.SIGKILL)
-        out, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
-        assert out == local.stdout
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    address = dask_cluster.address
+    depth2 = ["--depth", "2", "--option", "redirect_dir=off", "--json"]  # 242 prefix units
+    assert cli("explore", *depth2, "--scheduler", address).stdout == cli("explore", *depth2).stdout
+    sample = ["--random", "4000", "--max-ops", "4", "--seed", "3", "--json"]
+    local = cli("explore", *sample, "--jobs", "1")
+    run = subprocess.Popen([sys.executable, "-m", "checker", "explore", *sample, "--scheduler", address],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    victims = psutil.Process(dask_cluster.procs[1].pid).children(recursive=True)
+    assert victims, "the nanny has no worker process"
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert out == local.stdout
 
 
 def test_an_unreachable_scheduler_is_one_line():
-    proc = cli("explore", "--depth", "1", "--scheduler", f"tcp://127.0.0.1:{_free_port()}")
+    proc = cli("explore", "--depth", "1", "--scheduler", f"tcp://127.0.0.1:{free_port()}")
     assert proc.returncode == 2
     assert proc.stderr.startswith("crashcheck: error: explore: cannot reach the Dask scheduler at tcp://127.0.0.1:")
     assert proc.stderr.count("\n") == 1

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
 import random
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from checker.distribute import in_order
 from checker.engine.budget import Budget
 from checker.engine.check import check
 from checker.engine.explorer import few_collections
@@ -407,72 +406,15 @@ def _explore_items(settings: Settings, items: list[tuple[str, tuple[int, ...]]],
 
 
 def _checked(todo: list[Any], jobs: int, scheduler: str | None, fn: Callable[[Any], Any]) -> Iterator[Any]:
-    """fn of every item of `todo`, in order: on a Dask cluster, local processes, or here."""
-    if scheduler and todo:
-        yield from on_cluster(scheduler, todo, fn)
-    elif jobs > 1 and len(todo) > 1:
-        with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
-            yield from pool.imap(fn, todo, chunksize=1 if fn is check_unit else 16)
-    else:
-        yield from (fn(item) for item in todo)
+    """fn of every item of `todo`, in order: on a Dask cluster, local processes, or here
+    (a prefix unit counts for its op space's workloads in a cluster chunk)."""
+    units = fn is check_unit
+    return in_order(todo, fn, jobs=jobs, scheduler=scheduler, chunk=1 if units else 16,
+                    cluster_chunk=max(1, CLUSTER_CHUNK // len(op_space())) if units else CLUSTER_CHUNK,
+                    command="explore")
 
 
 CLUSTER_CHUNK = 64  # workloads per Dask task: small units, few round trips
-CONNECT_TIMEOUT = 10  # seconds to reach the scheduler
-
-
-def _check_chunk(chunk: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
-    return [fn(item) for item in chunk]
-
-
-def on_cluster(scheduler: str, todo: list[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
-    """fn of every item of `todo`, in order, computed on the workers of the Dask
-    scheduler at `scheduler` (`tcp://HOST:PORT`) in picklable chunks (a prefix unit
-    counts for its op space's workloads). A worker that dies has its chunks run again
-    elsewhere (the scheduler's own rescheduling); results are taken in submission order,
-    so the report does not depend on which worker ran what."""
-    try:
-        from distributed import Client
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise UsageError(f"explore: --scheduler needs dask.distributed ({e})") from None
-    try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as e:
-        raise UsageError(f"explore: cannot reach the Dask scheduler at {scheduler}: {e}") from None
-    size = max(1, CLUSTER_CHUNK // len(op_space())) if fn is check_unit else CLUSTER_CHUNK
-    try:
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        futures = client.map(_check_chunk, chunks, fn=fn, pure=False, retries=3)
-        for future in futures:
-            yield from future.result()
-    finally:
-        client.close()
-
-
-def _worker_init() -> None:
-    # The parent handles SIGTERM and Ctrl-C; a worker is simply ended with the pool, and
-    # dies with the parent when that is killed outright (SIGKILL leaves no pool to end it).
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    die_with_parent()
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere
-    nothing)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def random_items(count: int, seed: int, max_ops: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -563,7 +505,3 @@ def _value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     return json.dumps(v)
-
-
-def default_jobs() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
