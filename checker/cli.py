@@ -31,11 +31,8 @@ from checker.real.confirm import confirm
 from checker.real.conform import conform, modelled_kernel, running_series
 from checker.real.containerd_daemon import ContainerdSession
 from checker.real.crash import IMPLEMENTATIONS, RealResult, real_check, unavailable_reason
-from checker.real.daemon_conform import conform_dockerd, runs_on_dockerd
-from checker.real.dockerd import dockerd_version
-from checker.real.dockerd import unavailable_reason as dockerd_unavailable
-from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason
-from checker.real.engine import EngineUnavailable, conform_engine, crash_engine
+from checker.real.daemon_conform import DockerdSession
+from checker.real.engine import EngineSession, EngineUnavailable, conform_engine, crash_engine
 from checker.real.engine_recorded import recorded_engine_check
 from checker.real.podman import PodmanSession
 from checker.real.recorded import recorded_check
@@ -178,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "paths", nargs="*", metavar="SPEC",
         help="spec files or dirs (--table: specs/overlayfs, or specs/docker-overlay2 for dockerd)",
     )
-    real.add_argument("--impl", choices=IMPLEMENTATIONS + (DOCKERD, *ENGINE_IMPLS), action="append",
+    real.add_argument("--impl", choices=IMPLEMENTATIONS + tuple(ENGINE_IMPLS), action="append",
                       help="implementation to crash (repeatable; --table: default kernel and fuse-overlayfs)")
     real.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     real.add_argument("--table", action="store_true",
@@ -363,26 +360,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-DOCKERD = "dockerd"
-#: engines checked through `checker.real.engine`: the spec driver each runs, and its session
-ENGINE_SESSIONS = {PodmanSession.driver: PodmanSession, ContainerdSession.driver: ContainerdSession}
-ENGINE_IMPLS = {session.implementation: session for session in ENGINE_SESSIONS.values()}
+#: engines checked through `checker.real.engine`, each the model of its spec driver
+ENGINE_SESSIONS: tuple[type[EngineSession], ...] = (DockerdSession, PodmanSession, ContainerdSession)
+ENGINE_IMPLS = {session.implementation: session for session in ENGINE_SESSIONS}
+
+
+def engine_session_for(spec: Spec) -> type[EngineSession] | None:
+    """The engine that runs the spec (its driver is the engine's model), if any."""
+    return next((session for session in ENGINE_SESSIONS if session.runs(spec)), None)
 
 
 def cmd_real(args: argparse.Namespace) -> int:
     impls = args.impl or (list(IMPLEMENTATIONS) if args.table else [])
     if not impls:
-        raise UsageError(f"real: choose --impl {', '.join(IMPLEMENTATIONS + (DOCKERD, *ENGINE_IMPLS))}")
+        raise UsageError(f"real: choose --impl {', '.join(IMPLEMENTATIONS + tuple(ENGINE_IMPLS))}")
     engines = [i for i in impls if i in ENGINE_IMPLS]
     if engines and len(impls) > 1:
         raise UsageError(f"real: --impl {engines[0]} runs {ENGINE_IMPLS[engines[0]].driver} specs; "
                          "crash it on its own")
     if engines:
         return _real_engine(args, ENGINE_IMPLS[engines[0]])
-    if DOCKERD in impls and len(impls) > 1:
-        raise UsageError("real: --impl dockerd runs docker-overlay2 specs; crash it on its own")
-    if DOCKERD in impls:
-        return _recorded_dockerd(args) if args.persistence else _real_dockerd(args)
     if args.persistence:
         raise UsageError("real: --persistence is for --impl dockerd, podman or containerd (a recorded run); "
                          "--impl kernel and fuse-overlayfs crash the process")
@@ -415,9 +412,9 @@ def cmd_real(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _real_engine(args: argparse.Namespace, session: Any) -> int:
-    """`real --impl podman|containerd`: each store op of each spec, the engine killed at
-    each of its calls on the store (`checker.real.engine`)."""
+def _real_engine(args: argparse.Namespace, session: type[EngineSession]) -> int:
+    """`real --impl dockerd|podman|containerd`: each store op of each spec, the engine
+    killed at each of its calls on the store (`checker.real.engine`)."""
     if args.persistence:
         return _recorded_engine(args, session)
     specs = _engine_specs(args.paths or ([f"specs/{session.driver}"] if args.table else []), session)
@@ -440,14 +437,14 @@ def _real_engine(args: argparse.Namespace, session: Any) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _engine_specs(paths: list[str], session: Any) -> list[Spec]:
-    """The specs of `real --impl podman|containerd`: each of the engine's driver, and the
-    engine able to run here."""
+def _engine_specs(paths: list[str], session: type[EngineSession]) -> list[Spec]:
+    """The specs of `real --impl dockerd|podman|containerd`: each of the engine's
+    driver, and the engine able to run here."""
     if not paths:
         raise UsageError("real: give at least one SPEC")
     specs = [load_spec(f) for f in spec_files(paths)]
     for spec in specs:
-        if spec.driver != session.driver:
+        if not session.runs(spec):
             raise UsageError(f"{spec.file}: real --impl {session.implementation} runs {session.driver} "
                              f"specs, not {spec.driver}")
     reason = session.unavailable()
@@ -460,78 +457,24 @@ def _real_limits(args: argparse.Namespace) -> dict[str, Any]:
     return {"budget": Budget(max_states=args.max_states)} if args.max_states else {}
 
 
-def _recorded_engine(args: argparse.Namespace, session: Any) -> int:
-    """`real --impl podman|containerd --persistence P`: each spec recorded on the engine
-    and the recording checked under P (`checker.real.engine_recorded`)."""
+def _recorded_engine(args: argparse.Namespace, session: type[EngineSession]) -> int:
+    """`real --impl dockerd|podman|containerd --persistence P`: each spec recorded on the
+    engine and the recording checked under P (`checker.real.engine_recorded`; dockerd's
+    recordings are read by `checker.real.recorded`)."""
     if args.table:
         raise UsageError("real: --table is for kill runs (without --persistence)")
     specs = _engine_specs(args.paths, session)
     progress = report.progress_printer()
     results = []
     for spec in specs:
-        found = recorded_engine_check(spec, session, args.persistence, progress, **_real_limits(args))
+        if session is DockerdSession:
+            found = recorded_check(spec, args.persistence, progress, **_real_limits(args))
+        else:
+            found = recorded_engine_check(spec, session, args.persistence, progress, **_real_limits(args))
         progress("")
         results.append(found)
         if not args.json:
             print(report.recorded_report(found, args.verbose), flush=True)
-    if args.json:
-        doc = {"version": 1, "specs": [r.to_json() for r in results]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    return 0 if all(r.ok for r in results) else 1
-
-
-def _dockerd_specs(args: argparse.Namespace) -> list[Spec]:
-    paths = args.paths or (["specs/docker-overlay2"] if args.table else [])
-    if not paths:
-        raise UsageError("real: give at least one SPEC")
-    specs = [load_spec(f) for f in spec_files(paths)]
-    for spec in specs:
-        if not runs_on_dockerd(spec):
-            raise UsageError(f"{spec.file}: real --impl dockerd runs docker-overlay2 specs, "
-                             f"not {spec.driver}")
-    reason = dockerd_unavailable_reason()
-    if reason is not None:
-        raise UsageError(f"real --impl dockerd: {reason}")
-    return specs
-
-
-def _recorded_dockerd(args: argparse.Namespace) -> int:
-    """`real --impl dockerd --persistence P`: each spec recorded on dockerd and the
-    recording checked under P (`checker.real.recorded`)."""
-    if args.table:
-        raise UsageError("real: --table is for kill runs (without --persistence)")
-    specs = _dockerd_specs(args)
-    progress = report.progress_printer()
-    results = []
-    for spec in specs:
-        found = recorded_check(spec, args.persistence, progress, **_real_limits(args))
-        progress("")
-        results.append(found)
-        if not args.json:
-            print(report.recorded_report(found, args.verbose), flush=True)
-    if args.json:
-        doc = {"version": 1, "specs": [r.to_json() for r in results]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    return 0 if all(r.ok for r in results) else 1
-
-
-def _real_dockerd(args: argparse.Namespace) -> int:
-    """`real --impl dockerd`: each daemon op of each docker-overlay2 spec, dockerd killed
-    at each of its calls on the data root (`checker.real.dockerd_crash`)."""
-    specs = _dockerd_specs(args)
-    progress = report.progress_printer()
-    rows = []
-    results: list[RealResult] = []
-    for spec in specs:
-        found = dockerd_check(spec, progress)
-        results.append(found)
-        rows.append((spec, check(spec), found))
-        if not args.json and not args.table:
-            print(report.real_summary(found), flush=True)
-    progress("")
-    if args.table:
-        print(report.dockerd_table(rows, dockerd_version()))
-        return 0
     if args.json:
         doc = {"version": 1, "specs": [r.to_json() for r in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -611,26 +554,9 @@ def _explore_output(args: argparse.Namespace, settings: explore_mod.Settings, fo
     return 0
 
 
-def conform_on_dockerd(spec: Spec, args: argparse.Namespace) -> int:
-    """`conform` of a docker-overlay2 spec: the workload on a private dockerd."""
-    reason = dockerd_unavailable()
-    if reason is not None:
-        raise UsageError(f"conform {spec.file}: dockerd cannot run here: {reason}")
-    ops = conform_dockerd(spec, report.progress_printer())
-    version = dockerd_version()
-    if args.json:
-        doc = {"file": spec.file, "implementation": "dockerd", "version": version,
-               "ops": [o.to_json() for o in ops]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        print(report.daemon_conformance_report(spec, ops, version, args.verbose))
-    return 0 if all(o.conforms for o in ops) else 1
-
-
-def conform_on_engine(spec: Spec, args: argparse.Namespace) -> int:
-    """`conform` of a containers-storage or containerd spec: the workload on podman or
-    containerd, in a private root."""
-    session = ENGINE_SESSIONS[spec.driver]
+def conform_on_engine(spec: Spec, args: argparse.Namespace, session: type[EngineSession]) -> int:
+    """`conform` of a docker-overlay2, containers-storage or containerd spec: the workload
+    on dockerd, podman or containerd, in a private root."""
     reason = session.unavailable()
     if reason is not None:
         raise UsageError(f"conform {spec.file}: {session.implementation} cannot run here: {reason}")
@@ -660,10 +586,9 @@ def _default_option(spec: Spec, key: str) -> object:
 def cmd_conform(args: argparse.Namespace) -> int:
     [path] = spec_files([args.spec])
     spec = load_spec(path)
-    if runs_on_dockerd(spec):
-        return conform_on_dockerd(spec, args)
-    if spec.driver in ENGINE_SESSIONS:
-        return conform_on_engine(spec, args)
+    session = engine_session_for(spec)
+    if session is not None:
+        return conform_on_engine(spec, args, session)
     ops = conform(spec)
     if args.json:
         doc = {"file": spec.file, "kernel": kernel.kernel_release(),

@@ -16,8 +16,8 @@ from checker.engine.persistence import CrashState
 from checker.progress import Progress
 from checker.real.conform import OpConformance, modelled_kernel, running_series, sync_trace_note
 from checker.real.crash import RealResult, RealViolation
-from checker.real.daemon_conform import DAEMON_OPS, DaemonOpConformance
 from checker.real.recorded import RecordedResult
+from checker.real.store_events import StoreOpConformance
 from checker.spec import Spec
 from checker.symbolic.repair import FixResult
 from checker.workloads.explore import Report as ExploreReport
@@ -328,16 +328,12 @@ def conformance_report(spec: Spec, ops: list[OpConformance], release: str, verbo
     return "\n".join(lines)
 
 
-def daemon_conformance_report(spec: Spec, ops: list[DaemonOpConformance], version: str,
+def daemon_conformance_report(spec: Spec, ops: list[StoreOpConformance], version: str,
                               verbose: bool = False, engine: str = "dockerd",
-                              other_version: bool | None = None) -> str:
+                              other_version: bool = False) -> str:
     """Per op: the engine's durable steps the model makes in the same order, the result,
     and whether the store read back shows the model's view."""
     lines = [f"{spec.file}: {spec.name} ({engine} {version})"]
-    if other_version is None:
-        other_version = spec.options.get("moby", "20.10") != "20.10" or any(
-            spec.options.get(k) for k in ("sync_before_register",)
-        ) or spec.options.get("link_files", "moby") != "moby"
     if other_version:
         lines.append(f"  note: the spec models other write disciplines than this {engine}'s (options); "
                      "differences in steps are expected")
@@ -381,18 +377,13 @@ def progress_printer(total: int | None = None) -> Progress:
 #: what the model of each engine running here is, as reports name it
 ENGINE_MODELS = {"dockerd": "dockerd (moby 20.10)", "podman": "podman (containers/storage 1.43)",
                  "containerd": "containerd (1.6)"}
-#: the ops of each engine that are the engine's (the others are file ops in a container)
-ENGINE_OPS = {"dockerd": DAEMON_OPS, "podman": ("pull", "create-container", "commit", "rm-container", "rmi"),
-              "containerd": ("pull", "create-container", "rm-container", "rmi")}
-
-
 def _dockerd_notes(r: RealResult) -> list[str]:
     out = []
     engine = r.implementation
     if r.model_prefix is not None:
         out.append(f"     expected: what the model of this {ENGINE_MODELS.get(engine, engine)} predicts for "
                    f"a process crash: {_verdict_cell(r.model_prefix[0], list(r.model_prefix[1]))}")
-    file_ops = [o.record for o in r.outcomes if o.record.op.kind not in ENGINE_OPS.get(engine, DAEMON_OPS)]
+    file_ops = [o.record for o in r.outcomes if o.record.op.kind not in r.store_ops]
     for rec in file_ops:
         out.append(f"     op {rec.index} `{rec.text}` is a file op in a container: the kernel's, not crashed "
                    "here (real --impl kernel crash-tests overlayfs)")
@@ -412,7 +403,7 @@ def real_summary(r: RealResult) -> str:
         f"     {r.implementation}: {r.calls} system calls, {r.crash_points} crash points, "
         f"{len(r.violations)} violations{inv}; expected {r.expected}; {r.seconds:.1f}s",
     ]
-    if r.implementation in ENGINE_MODELS:
+    if r.store_ops:
         lines.extend(_dockerd_notes(r))
     for o in r.disagreements:
         lines.append(

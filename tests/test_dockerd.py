@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from checker import load_spec
-from checker.real.daemon_conform import comparable, conform_dockerd, unordered_removals
+from checker.real.daemon_conform import comparable, conform_dockerd
 from checker.real.dockerd import unavailable_reason
+from checker.real.store_events import unordered_removals
 from checker.real.syscall_log import Recorder, parse
 from checker.real.workspace import PREFIX, mounts_under
 from models.docker_archive import archive_of, image_tarball, layer_tar
@@ -144,13 +145,14 @@ def _ours() -> tuple[list[int], list[Path]]:
 
 
 def _wait_for_dockerd(proc: subprocess.Popen[bytes]) -> None:
+    """Until a daemon of the run has a container mounted: well into the run (a conform
+    run takes under 2 s after that, so a fixed wait could outlast it)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        pids, _ = _ours()
-        if pids:
-            time.sleep(1.0)  # well into the run: containers and mounts exist
+        pids, mounts = _ours()
+        if pids and mounts:
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError("dockerd never started")
 
 

@@ -37,7 +37,7 @@ def untouched_system():
     before = {p: p.exists() for p in SYSTEM_ROOTS}
     yield
     assert {p: p.exists() for p in SYSTEM_ROOTS} == before
-    left = [p for p in Path("/tmp").glob(PREFIX + "engine-*") if _owner(p) == os.getpid()]  # this test's own
+    left = [p for p in Path("/tmp").glob(PREFIX + "*") if _owner(p) == os.getpid()]  # this test's own
     assert not left, left
     assert not any(mounts_under(p) for p in left)
 
@@ -203,12 +203,12 @@ def test_a_killed_podman_run_leaves_its_namespace_to_crashcheck_clean(untouched_
     proc = subprocess.Popen([sys.executable, "-m", "checker", "real", "--impl", "podman",
                              str(CS / "rm-container-killed.toml")], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    before = set(Path("/tmp").glob(PREFIX + "engine-*"))
+    before = set(Path("/tmp").glob(PREFIX + "podman-*"))
     deadline = time.monotonic() + 120
     ours: set[Path] = set()
     while time.monotonic() < deadline and not ours:
         time.sleep(0.2)
-        ours = {p for p in set(Path("/tmp").glob(PREFIX + "engine-*")) - before
+        ours = {p for p in set(Path("/tmp").glob(PREFIX + "podman-*")) - before
                 if any(str(p) in _cmdline(pid) for pid in _pids() if "crashcheck-podman" in _cmdline(pid))}
     proc.send_signal(signal.SIGKILL)
     proc.wait()

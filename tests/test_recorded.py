@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from checker.real import sandbox
-from checker.real.dockerd_crash import build_crashpoint, parse_points
+from checker.real.crashpoints import build_crashpoint, parse_points
 from checker.real.recorded import in_scope, reconcile, replay, stable
 from checker.real.workspace import names
 from checker.spec import Op

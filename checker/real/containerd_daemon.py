@@ -40,6 +40,7 @@ from checker.real.engine import EngineSession, EngineUnavailable, read_store_tre
 from checker.real.workspace import Workspace, release
 from checker.spec import Op, Spec
 from models import bolt
+from models import containerd as containerd_model
 from models.containerd import BLOBS, META_DB, SNAP_DB, SNAPSHOTS, SNAPSHOTTER, ContainerdMount
 from models.docker_archive import image_tarball
 from models.docker_overlay2 import diff_id
@@ -370,7 +371,7 @@ class ContainerdSession(EngineSession):
     """containerd on a private root, brought to a containerd spec's initial state."""
 
     implementation = "containerd"
-    driver = "containerd"
+    driver = containerd_model.Containerd.name
     STORE_OPS = ("pull", "create-container", "rm-container", "rmi")
     VERSION_OPTIONS = ("sync_fs",)
     MODELLED = "containerd 1.6"

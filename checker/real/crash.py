@@ -328,6 +328,7 @@ class RealResult(Verdict):
     #: dockerd: what the model predicts for a process crash (its verdict and violated
     #: invariants under `prefix`), which a daemon kill must show; None: the spec's expectation
     model_prefix: tuple[str, tuple[str, ...]] | None = None
+    store_ops: tuple[str, ...] = ()  # an engine's own ops (the others are file ops in a container)
 
     @property
     def expected(self) -> str:

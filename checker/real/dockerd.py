@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checker.errors import CrashcheckError
 from checker.real import kernel
+from checker.real.engine import EngineUnavailable
 from checker.real.workspace import Workspace, release
 from models.docker_archive import COMMAND, IN_CONTAINER_BUSYBOX, image_tarball
 from models.docker_overlay2 import (
@@ -64,7 +64,7 @@ API_TIMEOUT = 120.0  # seconds for one API call
 STOP_TIMEOUT = 30.0
 
 
-class DockerdUnavailable(CrashcheckError):
+class DockerdUnavailable(EngineUnavailable):
     """dockerd cannot run here; the message says why and what to install."""
 
 

@@ -45,16 +45,16 @@ from checker.engine.trace import OpRecord, Trace, build_trace
 from checker.errors import CrashcheckError
 from checker.real import kernel, sandbox
 from checker.real.crash import OpOutcome, RealResult, RealUnavailable, RealViolation
-from checker.real.daemon_conform import (
+from checker.real.crashpoints import KILLED, Call, build_crashpoint, parse_points
+from checker.real.ops import run_op, syncfs
+from checker.real.store_events import (
     STRACE_SET,
-    DaemonOpConformance,
+    StoreOpConformance,
     call_text,
     durable,
     kernel_made,
     unordered_removals,
 )
-from checker.real.dockerd_crash import Call, build_crashpoint, parse_points
-from checker.real.ops import run_op, syncfs
 from checker.real.syscall_log import Recorder, parse, tree_paths
 from checker.real.workspace import Workspace, workspace
 from checker.spec import Op, Spec
@@ -64,7 +64,6 @@ from models.steps import Step
 from models.tree import Dir, Node
 
 ENGINE_VIEW = "engine-view"
-KILLED = "killed"
 ATTACH_WAIT = 10.0
 KILL_WAIT = 30.0
 
@@ -79,10 +78,17 @@ class EngineSession:
     implementation: ClassVar[str] = ""
     driver: ClassVar[str] = ""
     STORE_OPS: ClassVar[tuple[str, ...]] = ()
+    #: options of the engine's model that pick another version or a what-if (the engine
+    #: running here is what their defaults model)
+    VERSION_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    #: what the engine's model describes, as the findings table names it
+    MODELLED: ClassVar[str] = ""
     #: store paths outside the model (the engine's own databases, logs)
     OUT_OF_SCOPE: ClassVar[tuple[str, ...]] = ()
     #: seconds for what a daemon does after an op's reply (a collection it triggers) to land
     SETTLE: ClassVar[float] = 0.3
+    #: what a store op raises when the engine dies under it (its client's connection lost)
+    KILLED_ERRORS: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
 
     def __init__(self, ws: Workspace, spec: Spec, trace: Trace, name: str) -> None:
         self.ws, self.spec, self.trace, self.name = ws, spec, trace, name
@@ -100,6 +106,11 @@ class EngineSession:
     def unavailable() -> str | None:
         """Why the engine cannot run here (what to install), or None."""
         raise NotImplementedError
+
+    @classmethod
+    def runs(cls, spec: Spec) -> bool:
+        """Whether this engine runs the spec (its driver is the engine's model)."""
+        return spec.driver == cls.driver
 
     @property
     def data(self) -> Path:
@@ -134,7 +145,17 @@ class EngineSession:
         raise NotImplementedError
 
     def start_refused(self) -> str | None:
+        """Start the engine again on its root: None, or why it does not start."""
         raise NotImplementedError
+
+    def restart_cleanly(self) -> None:
+        """Stop the engine as an administrator would and start it again (the reference
+        run of the ops after a `crash` op). A daemonless engine has nothing running
+        between ops; a kill between ops is the same."""
+        self.kill()
+        refused = self.start_refused()
+        if refused is not None:
+            raise EngineUnavailable(f"{self.implementation} did not start again: {refused}")
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -156,6 +177,10 @@ class EngineSession:
 
     def comparable(self, text: str) -> str:
         raise NotImplementedError
+
+    def cannot_inspect(self, kind: str, name: str) -> bool:
+        """Whether the engine lists `name` (an image or a container) but cannot show it."""
+        return False
 
     # -- shared ----------------------------------------------------------------------
 
@@ -229,9 +254,9 @@ class EngineSession:
             else:
                 try:
                     result = self.store_op(op)
-                except OSError:
+                except self.KILLED_ERRORS:
                     result = KILLED
-            deadline = time.monotonic() + self.SETTLE
+            deadline = time.monotonic() + (KILL_WAIT if result == KILLED else self.SETTLE)
             while tracer.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
         finally:
@@ -294,7 +319,10 @@ def _wait_traced(pid: int, tracer: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < deadline:
         if tracer.poll() is not None:
             raise EngineUnavailable("strace could not attach to the engine")
-        status = Path(f"/proc/{pid}/status").read_text()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            raise EngineUnavailable("the engine exited before strace attached") from None
         if [ln.split()[1] for ln in status.splitlines() if ln.startswith("TracerPid")] == [str(tracer.pid)]:
             time.sleep(0.1)
             return
@@ -330,12 +358,12 @@ def _events(session: EngineSession, pairs: list[tuple[Step, Dir | None]], model:
     return unordered_removals(out)
 
 
-def conform_engine(spec: Spec, make: Callable[[Workspace, Spec, Trace, str], EngineSession],
-                   progress: Callable[[str], None] | None = None) -> list[DaemonOpConformance]:
+def conform_engine(spec: Spec, make: type[EngineSession],
+                   progress: Callable[[str], None] | None = None) -> list[StoreOpConformance]:
     """Run the spec on the engine and compare each op with the model."""
     trace = build_trace(spec)
-    out: list[DaemonOpConformance] = []
-    with workspace("engine") as ws:
+    out: list[StoreOpConformance] = []
+    with workspace(make.implementation) as ws:
         session = make(ws, spec, trace, "e")
         session.start()
         session.learn(session.read_raw())
@@ -362,15 +390,15 @@ def conform_engine(spec: Spec, make: Callable[[Workspace, Spec, Trace, str], Eng
 
 
 def _judge(session: EngineSession, record: OpRecord, model_events: list[str], observed: list[str],
-           real_result: int | str, compared: bool, raw: Dir) -> DaemonOpConformance:
+           real_result: int | str, compared: bool, raw: Dir) -> StoreOpConformance:
     store = session.project(raw)
     mount = session.trace.mount
     problems = [f"{p}: {what}" for p, what in mount.store_problems(store)]  # type: ignore[attr-defined]
-    return DaemonOpConformance(record.index, record.text, model_events, observed, record.result, real_result,
+    return StoreOpConformance(record.index, record.text, model_events, observed, record.result, real_result,
                                compared, mount.view(store).digest == record.after.digest, problems)
 
 
-def _after_crash(spec: Spec, trace: Trace, session: EngineSession) -> list[DaemonOpConformance]:
+def _after_crash(spec: Spec, trace: Trace, session: EngineSession) -> list[StoreOpConformance]:
     session.kill()
     refused = session.start_refused()
     if refused is not None:
@@ -382,7 +410,7 @@ def _after_crash(spec: Spec, trace: Trace, session: EngineSession) -> list[Daemo
         last = j == len(spec.after_crash) - 1
         view_ok = not last or trace.mount.view(session.read_store()).digest == reference.view.digest
         expected = reference.results[j]
-        out.append(DaemonOpConformance(op.index, op.text, [], [], expected, result, False, view_ok))
+        out.append(StoreOpConformance(op.index, op.text, [], [], expected, result, False, view_ok))
     return out
 
 
@@ -407,7 +435,7 @@ class EngineCrashRun:
     """Every store op of a spec killed at each of its store-changing calls."""
 
     def __init__(self, ws: Workspace, spec: Spec, trace: Trace,
-                 make: Callable[[Workspace, Spec, Trace, str], EngineSession],
+                 make: type[EngineSession],
                  progress: Callable[[str], None] | None) -> None:
         self.ws, self.spec, self.trace, self.make, self.progress = ws, spec, trace, make, progress
         self.mount: Mount = trace.mount
@@ -474,7 +502,7 @@ class EngineCrashRun:
                 return
             self.points += 1
             call = calls[-1]
-            syscall = f"{call.syscall}({', '.join(session.comparable(p) for p in call.paths)})"
+            syscall = call.text(session.comparable)
             for inv, f in self.check(session, record, base):
                 self.violations.append(RealViolation(
                     inv, record.index, record.text, n, call.process, syscall, session.comparable(f.message),
@@ -528,8 +556,7 @@ class EngineCrashRun:
         if hit is None:
             session = self.session(self.spec.before_crash[:k])
             try:
-                session.kill()
-                session.start_refused()
+                session.restart_cleanly()
                 hit = self.references[k] = self.continuation(session)
             finally:
                 self.close(session)
@@ -543,31 +570,38 @@ class EngineCrashRun:
 
 
 def engine_findings(session: EngineSession, view: Dir) -> list[Finding]:
-    """Whether the engine's CLI names exactly the images and containers of the view its
-    store gives."""
+    """Whether the engine's own listing names exactly the images and containers of the
+    view its store gives, and can show each."""
     images, containers = session.listing()
     out = []
+    shown: list[set[str]] = []
     for kind, listed, part in (("images", images, IMAGES_VIEW), ("containers", containers, CONTAINERS_VIEW)):
-        shown = view.entries.get(part)
-        store = set(shown.entries) if isinstance(shown, Dir) else set()
+        node = view.entries.get(part)
+        store = set(node.entries) if isinstance(node, Dir) else set()
+        shown.append(store)
         if listed != store:
             out.append(Finding(f"{session.implementation} lists {kind} {sorted(listed)} where its store has "
                                f"{sorted(store)}", tuple(sorted(listed ^ store))))
+    for kind, listed, store in (("image", images, shown[0]), ("container", containers, shown[1])):
+        for name in sorted(listed & store):
+            if session.cannot_inspect(kind, name):
+                what = f"{session.implementation} lists {kind} {name} but cannot inspect it"
+                out.append(Finding(what, (name,)))
     return out
 
 
-def crash_engine(spec: Spec, make: Callable[[Workspace, Spec, Trace, str], EngineSession],
+def crash_engine(spec: Spec, make: type[EngineSession],
                  progress: Callable[[str], None] | None = None,
                  only: Sequence[int] | None = None) -> RealResult:
     started = time.perf_counter()
     trace = build_trace(spec)
     outcomes: list[OpOutcome] = []
     calls = 0
-    with workspace("engine") as ws:
+    with workspace(make.implementation) as ws:
         try:
             run = EngineCrashRun(ws, spec, trace, make, progress)
             bases = run.baselines()
-            store_ops = _store_ops(make)
+            store_ops = make.STORE_OPS
             for record, base in zip(trace.ops, bases, strict=True):
                 outcomes.append(OpOutcome(record, base.result))
                 if record.op.kind in store_ops:
@@ -579,15 +613,8 @@ def crash_engine(spec: Spec, make: Callable[[Workspace, Spec, Trace, str], Engin
     invariants = tuple(inv.name for inv in selected(spec) if inv.crash_level) + (ENGINE_VIEW,)
     return RealResult(spec, run.implementation, "violation" if violations else "pass", run.points, calls,
                       violations, invariants, time.perf_counter() - started, outcomes, missed=run.missed,
-                      model_prefix=predicted(spec, "prefix", invariants, store_ops, _version_options(make)))
-
-
-def _store_ops(make: Any) -> tuple[str, ...]:
-    return tuple(getattr(make, "STORE_OPS", ()))
-
-
-def _version_options(make: Any) -> tuple[str, ...]:
-    return tuple(getattr(make, "VERSION_OPTIONS", ()))
+                      model_prefix=predicted(spec, "prefix", invariants, store_ops, make.VERSION_OPTIONS),
+                      store_ops=store_ops)
 
 
 def as_running_here(spec: Spec, options: Collection[str]) -> Spec:

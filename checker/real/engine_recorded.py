@@ -21,25 +21,24 @@ from typing import Any
 
 from checker.engine.check import check
 from checker.engine.invariants import selected
-from checker.engine.trace import Trace, build_trace
+from checker.engine.trace import build_trace
 from checker.real.engine import EngineSession, predicted
 from checker.real.recorded import RecordedResult, Recording, replay
-from checker.real.workspace import Workspace, workspace
+from checker.real.workspace import workspace
 from checker.spec import Spec
 from models import drivers
 from models.driver import Driver, Recovery
 from models.steps import Step
 from models.tree import Dir, split
 
-Make = Callable[[Workspace, Spec, Trace, str], EngineSession]
+Make = type[EngineSession]
 
 
 def record_engine(spec: Spec, make: Make, progress: Callable[[str], None] | None = None) -> Recording:
     """Run the spec's ops before any `crash` op on the engine, recording each store op."""
     trace = build_trace(spec)
-    store_ops = tuple(getattr(make, "STORE_OPS", ()))
-    engine = str(getattr(make, "implementation", "engine"))
-    with workspace("engine") as ws:
+    store_ops, engine = make.STORE_OPS, make.implementation
+    with workspace(engine) as ws:
         session = make(ws, spec, trace, "rec")
         session.start()
         try:
@@ -114,10 +113,10 @@ def recorded_engine_check(spec: Spec, make: Make, persistence: str,
     recording = record_engine(spec, make, progress)
     recorded = recording.recorded_spec(persistence)
     here = dataclasses.replace(recorded, options={k: v for k, v in spec.options.items()
-                                                   if k not in getattr(make, "VERSION_OPTIONS", ())})
+                                                   if k not in make.VERSION_OPTIONS})
     result = check(here, persistence, driver=recorded_driver(here, recording), **limits)
     compared = {inv.name for inv in selected(spec)} - {"usable-after-recovery"}
-    versions = getattr(make, "VERSION_OPTIONS", ())
+    versions = make.VERSION_OPTIONS
     expected = predicted(spec, persistence, compared, recording.store_ops, versions, **limits)
     return RecordedResult(recording, result, expected)
 

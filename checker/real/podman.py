@@ -43,6 +43,7 @@ from models.containers_storage import (
     HOME,
     IMAGES_JSON,
     LAYERS_JSON,
+    ContainersStorage,
     StorageMount,
     read_records,
     records_bytes,
@@ -274,7 +275,7 @@ class PodmanSession(EngineSession):
     """podman on a private graph root, brought to a containers-storage spec's initial state."""
 
     implementation = "podman"
-    driver = "containers-storage"
+    driver = ContainersStorage.name
     STORE_OPS = ("pull", "create-container", "commit", "rm-container", "rmi")
     VERSION_OPTIONS = ("storage", "link_files")
     MODELLED = "containers/storage 1.43"
