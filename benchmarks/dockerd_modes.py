@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from checker.engine.check import check  # noqa: E402
-from checker.real.dockerd_crash import dockerd_check, dockerd_unavailable_reason  # noqa: E402
-from checker.real.recorded import recorded_check  # noqa: E402
+from checker.real.dockerd_crash import (  # noqa: E402
+    dockerd_check,
+    dockerd_unavailable_reason,
+    recorded_check,  # noqa: E402
+)
 from checker.spec import load_spec  # noqa: E402
 
 SPECS = ("tag-store-atomic", "pull-prefix-consistent", "run-killed-leaks-layers")

@@ -35,7 +35,6 @@ from checker.real.daemon_conform import DockerdSession
 from checker.real.engine import EngineSession, EngineUnavailable, conform_engine, crash_engine
 from checker.real.engine_recorded import recorded_engine_check
 from checker.real.podman import PodmanSession
-from checker.real.recorded import recorded_check
 from checker.spec import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Spec, load_spec
 from checker.suite import RunSettings, check_specs
 from checker.tables import FORMATS
@@ -459,18 +458,14 @@ def _real_limits(args: argparse.Namespace) -> dict[str, Any]:
 
 def _recorded_engine(args: argparse.Namespace, session: type[EngineSession]) -> int:
     """`real --impl dockerd|podman|containerd --persistence P`: each spec recorded on the
-    engine and the recording checked under P (`checker.real.engine_recorded`; dockerd's
-    recordings are read by `checker.real.recorded`)."""
+    engine and the recording checked under P (`checker.real.engine_recorded`)."""
     if args.table:
         raise UsageError("real: --table is for kill runs (without --persistence)")
     specs = _engine_specs(args.paths, session)
     progress = report.progress_printer()
     results = []
     for spec in specs:
-        if session is DockerdSession:
-            found = recorded_check(spec, args.persistence, progress, **_real_limits(args))
-        else:
-            found = recorded_engine_check(spec, session, args.persistence, progress, **_real_limits(args))
+        found = recorded_engine_check(spec, session, args.persistence, progress, **_real_limits(args))
         progress("")
         results.append(found)
         if not args.json:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from checker import load_spec
-from checker.real.dockerd_crash import dockerd_check
-from checker.real.recorded import recorded_check
+from checker.real.dockerd_crash import dockerd_check, recorded_check
 from tests.conftest import ROOT, make_spec
 from tests.test_dockerd import LIFECYCLE, REASON
 

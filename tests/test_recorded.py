@@ -15,7 +15,9 @@ import pytest
 
 from checker.real import sandbox
 from checker.real.crashpoints import build_crashpoint, parse_points
-from checker.real.recorded import in_scope, reconcile, replay, stable
+from checker.real.daemon_conform import DAEMON_OPS, comparable
+from checker.real.dockerd import in_scope
+from checker.real.recorded import reconcile, replay, stable
 from checker.real.workspace import names
 from checker.spec import Op
 from models.steps import Chmod, Create, Mkdir, RemoveTree, Rename, SetXattr, StepLog, Unlink, Write
@@ -112,7 +114,7 @@ def test_replay_makes_missing_parents_and_keeps_the_calls() -> None:
     before = Dir({"overlay2": Dir()})
     pairs = [(Create("overlay2/x/diff/f"), "openat(f)"), (Write("overlay2/x/diff/f", b"data"), "write(f)")]
     after = Dir({"overlay2": Dir({"x": Dir({"diff": Dir({"f": File(b"data")})})})})
-    got = replay(Op(0, "pull", ()), 0, before, pairs, after)
+    got = replay(Op(0, "pull", ()), 0, before, pairs, after, in_scope, DAEMON_OPS, "dockerd")
     assert [str(s) for s in got.steps] == [
         str(Mkdir("overlay2/x", 0o755)), str(Mkdir("overlay2/x/diff", 0o755)),
         str(Create("overlay2/x/diff/f")), str(Write("overlay2/x/diff/f", b"data")),
@@ -127,7 +129,7 @@ def test_replay_ends_where_dockerd_ended() -> None:
     before = Dir({"overlay2": Dir({"x": Dir({"link": File(b"")})})})
     pairs = [(Write("overlay2/x/link", b"L1"), "write(link)"), (Mkdir("network/files"), "mkdirat(network)")]
     after = Dir({"overlay2": Dir({"x": Dir({"link": File(b"L1", 0o600), "work": Dir({"work": Dir(mode=0)})})})})
-    got = replay(Op(0, "run", ()), 0, before, pairs, after)
+    got = replay(Op(0, "run", ()), 0, before, pairs, after, in_scope, DAEMON_OPS, "dockerd")
     log = StepLog(before)
     log.do_all(got.steps)
     assert log.root.digest == after.digest
@@ -165,7 +167,7 @@ def test_stable_json_names_no_random_id() -> None:
     doc = {"syscall": "renameat(AT_FDCWD, \"image/overlay2/layerdb/tmp/write-set-2834500907\", "
                       "\"image/overlay2/layerdb/sha256/" + "ab" * 32 + "\")",
            "message": ["overlay2/" + "0f" * 32 + "/link is empty", "2026-11-30T15:05:59.512345Z"]}
-    assert stable(doc) == {
+    assert stable(doc, comparable) == {
         "syscall": "renameat(AT_FDCWD, \"image/overlay2/layerdb/tmp/write-set-*\", "
                    "\"image/overlay2/layerdb/sha256/<id>\")",
         "message": ["overlay2/<id>/link is empty", "<time>"],

@@ -37,7 +37,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from checker.engine.trace import Trace
@@ -47,6 +47,7 @@ from checker.real.dockerd import (
     DockerdUnavailable,
     DockerOps,
     dockerd_version,
+    in_scope,
     learn_diff_ids,
     project,
     read_raw,
@@ -58,6 +59,7 @@ from checker.real.workspace import Workspace
 from checker.spec import Op, Spec
 from models import drivers
 from models.docker_overlay2 import DockerMount, DockerOverlay2, container_exists_initially
+from models.steps import Step
 from models.tree import Dir
 
 DAEMON_OPS = ("pull", "run", "start", "commit", "rm-container", "rmi", "tag")
@@ -239,6 +241,9 @@ class DockerdSession(EngineSession):
 
     def comparable(self, text: str) -> str:
         return comparable(text, self.containers)
+
+    def in_scope(self, step: Step, parts: Collection[str]) -> Step | None:
+        return in_scope(step)  # also a path through a container's mount, as the layer's diff
 
 
 def runs_on_dockerd(spec: Spec) -> bool:

@@ -27,6 +27,7 @@ Sources: moby v20.10 `cmd/dockerd`, `daemon/initlayer/setup_unix.go`,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -55,7 +56,8 @@ from models.docker_overlay2 import (
     OVERLAY,
     diff_id,
 )
-from models.tree import Dir, File, Node
+from models.steps import Step
+from models.tree import Dir, File, Node, join, split
 
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"
@@ -462,7 +464,25 @@ def _image_config(node: Node) -> Node:
     return File("".join(f"{c}\n" for c in chain_ids(diff_ids)).encode(), node.mode)
 
 
+
+
+def in_scope(step: Step) -> Step | None:
+    """The step on the parts of the data root the model has, with a path through a
+    container's mount put in the layer's diff; None when it is outside them."""
+    changes = {}
+    for attr in ("path", "src", "dst"):
+        value = getattr(step, attr, None)
+        if not isinstance(value, str):
+            continue
+        parts = split(value)
+        if not parts or parts[0] not in RAW_PARTS:
+            return None
+        if len(parts) > 2 and parts[0] == "overlay2" and parts[2] == "merged":
+            changes[attr] = join((parts[0], parts[1], "diff") + parts[3:])
+    return dataclasses.replace(step, **changes) if changes else step  # type: ignore[type-var]
+
+
 __all__ = [
     "IMAGEDB", "LAYERS", "MOUNTS", "DockerOps", "Dockerd", "DockerdUnavailable", "chain_ids",
-    "image_tarball", "learn_diff_ids", "project", "read_raw", "read_store", "unavailable_reason",
+    "image_tarball", "in_scope", "learn_diff_ids", "project", "read_raw", "read_store", "unavailable_reason",
 ]

@@ -49,6 +49,8 @@ from checker.real.daemon_conform import DAEMON_OPS, DAEMON_OPTIONS, DockerdSessi
 from checker.real.dockerd import unavailable_reason
 from checker.real.engine import crash_engine
 from checker.real.engine import predicted as engine_predicted
+from checker.real.engine_recorded import recorded_engine_check
+from checker.real.recorded import RecordedResult
 from checker.spec import Spec
 
 
@@ -65,6 +67,18 @@ def dockerd_check(spec: Spec, progress: Callable[[str], None] | None = None,
     return crash_engine(spec, DockerdSession, progress, only)
 
 
+def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None] | None = None,
+                   **limits: Any) -> RecordedResult:
+    """Record the spec's daemon ops on dockerd and check the recording under
+    `persistence` (`checker.real.recorded`)."""
+    if not runs_on_dockerd(spec):
+        raise RealUnavailable(f"{spec.file}: dockerd runs docker-overlay2 specs, not {spec.driver}")
+    reason = dockerd_unavailable_reason()
+    if reason is not None:
+        raise RealUnavailable(reason)
+    return recorded_engine_check(spec, DockerdSession, persistence, progress, **limits)
+
+
 def predicted(spec: Spec, persistence: str, invariants: Collection[str],
               **limits: Any) -> tuple[str, tuple[str, ...]]:
     """What the model of this dockerd predicts under `persistence` (`prefix` for a
@@ -78,4 +92,4 @@ def dockerd_unavailable_reason() -> str | None:
     return unavailable_reason() or sandbox.unavailable_reason()
 
 
-__all__ = ["dockerd_check", "dockerd_unavailable_reason", "predicted"]
+__all__ = ["dockerd_check", "dockerd_unavailable_reason", "predicted", "recorded_check"]

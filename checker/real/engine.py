@@ -61,7 +61,7 @@ from checker.spec import Op, Spec
 from models.containers import CONTAINERS_VIEW, IMAGES_VIEW
 from models.driver import Mount, Recovery
 from models.steps import Step
-from models.tree import Dir, Node
+from models.tree import Dir, Node, split
 
 ENGINE_VIEW = "engine-view"
 ATTACH_WAIT = 10.0
@@ -285,6 +285,15 @@ class EngineSession:
         stderr = client.stderr.read().decode(errors="replace") if client.stderr else ""
         self.ws.end(client)
         return self.result_of(client.returncode, stderr)
+
+    def in_scope(self, step: Step, parts: Collection[str]) -> Step | None:
+        """A traced step as a power-loss recording keeps it: on the parts of the root the
+        model has (`parts`, the top-level entries `read_raw` reads), else None."""
+        for attr in ("path", "src", "dst"):
+            value = getattr(step, attr, None)
+            if isinstance(value, str) and split(value)[:1] and split(value)[0] not in parts:
+                return None
+        return step
 
     def not_chroots(self) -> frozenset[str]:
         """Bind mounts of a path on itself the engine makes that are not a chroot."""

@@ -29,7 +29,7 @@ from checker.spec import Spec
 from models import drivers
 from models.driver import Driver, Recovery
 from models.steps import Step
-from models.tree import Dir, split
+from models.tree import Dir
 
 Make = type[EngineSession]
 
@@ -49,11 +49,7 @@ def record_engine(spec: Spec, make: Make, progress: Callable[[str], None] | None
             parts = set(before.entries)
 
             def scope(step: Step) -> Step | None:
-                for attr in ("path", "src", "dst"):
-                    value = getattr(step, attr, None)
-                    if isinstance(value, str) and split(value)[:1] and split(value)[0] not in parts:
-                        return None
-                return step
+                return session.in_scope(step, parts)
 
             for op in spec.before_crash:
                 if progress:

@@ -1,31 +1,33 @@
-"""Power loss for dockerd: its recorded system calls checked under a persistence model
-(`crashcheck real --impl dockerd --persistence ordered-metadata|weak SPEC`).
+"""Power loss for the engines (dockerd, podman, containerd): their recorded system
+calls checked under a persistence model (`crashcheck real --impl ENGINE --persistence
+ordered-metadata|weak SPEC`; the run is `checker.real.engine_recorded`).
 
-A process kill keeps everything the daemon wrote; a power loss keeps what the file
+A process kill keeps everything the engine wrote; a power loss keeps what the file
 system had made durable, which can be any of the orders a persistence model allows.
-As ALICE does for applications, the daemon's own calls are recorded and the model
+As ALICE does for applications, the engine's own calls are recorded and the model
 checker replays them under the weaker models:
 
-1. The spec runs on a private dockerd (`checker.real.daemon_conform.DockerdSession`),
-   the data root read before the first op (`dockerd.read_raw`: the parts the model
-   has, exactly as on disk). strace follows every thread of dockerd through each daemon
-   op (`-f -y -s 65536`); `checker.real.syscall_log` turns the calls into the model's
-   primitive steps on the data root: mkdir, create, write (with its data and offset),
-   truncate, chmod, setxattr, rename, link, symlink, mknod, unlink, rmdir, fsync,
-   sync. A path through a container's mount (`<id>/merged/...`, the init layer) is
-   put in that layer's `diff`, where the kernel writes a new entry.
-2. The steps are replayed on the tree before the op. Replay is lenient: a parent the
-   log did not show being made (the kernel's) is made first. What still differs from
-   the tree dockerd left (what the kernel did below the daemon: an overlay mount's
-   `work/work`, a copy-up, data strace cut at 64 KiB) is added as reconciliation steps
-   at the end of the op, so every op ends exactly where dockerd's did. File ops inside
-   a container are the kernel's: they are the reconciliation steps only (their
-   crash behaviour is the overlayfs model's, checked against the kernel).
+1. The spec runs on a private engine (`checker.real.engine.EngineSession`), its root
+   read before the first op (`read_raw`: the parts the model has, exactly as on disk).
+   strace follows every thread of the engine through each store op (`-f -y -s 65536`);
+   `checker.real.syscall_log` turns the calls into the model's primitive steps on the
+   root: mkdir, create, write (with its data and offset), truncate, chmod, setxattr,
+   rename, link, symlink, mknod, unlink, rmdir, fsync, sync. The session says which
+   steps are in scope (dockerd: a path through a container's mount, `<id>/merged/...`,
+   the init layer, is put in that layer's `diff`, where the kernel writes a new entry).
+2. The steps are replayed on the tree before the op (`replay`). Replay is lenient: a
+   parent the log did not show being made (the kernel's) is made first. What still
+   differs from the tree the engine left (what the kernel did below it: an overlay
+   mount's `work/work`, a copy-up, data strace cut at 64 KiB) is added as
+   reconciliation steps at the end of the op, so every op ends exactly where the
+   engine's did. File ops inside a container are the kernel's: they are the
+   reconciliation steps only (their crash behaviour is the overlayfs model's, checked
+   against the kernel).
 3. The recorded spec (one `steps` op per op, named after it) runs through the checker
-   on a mount whose view, recovery and store checks are docker-overlay2's on the data
-   root read in the model's layout (`dockerd.project`, each layer's `diff` digest the
-   one of its complete files). So findings name the daemon's own files, and the
-   report gives the system call behind each step.
+   on a mount whose view, recovery and store checks are the engine's model on the root
+   read in the model's layout (the session's `project`: for dockerd each layer's
+   `diff` digest the one of its complete files). So findings name the engine's own
+   files, and the report gives the system call behind each step.
 
 Not covered: the ops after a `crash` op (the recorded spec stops at it), and hard-link
 counts. Source: ALICE (Pillai et al., OSDI 2014) for the approach.
@@ -36,32 +38,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from checker.engine.check import Result, check
-from checker.engine.invariants import selected
-from checker.engine.trace import build_trace
-from checker.errors import CrashcheckError
-from checker.real.daemon_conform import DAEMON_OPS, DockerdSession, comparable, runs_on_dockerd
-from checker.real.dockerd import RAW_PARTS, dockerd_version, learn_diff_ids, project, read_raw
-from checker.real.dockerd_crash import dockerd_unavailable_reason, predicted
-from checker.real.workspace import workspace
+from checker.engine.check import Result
 from checker.spec import Op, Spec
-from models.docker_overlay2 import DockerMount, DockerOverlay2
 from models.layers import build_steps
 from models.steps import Chmod, Mkdir, RemoveTree, SetXattr, Step, StepLog, Unlink, Write
 from models.tree import Dir, File, FsError, Node, Symlink, join, lookup, split
 
 
-class RecordUnavailable(CrashcheckError):
-    """dockerd cannot run here (the message says why), or the spec is not for it."""
-
-
 @dataclass(frozen=True)
 class RecordedOp(Op):
-    """A spec op as dockerd ran it: a `steps` op with the recorded steps, named after
+    """A spec op as the engine ran it: a `steps` op with the recorded steps, named after
     the op it stands for."""
 
     label: str = ""
@@ -74,30 +64,29 @@ class RecordedOp(Op):
 
 @dataclass
 class OpRecording:
-    """One op on dockerd: its result, the steps, and the system call behind each."""
+    """One op on an engine: its result, the steps, and the system call behind each."""
 
     op: Op
     result: int | str
     steps: list[Step]
     calls: list[str]  # per step: the system call it came from (reconciliation: what made it)
-    traced: int  # steps from the daemon's system calls
+    traced: int  # steps from the engine's system calls
     made_parents: int  # parents made for them during replay
-    reconciled: int  # steps that bring the replay to the tree dockerd left
+    reconciled: int  # steps that bring the replay to the tree the engine left
 
 
 @dataclass
 class Recording:
     spec: Spec
     version: str
-    initial: Dir  # the data root before the first op, as on disk
+    initial: Dir  # the engine's root before the first op, as on disk
     ops: list[OpRecording]
-    diff_ids: dict[str, str] = field(default_factory=dict)  # tarball digest -> model digest
-    implementation: str = "dockerd"
-    store_ops: tuple[str, ...] = DAEMON_OPS
-    #: the engine's store read in the model's vocabulary (dockerd: `dockerd.project`)
-    projector: Callable[[Dir], Dir] | None = None
+    implementation: str
+    store_ops: tuple[str, ...]
+    #: the engine's store read in the model's vocabulary (`EngineSession.project`)
+    projector: Callable[[Dir], Dir]
     #: the engine's own names made generic (`<id>`, `<link>`, temp suffixes)
-    generic: Callable[[str], str] = comparable
+    generic: Callable[[str], str]
 
     def recorded_spec(self, persistence: str) -> Spec:
         """The spec with each op replaced by its recorded steps."""
@@ -117,60 +106,13 @@ class Recording:
         return ""
 
 
-# --- recording -------------------------------------------------------------------------------
-
-
-def record(spec: Spec, progress: Callable[[str], None] | None = None) -> Recording:
-    """Run the spec's ops before any `crash` op on dockerd, recording each."""
-    if not runs_on_dockerd(spec):
-        raise RecordUnavailable(f"{spec.file}: dockerd runs docker-overlay2 specs, not {spec.driver}")
-    reason = dockerd_unavailable_reason()
-    if reason is not None:
-        raise RecordUnavailable(reason)
-    trace = build_trace(spec)
-    with workspace("dockerd") as ws:
-        session = DockerdSession(ws, spec, trace)
-        session.start()
-        try:
-            data = session.daemon.data
-            before = read_raw(data)
-            recording = Recording(spec, dockerd_version(), before, [])
-            learn_diff_ids(before, recording.diff_ids)
-            for op in spec.before_crash:
-                if progress:
-                    progress(f"{spec.file}: recording op {op.index} `{op.text}` on dockerd")
-                if op.kind in DAEMON_OPS:
-                    result, pairs = session.traced_calls(op)
-                else:
-                    result, pairs = session.perform(op), []
-                after = read_raw(data)
-                learn_diff_ids(after, recording.diff_ids)
-                recording.ops.append(replay(op, result, before, pairs, after))
-                before = after
-        finally:
-            session.daemon.stop()
-    return recording
-
-
-def in_scope(step: Step) -> Step | None:
-    """The step on the parts of the data root the model has, with a path through a
-    container's mount put in the layer's diff; None when it is outside them."""
-    changes = {}
-    for attr in ("path", "src", "dst"):
-        value = getattr(step, attr, None)
-        if not isinstance(value, str):
-            continue
-        parts = split(value)
-        if not parts or parts[0] not in RAW_PARTS:
-            return None
-        if len(parts) > 2 and parts[0] == "overlay2" and parts[2] == "merged":
-            changes[attr] = join((parts[0], parts[1], "diff") + parts[3:])
-    return dataclasses.replace(step, **changes) if changes else step  # type: ignore[type-var]
+# --- recording ----------------------------------------------------------------------------
 
 
 def replay(op: Op, result: int | str, before: Dir, pairs: list[tuple[Step, str]], after: Dir,
-           scope: Callable[[Step], Step | None] = in_scope, store_ops: tuple[str, ...] = DAEMON_OPS,
-           engine: str = "dockerd") -> OpRecording:
+           scope: Callable[[Step], Step | None], store_ops: tuple[str, ...], engine: str) -> OpRecording:
+    """The op's traced steps (those `scope` keeps) replayed on `before`, with the parents
+    the log did not show made first and reconciliation steps to `after` at the end."""
     log = StepLog(before)
     steps: list[Step] = []
     calls: list[str] = []
@@ -256,54 +198,11 @@ def _reconcile_entry(parts: tuple[str, ...], have: Node | None, want: Node) -> l
 # --- checking ----------------------------------------------------------------------------------
 
 
-class RecordedMount(DockerMount):
-    """docker-overlay2's view, recovery and store checks on a data root as dockerd
-    lays it out (read through `project`); the workload is the recorded steps."""
-
-    driver: RecordedDockerd
-
-    def build(self, layers: list[Dir], upper: Dir | None, ops: object = ()) -> Dir:
-        self.image_layers = list(layers) or [Dir()]
-        self._unions = {}
-        self.containers = {}
-        self.running = set()
-        return self.driver.recording.initial
-
-    def projected(self, root: Dir) -> Dir:
-        return project(root, self.driver.recording.diff_ids)
-
-    def view(self, root: Dir) -> Dir:
-        return super().view(self.projected(root))
-
-    def recover(self, root: Dir):  # type: ignore[no-untyped-def]
-        return super().recover(self.projected(root))
-
-    def store_problems(self, root: Dir) -> list[tuple[str, str]]:
-        return super().store_problems(self.projected(root))
-
-    def store_leaks(self, root: Dir) -> list[tuple[str, str]]:
-        return super().store_leaks(self.projected(root))
-
-    def op_scope(self, op: object) -> tuple[str, ...]:
-        original = getattr(op, "original", None)
-        return super().op_scope(original if original is not None else op)
-
-
-class RecordedDockerd(DockerOverlay2):
-    """The docker-overlay2 model replaying a recording of dockerd."""
-
-    MOUNT = RecordedMount
-
-    def __init__(self, recording: Recording) -> None:
-        super().__init__({})
-        self.recording = recording
-
-
 @dataclass(frozen=True)
 class RecordedResult:
-    """A recorded run of dockerd checked under a persistence model. It is compared
-    with what the model of this dockerd (moby 20.10, the daemon options at their
-    defaults) predicts under the same model, over the crash states of daemon ops (a
+    """A recorded run of an engine checked under a persistence model. It is compared
+    with what the model of the engine running here (its version options at their
+    defaults) predicts under the same model, over the crash states of store ops (a
     file op's recorded steps are the kernel's changes in name order, not its order)."""
 
     recording: Recording
@@ -354,17 +253,7 @@ class RecordedResult:
         }
 
 
-def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None] | None = None,
-                   **limits: object) -> RecordedResult:
-    """Record the spec on dockerd and check the recording under `persistence`."""
-    recording = record(spec, progress)
-    recorded = recording.recorded_spec(persistence)
-    result = check(recorded, persistence, driver=RecordedDockerd(recording), **limits)  # type: ignore[arg-type]
-    compared = {inv.name for inv in selected(spec)} - {"usable-after-recovery"}  # recording stops at `crash`
-    return RecordedResult(recording, result, predicted(spec, persistence, compared, **limits))
-
-
-def stable(doc: object, generic: Callable[[str], str] = comparable) -> Any:
+def stable(doc: object, generic: Callable[[str], str]) -> Any:
     """A JSON document with the engine's random names made generic (as `conform` shows
     them: ids as `<id>`, short links as `<link>`, temp suffixes as `*`), so a spec gives
     the same document run after run."""
@@ -380,4 +269,4 @@ def stable(doc: object, generic: Callable[[str], str] = comparable) -> Any:
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 
 
-__all__ = ["RecordUnavailable", "RecordedDockerd", "RecordedResult", "Recording", "record", "recorded_check"]
+__all__ = ["RecordedResult", "Recording", "reconcile", "replay", "stable"]
