@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from checker import load_spec
-from checker.real.bbolt import SEQUENCE, read_db
+from checker.real.bbolt import SEQUENCE, parse, read_db
 from checker.real.containerd_daemon import ContainerdSession
 from checker.real.engine import conform_engine, crash_engine
 from checker.real.podman import PodmanSession
@@ -144,6 +144,37 @@ def test_the_bbolt_reader_reads_containerds_real_databases(tmp_path: Path):
     backend = {k: r for k, r in snaps["v1"]["snapshots"].items() if k != SEQUENCE}
     assert snaps["v1"]["snapshots"][SEQUENCE] >= 1  # the snapshotter's ids: its bucket's sequence
     assert [k.split("/", 2)[2][:7] for k in backend] == ["sha256:"]  # the image's one layer (its chain id)
+
+
+def test_an_empty_bbolt_file_is_an_empty_database():
+    """bbolt's Open initializes a file of size 0, so the reader does not call it corrupt."""
+    assert parse(b"") == {SEQUENCE: 0}
+    assert parse(b"\0" * 8192) is None  # no valid meta: bbolt refuses it
+
+
+@needs_containerd
+def test_containerd_killed_before_the_snapshotters_first_write_starts_with_an_empty_database(untouched_system):
+    """The snapshotter's metadata.db is made during the first import; a kill on entry to
+    its first write leaves an empty file, which containerd opens as a new database. The
+    reader once called that file corrupt (`layer-store-consistent`, and `engine-view`
+    since containerd listed the image); found by `real --impl containerd --table`."""
+    from checker.engine.trace import build_trace
+    from checker.real.engine import EngineCrashRun
+    from checker.real.workspace import workspace
+
+    spec = load_spec(CD / "pull-power-loss-sync-fs.toml")
+    trace = build_trace(spec)
+    with workspace("containerd") as ws:
+        run = EngineCrashRun(ws, spec, trace, ContainerdSession, None)
+        [base] = run.baselines()
+        db = ("io.containerd.snapshotter.v1.overlayfs/metadata.db",)
+        made = next(c.number for c in base.points if c.paths == db)
+        written = next(c.number for c in base.points if c.syscall == "pwrite64" and c.paths == db)
+        # call numbers shift a little from run to run (containerd's goroutines): every
+        # point from the file's creation to a little past its first write
+        run.crash_op(trace.ops[0], base, only=range(made, written + 4))
+    assert run.points == written + 4 - made - run.missed and run.points >= written - made
+    assert run.violations == []
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
