@@ -454,8 +454,8 @@ def recorded_report(found: RecordedResult, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str, engine: str = "dockerd",
-                  modelled: str = "20.10") -> str:
+def dockerd_table(rows: list[tuple[Spec, Result, RealResult]], version: str, engine: str,
+                  modelled: str) -> str:
     """The findings table of `real --impl dockerd|podman|containerd`: per spec, the model
     under the spec's persistence model and options, the model of this engine under a
     process crash (`prefix`, the version options at their defaults), and the engine

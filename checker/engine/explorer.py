@@ -136,22 +136,23 @@ class Context:
         self.recover_memo.clear()
         self.findings.clear()
 
-    def recover(self, root: Dir) -> Recovery:
-        """The driver's recovery, once per distinct tree."""
-        key = identity(root)
+    def recover(self, root: Dir, key: bytes | None = None) -> Recovery:
+        """The driver's recovery, once per distinct tree (`key`: its identity, when the
+        caller has it)."""
+        key = key or identity(root)
         hit = self.recover_memo.get(key)
         if hit is None:
             hit = self.trace.mount.recover(root)
             bounded_put(self.recover_memo, key, hit)
         return hit
 
-    def recovered(self, root: Dir) -> tuple[Recovery, Dir | None]:
+    def recovered(self, root: Dir, key: bytes | None = None) -> tuple[Recovery, Dir | None]:
         """The recovery and the view a user sees after it: after a refused mount, the
         view once the remedy is applied (when the driver says what that leaves)."""
-        key = identity(root)
+        key = key or identity(root)
         hit = self.recoveries.get(key)
         if hit is None:
-            rec = self.recover(root)
+            rec = self.recover(root, key)
             after = rec.root if rec.root is not None else rec.fallback
             view = self.trace.mount.view(after) if after is not None else None
             hit = (rec, view)
@@ -175,11 +176,12 @@ class Context:
     def assess(self, root: Dir, op: int, synced: int, prefix: bool = True) -> list[tuple[str, Finding]]:
         """The crash-level findings of backing tree `root` left by a crash during op `op`
         after the first `synced` fsync/sync ops returned."""
-        key = (identity(root), op, synced)
+        tree = identity(root)
+        key = (tree, op, synced)
         hit = self.findings.get(key)
         if hit is not None:
             return hit
-        rec, view = self.recovered(root)
+        rec, view = self.recovered(root, tree)
         ctx = CrashContext(
             self.trace, self.trace.op_record(op), rec, view, self.trace.mount, self.recover,
             prefix_views=self.prefix_views, generalized=not prefix, returned_syncs=synced,

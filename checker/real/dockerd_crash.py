@@ -40,15 +40,12 @@ as long as dockerd behaves the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from checker.real import sandbox
 from checker.real.crash import RealResult, RealUnavailable
-from checker.real.daemon_conform import DAEMON_OPS, DAEMON_OPTIONS, DockerdSession, runs_on_dockerd
-from checker.real.dockerd import unavailable_reason
+from checker.real.daemon_conform import DockerdSession, runs_on_dockerd
 from checker.real.engine import crash_engine
-from checker.real.engine import predicted as engine_predicted
 from checker.real.engine_recorded import recorded_engine_check
 from checker.real.recorded import RecordedResult
 from checker.spec import Spec
@@ -58,12 +55,7 @@ def dockerd_check(spec: Spec, progress: Callable[[str], None] | None = None,
                   only: Sequence[int] | None = None) -> RealResult:
     """Crash-test the spec's daemon ops on dockerd (with `only`, at those call numbers
     of each op and no other)."""
-    if not runs_on_dockerd(spec):
-        raise RealUnavailable(f"{spec.file}: real --impl dockerd runs docker-overlay2 specs, "
-                              f"not {spec.driver}")
-    reason = dockerd_unavailable_reason()
-    if reason is not None:
-        raise RealUnavailable(reason)
+    _runs_here(spec, "real --impl dockerd runs")
     return crash_engine(spec, DockerdSession, progress, only)
 
 
@@ -71,25 +63,21 @@ def recorded_check(spec: Spec, persistence: str, progress: Callable[[str], None]
                    **limits: Any) -> RecordedResult:
     """Record the spec's daemon ops on dockerd and check the recording under
     `persistence` (`checker.real.recorded`)."""
-    if not runs_on_dockerd(spec):
-        raise RealUnavailable(f"{spec.file}: dockerd runs docker-overlay2 specs, not {spec.driver}")
-    reason = dockerd_unavailable_reason()
-    if reason is not None:
-        raise RealUnavailable(reason)
+    _runs_here(spec, "dockerd runs")
     return recorded_engine_check(spec, DockerdSession, persistence, progress, **limits)
 
 
-def predicted(spec: Spec, persistence: str, invariants: Collection[str],
-              **limits: Any) -> tuple[str, tuple[str, ...]]:
-    """What the model of this dockerd predicts under `persistence` (`prefix` for a
-    kill): its verdict and which of `invariants` it violates, counting the crash states
-    of daemon ops only (file ops are the kernel's, not crashed or recorded as it orders
-    them)."""
-    return engine_predicted(spec, persistence, invariants, DAEMON_OPS, DAEMON_OPTIONS, **limits)
+def _runs_here(spec: Spec, runs: str) -> None:
+    """Raise RealUnavailable unless the spec is dockerd's and dockerd can run here."""
+    if not runs_on_dockerd(spec):
+        raise RealUnavailable(f"{spec.file}: {runs} docker-overlay2 specs, not {spec.driver}")
+    reason = dockerd_unavailable_reason()
+    if reason is not None:
+        raise RealUnavailable(reason)
 
 
 def dockerd_unavailable_reason() -> str | None:
-    return unavailable_reason() or sandbox.unavailable_reason()
+    return DockerdSession.unavailable()
 
 
-__all__ = ["dockerd_check", "dockerd_unavailable_reason", "predicted", "recorded_check"]
+__all__ = ["dockerd_check", "dockerd_unavailable_reason", "recorded_check"]
